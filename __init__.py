@@ -1,0 +1,1 @@
+"""PromptWeave: learned prompts for Stable Diffusion, as ComfyUI nodes and a diffusers library."""

@@ -1,0 +1,1 @@
+"""The procedural world: scenes, captions, masks and splits (issue 3)."""
