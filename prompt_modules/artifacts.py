@@ -1,0 +1,139 @@
+"""Safetensors artifacts with PromptWeave metadata: atomic writes, safe reads, backbone checks.
+
+Every learned artifact PromptWeave writes is a single ``.safetensors`` file whose header metadata carries
+``promptweave.method``, ``promptweave.backbone``, ``promptweave.version`` and the dimensions that must match
+at load time. Files are written to a temporary name in the target folder and renamed into place, so a crash
+never leaves half a file under the real name. Nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from . import __version__
+
+META_PREFIX = "promptweave."
+
+
+class ArtifactError(ValueError):
+    """A weights file is missing, unreadable, not safetensors, or not the artifact that was expected."""
+
+
+class BackboneMismatchError(ArtifactError):
+    """An artifact was trained for another backbone (or another token width) than the one it is used with."""
+
+
+def base_metadata(method: str, backbone: str, **fields: object) -> dict[str, str]:
+    """Metadata every artifact carries; extra ``fields`` (dimensions, config) are stored as strings/JSON."""
+    meta = {
+        f"{META_PREFIX}method": method,
+        f"{META_PREFIX}backbone": backbone,
+        f"{META_PREFIX}version": __version__,
+    }
+    for key, value in fields.items():
+        meta[f"{META_PREFIX}{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return meta
+
+
+def meta_field(metadata: Mapping[str, str], key: str, default: object = None) -> object:
+    """Read ``promptweave.<key>`` back, decoding JSON where the value was stored as JSON."""
+    raw = metadata.get(f"{META_PREFIX}{key}")
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise ArtifactError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ArtifactError(f"cannot write {path}: folder {folder} is not writable")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_safetensors_atomic(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> Path:
+    """Save ``tensors`` with string ``metadata`` as safetensors, atomically."""
+    contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    return atomic_write_bytes(path, save(contiguous, metadata=dict(metadata)))
+
+
+def _check_header(path: Path) -> None:
+    """Reject files that are not safetensors before handing them to the parser (clear message, no pickle)."""
+    size = path.stat().st_size
+    if size < 8:
+        raise ArtifactError(f"{path} is not a safetensors file (only {size} bytes)")
+    with path.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len <= 0 or header_len > min(size - 8, 100_000_000):
+            raise ArtifactError(
+                f"{path} is not a valid safetensors file (bad header length; a pickle/.ckpt/.pt file, "
+                "or a truncated download?). PromptWeave reads safetensors only."
+            )
+        head = handle.read(header_len)
+    try:
+        header = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} has a corrupt safetensors header: {exc}") from None
+    end = max((max(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise ArtifactError(f"{path} is truncated: the header promises {end} bytes of data, the file is shorter")
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read all tensors and the metadata of a safetensors file, with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"weights file not found: {path}")
+    _check_header(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # the safetensors parser raises its own types
+        raise ArtifactError(f"{path} could not be read as safetensors: {exc}") from None
+    return tensors, metadata
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read only the header metadata of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"weights file not found: {path}")
+    _check_header(path)
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return dict(handle.metadata() or {})
+
+
+def check_method(metadata: Mapping[str, str], expected: str, path: str | os.PathLike[str]) -> None:
+    """Refuse an artifact written by another method (e.g. a LoRA where a learned prompt is expected)."""
+    found = metadata.get(f"{META_PREFIX}method")
+    if found != expected:
+        what = f"a '{found}' artifact" if found else "not a PromptWeave artifact (no promptweave.method metadata)"
+        raise ArtifactError(f"{path} is {what}; expected a '{expected}' artifact")
