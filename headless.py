@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -105,11 +106,16 @@ class HeadlessComfyUI:
         pack_path = str(self.base_dir / "custom_nodes" / PACK_LINK_NAME)
         if not asyncio.run(nodes.load_custom_node(pack_path)):
             raise WorkflowError(f"ComfyUI could not load the PromptWeave pack from {pack_path}")
+        self.pack_module_name = pack_path.replace(".", "_x_")  # the name ComfyUI registers the pack under
         self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
         self.server = _ServerStub()
         self.executor = execution.PromptExecutor(
             self.server, cache_type=execution.CacheType.NONE, cache_args={"lru": 0, "ram": 0}
         )
+
+    def pack_module(self, name: str):
+        """A submodule of the pack as ComfyUI loaded it (its classes are the ones the nodes check against)."""
+        return importlib.import_module(f"{self.pack_module_name}.{name}")
 
     def pack_node_ids(self) -> list[str]:
         return sorted(name for name in self.nodes.NODE_CLASS_MAPPINGS if name.startswith("PW"))

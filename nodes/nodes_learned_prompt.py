@@ -5,7 +5,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..prompt_modules.artifacts import ArtifactError
-from ..prompt_modules.learned_prompt import COMFY_TO_TI_KEY, LearnedPrompt, splice_into_token_chunk
+from ..prompt_modules.learned_prompt import (
+    COMFY_TO_TI_KEY,
+    LearnedPrompt,
+    isolate_placeholder,
+    splice_into_token_chunk,
+)
 from ._common import NodeInputError, model_files, resolve_model_file
 
 LearnedPromptType = io.Custom("PW_LEARNED_PROMPT")
@@ -37,7 +42,7 @@ def tokens_with_learned_prompt(node: str, clip, text: str, prompt: LearnedPrompt
         raise NodeInputError(node, "learned_prompt", str(exc), "load a learned prompt made for this model") from None
     placeholder = prompt.config.placeholder
     position = "placeholder" if placeholder in text else "prefix"
-    tokens = clip.tokenize(text)
+    tokens = clip.tokenize(isolate_placeholder(text, placeholder))
     marker_tokens = clip.tokenize(placeholder)
     for key, chunks in tokens.items():
         ti_key = COMFY_TO_TI_KEY.get(key)
@@ -53,7 +58,8 @@ def tokens_with_learned_prompt(node: str, clip, text: str, prompt: LearnedPrompt
                 chunks[0], vectors, marker_ids=marker_ids, end_id=tokenizer.end_token, position=position
             )
         except ValueError as exc:
-            raise NodeInputError(node, "text", str(exc), "use a shorter text") from None
+            fix = "shorten the text" if "too long" in str(exc) else f"write {placeholder} as a word of its own"
+            raise NodeInputError(node, "text", str(exc), fix) from None
     return tokens
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -169,6 +170,16 @@ class LearnedPrompt(nn.Module):
 # --- splicing into tokenised prompts -------------------------------------------------------------------
 
 
+def isolate_placeholder(text: str, placeholder: str) -> str:
+    """Put spaces around every ``placeholder`` so it tokenises the same as on its own.
+
+    CLIP's BPE merges punctuation runs (``<pw>,`` ends in the token ``>,``), so without this the
+    placeholder's token ids could not be found in the tokenised text.
+    """
+    return re.sub(r"\s*" + re.escape(placeholder) + r"\s*", f" {placeholder} ", text).strip()
+
+
+
 def find_subsequence(seq: Sequence[int], sub: Sequence[int]) -> int:
     """Index of the first occurrence of ``sub`` in ``seq``, or -1."""
     n = len(sub)
@@ -283,6 +294,7 @@ def encode_prompt_for_pipeline(
     width = text_encoder.get_input_embeddings().weight.shape[1]
     prompt.check_widths({encoder_key: int(width)}, where="the pipeline's text encoder")
     cfg = prompt.config
+    text = isolate_placeholder(text, cfg.placeholder)
     ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
     marker = tokenizer(cfg.placeholder, add_special_tokens=False).input_ids
     position: Position = "placeholder" if cfg.placeholder in text else "prefix"

@@ -1,0 +1,136 @@
+"""Shared fixtures: the real ComfyUI (in-process and as a server), tiny models built on demand.
+
+Tiny models are cached under ``.cache/tiny`` (ignored by git) and rebuilt only when missing.
+``make test`` sets ``PW_REQUIRE_COMFYUI=1`` so that a missing ComfyUI fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptweave.headless import PACK_DIR, find_comfyui_dir, prepare_base_directory
+from promptweave.prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
+
+TINY_CACHE = PACK_DIR / ".cache" / "tiny"
+ARTIFACTS = PACK_DIR / "out" / "test-artifacts"
+TINY_SD15_NAME = "promptweave-tiny-sd15.safetensors"
+DEFAULT_PROMPT_NAME = "promptweave-default-sd15.safetensors"
+
+
+def _require(what: str) -> None:
+    if os.environ.get("PW_REQUIRE_COMFYUI") == "1":
+        pytest.fail(f"{what} is required by `make test` but missing: run `make setup`")
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def comfyui_dir() -> Path:
+    found = find_comfyui_dir()
+    if found is None:
+        _require("ComfyUI (COMFYUI_DIR or the test install in .cache/ComfyUI)")
+    return found
+
+
+def _build_cached(kind: str, name: str) -> Path:
+    """Build a tiny model with ``python -m promptweave.tiny`` once, cache it under ``.cache/tiny``."""
+    path = TINY_CACHE / name
+    if not path.exists():
+        TINY_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "promptweave.tiny", kind, str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_path() -> Path:
+    return _build_cached("sd15", TINY_SD15_NAME)
+
+
+@pytest.fixture(scope="session")
+def default_prompt_path(tmp_path_factory) -> Path:
+    """A seeded CLIP-L learned prompt (4 vectors), as the demo ships it."""
+    path = tmp_path_factory.mktemp("prompts") / DEFAULT_PROMPT_NAME
+    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=4, widths={"clip_l": 768}), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prompt.vectors["clip_l"].mul_(20.0)  # token-embedding scale of CLIP-L, so the vectors matter
+    prompt.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory, tiny_sd15_path, default_prompt_path) -> Path:
+    """A ComfyUI base directory with the pack installed and the tiny models in place."""
+    base = prepare_base_directory(tmp_path_factory.mktemp("comfy-base"))
+    link = base / "models" / "checkpoints" / TINY_SD15_NAME
+    if not link.exists():
+        link.symlink_to(tiny_sd15_path)
+    shutil.copy(default_prompt_path, base / "models" / "promptweave" / DEFAULT_PROMPT_NAME)
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy(comfyui_dir, comfy_base):
+    """The real ComfyUI, in this process, with PromptWeave loaded (one per test session)."""
+    from promptweave.headless import HeadlessComfyUI
+
+    return HeadlessComfyUI(comfyui_dir, comfy_base)
+
+
+def load_api_workflow(name: str) -> dict:
+    return json.loads((PACK_DIR / "workflows" / "api" / name).read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfyui_dir, comfy_base, artifacts_dir):
+    """The real ComfyUI server on loopback (its own process), with the pack and the tiny models."""
+    port = _free_port()
+    log_path = artifacts_dir / "comfyui-server.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(comfy_base)],
+        cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI server exited early; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/object_info/KSampler", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI server did not answer within 120 s; see {log_path}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -1,0 +1,100 @@
+"""The pack inside real ComfyUI, in-process: loading, node definitions, a full workflow, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEFAULT_PROMPT_NAME, TINY_SD15_NAME, load_api_workflow
+from PIL import Image
+
+from promptweave.headless import WorkflowError
+
+pytestmark = pytest.mark.comfyui
+EXPECTED_NODES = {"PWApplyLearnedPrompt", "PWLoadLearnedPrompt"}
+
+
+def test_pack_loads_and_registers_every_node(comfy):
+    assert EXPECTED_NODES <= set(comfy.pack_node_ids())
+    assert any(path.endswith("PromptWeave") for path in comfy.nodes.LOADED_MODULE_DIRS.values())
+
+
+def test_node_definitions_are_complete(comfy):
+    for node_id in comfy.pack_node_ids():
+        info = comfy.node_info(node_id)
+        assert info["name"] == node_id and node_id.startswith("PW")
+        assert info["category"].startswith("PromptWeave/"), node_id
+        assert info["display_name"] and info["description"], node_id
+        for group in ("required", "optional"):
+            for name, spec in info["input"].get(group, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert len(info["output_tooltips"]) == len(info["output"])
+        assert all(info["output_tooltips"]), f"{node_id} has an output without tooltip"
+
+
+def test_learned_prompt_workflow_writes_a_finite_image(comfy):
+    history = comfy.run(load_api_workflow("learned_prompt_generate.json"))
+    files = comfy.output_files(history)
+    assert len(files) == 1 and files[0].is_file()
+    image = np.asarray(Image.open(files[0]))
+    assert image.shape == (64, 64, 3)
+    assert np.isfinite(image.astype(np.float32)).all()
+
+
+def _load_checkpoint(comfy):
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]()
+    return loader.load_checkpoint(TINY_SD15_NAME)
+
+
+def _apply(comfy, clip, prompt, text):
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PWApplyLearnedPrompt"]
+    return node.execute(clip=clip, learned_prompt=prompt, text=text)[0]
+
+
+def _load_prompt(comfy):
+    return comfy.nodes.NODE_CLASS_MAPPINGS["PWLoadLearnedPrompt"].execute(prompt_name=DEFAULT_PROMPT_NAME)[0]
+
+
+def test_vectors_are_spliced_at_the_placeholder(comfy):
+    """CLIP attention is causal: positions before the placeholder match the plain encode, the rest differ."""
+    _, clip, _ = _load_checkpoint(comfy)
+    prompt = _load_prompt(comfy)
+    plain = comfy.nodes.CLIPTextEncode().encode(clip, "a red cube on a table")[0][0][0]
+    learned = _apply(comfy, clip, prompt, "a red cube <pw> on a table")[0][0]
+    assert learned.shape == plain.shape == (1, 77, 768)
+    assert torch.allclose(learned[:, :4], plain[:, :4], atol=1e-5)  # start, a, red, cube
+    assert not torch.allclose(learned[:, 4:8], plain[:, 4:8], atol=1e-3)
+    prefix = _apply(comfy, clip, prompt, "a red cube on a table")[0][0]
+    assert torch.allclose(prefix[:, :1], plain[:, :1], atol=1e-5)
+    assert not torch.allclose(prefix[:, 1:5], plain[:, 1:5], atol=1e-3)
+
+
+def test_empty_text_is_a_clear_error(comfy):
+    _, clip, _ = _load_checkpoint(comfy)
+    with pytest.raises(ValueError, match="PWApplyLearnedPrompt: input 'text': the text is empty"):
+        _apply(comfy, clip, _load_prompt(comfy), "   ")
+
+
+def test_prompt_of_another_width_is_a_clear_error(comfy):
+    _, clip, _ = _load_checkpoint(comfy)
+    lp = comfy.pack_module("prompt_modules.learned_prompt")
+    wide = lp.LearnedPrompt(lp.LearnedPromptConfig(n_ctx=2, widths={"clip_l": 1024}, backbone="sd2"))
+    with pytest.raises(ValueError, match=r"PWApplyLearnedPrompt: input 'learned_prompt': .*width 1024 .*expects 768"):
+        _apply(comfy, clip, wide, "a cat")
+
+
+def test_missing_and_corrupt_prompt_files_are_clear_errors(comfy, comfy_base):
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["PWLoadLearnedPrompt"]
+    with pytest.raises(ValueError, match=r"PWLoadLearnedPrompt: input 'prompt_name': file 'absent.safetensors'.*"
+                                         r"models/promptweave"):
+        loader.execute(prompt_name="absent.safetensors")
+    (comfy_base / "models" / "promptweave" / "broken.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError, match="PWLoadLearnedPrompt: input 'prompt_name': .*not a valid safetensors"):
+        loader.execute(prompt_name="broken.safetensors")
+
+
+def test_errors_reach_the_workflow_report(comfy):
+    workflow = load_api_workflow("learned_prompt_generate.json")
+    workflow["3"]["inputs"]["text"] = ""
+    with pytest.raises(WorkflowError, match="PWApplyLearnedPrompt: input 'text'"):
+        comfy.run(workflow)

@@ -1,0 +1,66 @@
+"""Packaging facts: metadata agrees, the library never imports ComfyUI, node ids and categories."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+from promptweave import __version__
+from promptweave.headless import PACK_DIR
+
+COMFY_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "server", "execution")
+
+
+def test_pyproject_and_requirements_agree():
+    project = tomllib.loads((PACK_DIR / "pyproject.toml").read_text())
+    deps = project["project"]["dependencies"]
+    requirements = [line.strip() for line in (PACK_DIR / "requirements.txt").read_text().splitlines() if line.strip()]
+    assert sorted(deps) == sorted(requirements)
+    assert {"diffusers", "torch", "transformers", "open_clip_torch", "peft", "einops", "safetensors"} <= set(deps)
+    assert not any("==" in dep for dep in deps), "user-facing dependencies stay unpinned"
+    assert project["project"]["version"] == __version__
+    comfy = project["tool"]["comfy"]
+    assert comfy["DisplayName"] == "PromptWeave" and comfy["requires-comfyui"] == ">=0.3.75"
+    assert "Repository" in project["project"]["urls"]
+
+
+def test_library_imports_without_comfyui():
+    """Every module of prompt_modules imports with ComfyUI's modules made unimportable."""
+    code = f"""
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {COMFY_MODULES!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked ComfyUI module: " + name)
+sys.meta_path.insert(0, Block())
+import promptweave.prompt_modules as pm
+names = [m.name for m in pkgutil.walk_packages(pm.__path__, "promptweave.prompt_modules.")]
+for name in names:
+    importlib.import_module(name)
+import promptweave
+assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+print(len(names))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= 2
+
+
+def test_pack_imports_under_any_folder_name(tmp_path):
+    """ComfyUI imports the pack from custom_nodes/<any name>/: relative imports must hold."""
+    link = tmp_path / "some-other-name"
+    link.symlink_to(PACK_DIR, target_is_directory=True)
+    code = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("{link}", "{link}/__init__.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+assert callable(module.comfy_entrypoint) and module.WEB_DIRECTORY
+print(module.__version__)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == __version__
