@@ -78,6 +78,7 @@ fi
 if ! step torchvision-fix; then
   say "making the registry's torchvision importable with CPU torch"
   $PY "$ROOT/scripts/fix_torchvision.py"
+  $PY -c "import torchvision" || { echo "[setup] torchvision still does not import" >&2; exit 1; }
   done_step torchvision-fix
 fi
 

