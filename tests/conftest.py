@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,15 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
+from promptweave.defaults import CACHE_DIR, TINY_SD15_NAME, install_default_models
 from promptweave.headless import PACK_DIR, find_comfyui_dir, prepare_base_directory
-from promptweave.prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
 
-TINY_CACHE = PACK_DIR / ".cache" / "tiny"
 ARTIFACTS = PACK_DIR / "out" / "test-artifacts"
-TINY_SD15_NAME = "promptweave-tiny-sd15.safetensors"
-DEFAULT_PROMPT_NAME = "promptweave-default-sd15.safetensors"
 
 
 def _require(what: str) -> None:
@@ -48,39 +43,21 @@ def comfyui_dir() -> Path:
     return found
 
 
-def _build_cached(kind: str, name: str) -> Path:
-    """Build a tiny model with ``python -m promptweave.tiny`` once, cache it under ``.cache/tiny``."""
-    path = TINY_CACHE / name
-    if not path.exists():
-        TINY_CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "promptweave.tiny", kind, str(path)], check=True)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_sd15_path() -> Path:
-    return _build_cached("sd15", TINY_SD15_NAME)
-
-
-@pytest.fixture(scope="session")
-def default_prompt_path(tmp_path_factory) -> Path:
-    """A seeded CLIP-L learned prompt (4 vectors), as the demo ships it."""
-    path = tmp_path_factory.mktemp("prompts") / DEFAULT_PROMPT_NAME
-    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=4, widths={"clip_l": 768}), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        prompt.vectors["clip_l"].mul_(20.0)  # token-embedding scale of CLIP-L, so the vectors matter
-    prompt.save(path)
+    """The tiny SD1.x checkpoint, built by ``python -m promptweave.tiny sd15`` once and cached."""
+    path = CACHE_DIR / TINY_SD15_NAME
+    if not path.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "promptweave.tiny", "sd15", str(path)], check=True)
     return path
 
 
 @pytest.fixture(scope="session")
-def comfy_base(tmp_path_factory, tiny_sd15_path, default_prompt_path) -> Path:
-    """A ComfyUI base directory with the pack installed and the tiny models in place."""
+def comfy_base(tmp_path_factory, tiny_sd15_path) -> Path:
+    """A ComfyUI base directory with the pack installed and the default models in place."""
     base = prepare_base_directory(tmp_path_factory.mktemp("comfy-base"))
-    link = base / "models" / "checkpoints" / TINY_SD15_NAME
-    if not link.exists():
-        link.symlink_to(tiny_sd15_path)
-    shutil.copy(default_prompt_path, base / "models" / "promptweave" / DEFAULT_PROMPT_NAME)
+    install_default_models(base)
     return base
 
 

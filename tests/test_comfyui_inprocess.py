@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import DEFAULT_PROMPT_NAME, TINY_SD15_NAME, load_api_workflow
+from conftest import load_api_workflow
 from PIL import Image
 
+from promptweave.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
 from promptweave.headless import WorkflowError
 
 pytestmark = pytest.mark.comfyui

@@ -67,6 +67,7 @@ def test_save_load_round_trip_and_metadata(tmp_path):
         assert torch.equal(loaded(key), prompt(key))
     assert loaded.config.backbone == "sdxl"
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert path.stat().st_mode & 0o044 == 0o044, "artifacts are readable by the group and others (umask 022)"
 
 
 def test_textual_inversion_layout_is_what_comfyui_reads(tmp_path):

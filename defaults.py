@@ -1,0 +1,63 @@
+"""The embedded default models that ``make demo`` and the tests install into a ComfyUI base folder.
+
+No pretrained weights can be downloaded here, so the defaults are built on demand and cached under
+``.cache/tiny`` (never committed): the tiny random-weight SD1.x checkpoint from :mod:`promptweave.tiny`, and
+a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+from .prompt_modules.artifacts import read_safetensors
+from .prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from .tiny import build_tiny_sd15
+
+PACK_DIR = Path(__file__).resolve().parent
+CACHE_DIR = PACK_DIR / ".cache" / "tiny"
+TINY_SD15_NAME = "promptweave-tiny-sd15.safetensors"
+DEFAULT_PROMPT_NAME = "promptweave-default-sd15.safetensors"
+DEFAULT_PROMPT_PHRASE = "a photo of a"
+SD1_TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+
+
+def learned_prompt_from_checkpoint(
+    checkpoint: str | os.PathLike[str], phrase: str = DEFAULT_PROMPT_PHRASE, backbone: str = "sd1"
+) -> LearnedPrompt:
+    """A CLIP-L learned prompt whose vectors start as the token embeddings of ``phrase`` (CoOp, sec. 3.2)."""
+    tensors, _ = read_safetensors(checkpoint)
+    if SD1_TOKEN_EMBEDDING_KEY not in tensors:
+        raise ValueError(f"{checkpoint} has no SD1.x CLIP-L token embedding ({SD1_TOKEN_EMBEDDING_KEY})")
+    table = tensors[SD1_TOKEN_EMBEDDING_KEY].float()
+    ids = SimpleTokenizer().encode(phrase)
+    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=len(ids), widths={"clip_l": table.shape[1]}, backbone=backbone))
+    prompt.init_from_token_embeddings("clip_l", table[torch.tensor(ids)])
+    return prompt
+
+
+def cached_tiny_sd15(cache_dir: Path = CACHE_DIR) -> Path:
+    """The tiny SD1.x checkpoint, built once (about 10 s) and cached."""
+    path = cache_dir / TINY_SD15_NAME
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        build_tiny_sd15(path, seed=0)
+    return path
+
+
+def install_default_models(base_dir: str | os.PathLike[str], cache_dir: Path = CACHE_DIR) -> dict[str, Path]:
+    """Put the default checkpoint (a symlink to the cache) and learned prompt into a ComfyUI base folder."""
+    models = Path(base_dir) / "models"
+    checkpoint = cached_tiny_sd15(cache_dir)
+    link = models / "checkpoints" / TINY_SD15_NAME
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(checkpoint.resolve())
+    prompt_path = models / "promptweave" / DEFAULT_PROMPT_NAME
+    prompt_path.parent.mkdir(parents=True, exist_ok=True)
+    learned_prompt_from_checkpoint(checkpoint).save(prompt_path)
+    return {"checkpoint": link, "learned_prompt": prompt_path}
