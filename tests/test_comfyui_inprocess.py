@@ -9,7 +9,7 @@ from conftest import load_api_workflow
 from PIL import Image
 
 from promptweave.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
-from promptweave.headless import WorkflowError
+from promptweave.headless import PACK_DIR, WorkflowError
 
 pytestmark = pytest.mark.comfyui
 EXPECTED_NODES = {"PWApplyLearnedPrompt", "PWLoadLearnedPrompt"}
@@ -31,6 +31,10 @@ def test_node_definitions_are_complete(comfy):
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
         assert len(info["output_tooltips"]) == len(info["output"])
         assert all(info["output_tooltips"]), f"{node_id} has an output without tooltip"
+        docs = PACK_DIR / "web" / "docs" / f"{node_id}.md"
+        assert docs.is_file(), f"{node_id} has no help page {docs}"
+        text = docs.read_text()
+        assert "## Inputs" in text and "## Outputs" in text and "## Example" in text, node_id
 
 
 def test_learned_prompt_workflow_writes_a_finite_image(comfy):

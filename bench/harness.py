@@ -1,0 +1,71 @@
+"""The benchmark harness: task registry, the JSON result format, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..prompt_modules.artifacts import atomic_write_bytes
+
+SPLITS = ("test", "compositional")
+#: task name -> module in this package that defines ``run(seed, split, quick) -> TaskResult``.
+TASKS: dict[str, str] = {"world": "world"}
+
+
+@dataclass
+class TaskResult:
+    """What a task measured: its method's metrics and each baseline's metrics (same metric names)."""
+
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def task_runner(task: str) -> Callable[[int, str, bool], TaskResult]:
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return importlib.import_module(f"{__package__}.{TASKS[task]}").run
+
+
+def run_task(task: str, *, seed: int = 0, split: str = "test", quick: bool = False) -> dict:
+    """Run one task and return the result record written by ``--json``."""
+    if split not in SPLITS:
+        raise SystemExit(f"unknown split {split!r}; expected one of {SPLITS}")
+    start = time.perf_counter()
+    result = task_runner(task)(seed, split, quick)
+    return {
+        "task": task,
+        "seed": seed,
+        "split": split,
+        "quick": quick,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+        "baselines": {name: {k: float(v) for k, v in m.items()} for name, m in result.baselines.items()},
+        "notes": result.notes,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m promptweave.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("task", help=f"one of: {', '.join(sorted(TASKS))}")
+    parser.add_argument("--quick", action="store_true", help="small sizes, finishes within 5 minutes on 2 cores")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test", choices=SPLITS)
+    parser.add_argument("--json", dest="json_path", help="write the result record to this file")
+    ns = parser.parse_args(argv)
+    record = run_task(ns.task, seed=ns.seed, split=ns.split, quick=ns.quick)
+    text = json.dumps(record, indent=1)
+    if ns.json_path:
+        atomic_write_bytes(Path(ns.json_path).resolve(), (text + "\n").encode())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Run the full benchmarks over 3 seeds and write BENCHMARKS.md tables and one plot per task.
+
+    python -m promptweave.bench.report world [TASK ...] [--seeds 0 1 2] [--splits test compositional]
+
+Each task's section in BENCHMARKS.md sits between ``<!-- bench:TASK:start -->`` and ``<!-- bench:TASK:end -->``
+markers and is replaced as a whole; the prose around it is left alone. Raw records go to ``out/bench/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from ..prompt_modules.artifacts import atomic_write_bytes
+from .harness import run_task
+from .plot import bar_chart
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+PLOTS = ROOT / "docs" / "bench"
+
+
+def summarise(records: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{row: {metric: (mean, std)}}`` over seeds; the method's row is called ``method``."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for record in records:
+        for row, metrics in [("method", record["metrics"]), *record["baselines"].items()]:
+            for metric, value in metrics.items():
+                rows.setdefault(row, {}).setdefault(metric, []).append(value)
+    return {
+        row: {m: (statistics.fmean(v), statistics.pstdev(v) if len(v) > 1 else 0.0) for m, v in metrics.items()}
+        for row, metrics in rows.items()
+    }
+
+
+def markdown_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
+    metrics = sorted({m for row in summary.values() for m in row})
+    lines = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for row, values in summary.items():
+        cells = [f"{values[m][0]:.3f} ± {values[m][1]:.3f}" if m in values else "–" for m in metrics]
+        name = "**PromptWeave**" if row == "method" else row
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def section(task: str, by_split: dict[str, list[dict]], command: str) -> str:
+    parts = [f"<!-- bench:{task}:start -->", f"### `{task}`", "", f"Command: `{command}`", ""]
+    for split, records in by_split.items():
+        seeds = ", ".join(str(r["seed"]) for r in records)
+        seconds = statistics.fmean(r["seconds"] for r in records)
+        summary = summarise(records)
+        plot = PLOTS / f"{task}-{split}.png"
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(plot, bar_chart(f"{task} ({split} split, mean ± std over seeds {seeds})", summary))
+        parts += [
+            f"**{split} split** (seeds {seeds}; {seconds:.0f} s per run; mean ± std):",
+            "",
+            markdown_table(summary),
+            "",
+            f"![{task} {split}](docs/bench/{plot.name})",
+            "",
+        ]
+        notes = records[0].get("notes")
+        if notes:
+            parts += ["Notes: " + json.dumps(notes), ""]
+    parts.append(f"<!-- bench:{task}:end -->")
+    return "\n".join(parts)
+
+
+def replace_section(text: str, task: str, new: str) -> str:
+    start, end = f"<!-- bench:{task}:start -->", f"<!-- bench:{task}:end -->"
+    if start in text and end in text:
+        return text[: text.index(start)] + new + text[text.index(end) + len(end) :]
+    return text.rstrip() + "\n\n" + new + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m promptweave.bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("tasks", nargs="+")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--splits", nargs="+", default=["test", "compositional"])
+    ns = parser.parse_args(argv)
+    out = ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    for task in ns.tasks:
+        by_split: dict[str, list[dict]] = {}
+        for split in ns.splits:
+            for seed in ns.seeds:
+                record = run_task(task, seed=seed, split=split, quick=False)
+                atomic_write_bytes(out / f"{task}-{split}-{seed}.json", json.dumps(record, indent=1).encode())
+                by_split.setdefault(split, []).append(record)
+                print(json.dumps(record))
+        command = f"python -m promptweave.bench {task} --split SPLIT --seed SEED --json out.json"
+        text = replace_section(text, task, section(task, by_split, command))
+    atomic_write_bytes(BENCHMARKS, text.encode())
+    print(f"updated {BENCHMARKS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
