@@ -12,8 +12,7 @@ from ..prompt_modules.learned_prompt import (
     splice_into_token_chunk,
 )
 from ._common import NodeInputError, model_files, resolve_model_file
-
-LearnedPromptType = io.Custom("PW_LEARNED_PROMPT")
+from ._types import LearnedPromptType
 
 
 def clip_encoder_widths(clip) -> dict[str, int]:
