@@ -103,3 +103,18 @@ def test_errors_reach_the_workflow_report(comfy):
     workflow["3"]["inputs"]["text"] = ""
     with pytest.raises(WorkflowError, match="PWApplyLearnedPrompt: input 'text'"):
         comfy.run(workflow)
+
+
+def test_ui_workflows_match_their_api_twins(comfy):
+    """workflows/*.json are generated from workflows/api/*.json (`make ui-workflows`); none is stale."""
+    import sys
+
+    sys.path.insert(0, str(PACK_DIR / "scripts"))
+    from make_ui_workflows import build_all
+
+    expected = build_all(comfy.node_info)
+    assert expected, "no API workflows found"
+    stale = [path.name for path, text in expected.items() if not path.exists() or path.read_text() != text]
+    assert not stale, f"run `make ui-workflows`: stale UI workflows {stale}"
+    ui_files = {p.name for p in (PACK_DIR / "workflows").glob("*.json")}
+    assert ui_files == {path.name for path in expected}, "every UI workflow has an API twin and vice versa"
