@@ -26,7 +26,8 @@ from promptweave.prompt_modules.artifacts import atomic_write_bytes  # noqa: E40
 def serve(comfyui: Path, base: Path, port: int) -> int:
     print(f"ComfyUI with PromptWeave: http://127.0.0.1:{port}  (Ctrl+C to stop)")
     command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base)]
+               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(base),
+               "--database-url", f"sqlite:///{base}/user/comfyui.db"]
     os.chdir(comfyui)
     os.execv(sys.executable, command)
     return 0

@@ -34,6 +34,15 @@ def _ordered_inputs(info: dict) -> list[tuple[str, list]]:
     return [(name, specs[group][name]) for group in ("required", "optional") for name in order.get(group, [])]
 
 
+def _node_height(info: dict, inputs: list, widgets: list, class_type: str) -> int:
+    """Height the frontend gives a node: slot rows, widget rows (multiline text is tall), image preview."""
+    slots = max(len(inputs), len(info["output"]))
+    multiline = sum(1 for _, spec in _ordered_inputs(info)
+                    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline"))
+    preview = 200 if class_type in {"SaveImage", "PreviewImage"} else 0
+    return 36 + 24 * slots + 26 * (len(widgets) - multiline) + 110 * multiline + preview
+
+
 def _depths(prompt: dict) -> dict[str, int]:
     depth: dict[str, int] = {}
 
@@ -84,8 +93,7 @@ def api_to_ui(prompt: dict, node_info: dict[str, dict]) -> dict:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         column = depth[node_id]
         row = rows.get(column, 0)
-        preview = 120 if node["class_type"] in {"SaveImage", "PreviewImage"} else 0
-        height = 60 + 26 * (len(inputs) + len(widgets)) + preview
+        height = _node_height(info, inputs, widgets, node["class_type"])
         rows[column] = row + height + ROW_GAP
         nodes.append(
             {

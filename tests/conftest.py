@@ -87,7 +87,8 @@ def comfy_server(comfyui_dir, comfy_base, artifacts_dir):
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(comfy_base)],
+         "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(comfy_base),
+         "--database-url", f"sqlite:///{comfy_base}/user/comfyui.db"],
         cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
