@@ -6,6 +6,8 @@ import os
 
 import folder_paths
 
+from ..prompt_modules.artifacts import UnsafeNameError, safe_child_path
+
 MODELS_FOLDER = "promptweave"
 """``folder_paths`` key of ``ComfyUI/models/promptweave/``, where PromptWeave artifacts live."""
 
@@ -43,3 +45,17 @@ def resolve_model_file(node: str, input_name: str, name: str) -> str:
             f"put the .safetensors file in {folders} and refresh the page (R)",
         )
     return path
+
+
+def output_model_path(node: str, input_name: str, name: str, folder_key: str = MODELS_FOLDER) -> str:
+    """Where a node may save ``name`` (``.safetensors`` added) inside a models folder; unsafe names refused."""
+    if folder_key == MODELS_FOLDER:
+        register_models_folder()
+    folder = folder_paths.get_folder_paths(folder_key)[0]
+    os.makedirs(folder, exist_ok=True)
+    try:
+        return str(safe_child_path(folder, name))
+    except UnsafeNameError as exc:
+        raise NodeInputError(
+            node, input_name, str(exc), "use a plain file name such as 'my-style' (sub-folders with '/')"
+        ) from None

@@ -28,6 +28,10 @@ class ArtifactError(ValueError):
     """A weights file is missing, unreadable, not safetensors, or not the artifact that was expected."""
 
 
+class UnsafeNameError(ArtifactError):
+    """A file name from user input would leave its folder or is not a portable file name."""
+
+
 class BackboneMismatchError(ArtifactError):
     """An artifact was trained for another backbone (or another token width) than the one it is used with."""
 
@@ -59,6 +63,36 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def safe_child_path(folder: str | os.PathLike[str], name: str, suffix: str = ".safetensors") -> Path:
+    """``folder / name`` (with ``suffix`` added if missing), refusing names that could escape ``folder``.
+
+    Refused: empty names, absolute paths, drive letters, backslashes, ``..`` and ``.`` components, NUL and
+    other control characters, and names reserved on Windows (``CON``, ``NUL``, ``COM1`` ...). Sub-folders
+    (``styles/neon``) are allowed; the resolved path must stay inside ``folder`` even through symlinks.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnsafeNameError("the file name is empty")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in name):
+        raise UnsafeNameError(f"the file name {name!r} contains control characters")
+    if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeNameError(f"the file name {name!r} must be relative, with '/' between sub-folders")
+    parts = name.split("/")
+    for part in parts:
+        stem = part.split(".")[0].strip().lower()
+        if part in ("", ".", "..") or part != part.strip() or stem in _RESERVED_NAMES:
+            raise UnsafeNameError(f"the file name {name!r} has an unsafe part {part!r}")
+    if suffix and not name.endswith(suffix):
+        name += suffix
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise UnsafeNameError(f"the file name {name!r} leads outside {root}")
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

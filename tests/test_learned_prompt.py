@@ -202,3 +202,27 @@ def test_placeholder_is_isolated_from_punctuation():
     assert isolate_placeholder("a painting of <pw>, soft", "<pw>") == "a painting of <pw> , soft"
     assert isolate_placeholder("(<pw>:1.2) cat", "<pw>") == "( <pw> :1.2) cat"
     assert isolate_placeholder("no marker", "<pw>") == "no marker"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "  ", "../evil", "a/../../evil", "/etc/passwd", "C:\\\\x", "a\\\\b", "nul\x00byte", "CON", "com1.txt",
+     "ok/./x", "trailing ", "a//b", "\x1b[31m"],
+)
+def test_unsafe_names_are_refused(tmp_path, name):
+    from promptweave.prompt_modules.artifacts import UnsafeNameError, safe_child_path
+
+    with pytest.raises(UnsafeNameError):
+        safe_child_path(tmp_path, name)
+
+
+def test_safe_names_stay_inside_and_symlinks_cannot_escape(tmp_path):
+    from promptweave.prompt_modules.artifacts import UnsafeNameError, safe_child_path
+
+    assert safe_child_path(tmp_path, "styles/neon") == (tmp_path / "styles" / "neon.safetensors").resolve()
+    assert safe_child_path(tmp_path, "x.safetensors").name == "x.safetensors"
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (tmp_path / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafeNameError, match="outside"):
+        safe_child_path(tmp_path, "link/x")
