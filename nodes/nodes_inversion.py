@@ -1,0 +1,306 @@
+"""Prompt inversion nodes (Reverse Stable Diffusion): image -> prompt text, keywords, embedding, conditioning."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+
+from ..prompt_modules.artifacts import ArtifactError, read_metadata
+from ..prompt_modules.inversion import (
+    PIXELS,
+    InverterConfig,
+    PromptInverter,
+    VLMImageEncoder,
+    Vocabulary,
+    WorldGenEncoder,
+    load_inverter,
+    load_pair_folder,
+    loss_curve_image,
+    prompt_targets,
+    save_inverter,
+    train_inverter,
+)
+from ..prompt_modules.inversion import targets as inversion_targets
+from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._types import PromptEmbeddingType, PromptInverterType, VLMType, WorldGenType
+
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_PREFIX = "inverter-"
+BACKBONES = ("vlm", "pixels", "clip_vision", "worldgen")
+
+
+def _inverter_files() -> list[str]:
+    """Shipped inverters (``weights/inverter-*.safetensors``) and prompt inverters in models/promptweave."""
+    names = sorted(p.name for p in SHIPPED_DIR.glob(f"{SHIPPED_PREFIX}*.safetensors"))
+    for name in model_files():
+        try:
+            path = resolve_model_file("PWLoadPromptInverter", "inverter_name", name)
+            if read_metadata(path).get("promptweave.method") == "prompt_inversion" and name not in names:
+                names.append(name)
+        except (ArtifactError, ValueError, OSError):
+            continue
+    return names
+
+
+def _images_bchw(node: str, image, input_name: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` -> float ``[B, 3, H, W]``, with clear errors for odd inputs."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise NodeInputError(node, input_name, "expected an IMAGE batch [B, H, W, C]", "connect an IMAGE output")
+    if image.shape[0] == 0:
+        raise NodeInputError(node, input_name, "the image batch is empty", "connect at least one image")
+    channels = image.shape[-1]
+    if channels != 3:
+        kind = {1: "grayscale", 2: "grayscale+alpha", 4: "RGBA"}.get(channels, f"{channels}-channel")
+        raise NodeInputError(node, input_name, f"{kind} images are not supported",
+                             "convert the images to RGB (e.g. drop the alpha channel) before this node")
+    return image.detach().clone().float().permute(0, 3, 1, 2).contiguous()
+
+
+def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worldgen,
+              captions: list[str] | None = None) -> tuple[str, torch.Tensor]:
+    """``(backbone name, features or pixels)`` for the image encoder ``kind``."""
+    if kind == PIXELS:
+        return PIXELS, images
+    if kind == "vlm" or kind.startswith("vlm:"):
+        if vlm is None:
+            raise NodeInputError(node, "vlm", f"the '{kind}' image encoder needs a VLM", "connect WorldCLIP (Load "
+                                 "World Models) or the VLM the inverter was trained on")
+        enc = VLMImageEncoder(vlm)
+        return enc.name, enc(images)
+    if kind == "clip_vision" or kind.startswith("clip_vision:"):
+        if clip_vision is None:
+            raise NodeInputError(node, "clip_vision", f"the '{kind}' image encoder needs a CLIP vision model",
+                                 "connect Load CLIP Vision")
+        out = clip_vision.encode_image(images.permute(0, 2, 3, 1))
+        feats = out["image_embeds"].float().cpu()
+        return f"clip_vision:{feats.shape[1]}", feats
+    if kind == "worldgen":
+        if worldgen is None or vlm is None:
+            missing = "worldgen" if worldgen is None else "vlm"
+            raise NodeInputError(node, missing, "the white-box 'worldgen' encoder needs WorldGen and WorldCLIP",
+                                 "connect both outputs of Load World Models")
+        enc = WorldGenEncoder(worldgen, vlm)
+        return enc.name, enc(images, captions)
+    raise NodeInputError(node, "inverter", f"image encoder '{kind}' is not available in ComfyUI",
+                         "use an inverter trained on pixels, a VLM, CLIP vision or WorldGen (or the library)")
+
+
+class LoadPromptInverter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWLoadPromptInverter",
+            display_name="Load Prompt Inverter",
+            category="PromptWeave/inversion",
+            description="Loads a prompt inverter (image -> prompt embedding, keywords and prompt text) from "
+            "ComfyUI/models/promptweave or the ones shipped with the pack.",
+            inputs=[io.Combo.Input("inverter_name", options=_inverter_files(),
+                                   tooltip="A prompt inverter .safetensors (trained by Train Prompt Inverter).")],
+            outputs=[PromptInverterType.Output(display_name="inverter", tooltip="The prompt inverter.")],
+        )
+
+    @classmethod
+    def execute(cls, inverter_name: str) -> io.NodeOutput:
+        shipped = SHIPPED_DIR / inverter_name
+        if inverter_name.startswith(SHIPPED_PREFIX) and shipped.is_file():
+            path = str(shipped)
+        else:
+            path = resolve_model_file("PWLoadPromptInverter", "inverter_name", inverter_name)
+        try:
+            inverter = load_inverter(path)
+        except ArtifactError as exc:
+            raise NodeInputError("PWLoadPromptInverter", "inverter_name", str(exc),
+                                 "pick a prompt inverter file (written by Train Prompt Inverter)") from None
+        return io.NodeOutput(inverter)
+
+
+class PromptInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWPromptInversion",
+            display_name="Prompt Inversion",
+            category="PromptWeave/inversion",
+            description="Predicts the prompt of each image (Reverse Stable Diffusion, Croitoru et al. 2023): its "
+            "sentence embedding, keywords with calibrated scores, the nearest known prompts composed into a prompt "
+            "string, and (with a CLIP) the conditioning of that prompt.",
+            inputs=[
+                io.Image.Input("image", tooltip="RGB images; one prompt per image."),
+                PromptInverterType.Input("inverter", tooltip="From Load Prompt Inverter or Train Prompt Inverter."),
+                io.Clip.Input("clip", optional=True, tooltip="Text encoder for the conditioning output (optional)."),
+                VLMType.Input("vlm", optional=True,
+                              tooltip="Image encoder for inverters trained on a VLM (e.g. WorldCLIP)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Image encoder for inverters trained on CLIP vision features."),
+                WorldGenType.Input("worldgen", optional=True,
+                                   tooltip="For white-box inverters trained on WorldGen's denoiser."),
+                io.Int.Input("top_k", default=8, min=1, max=100, tooltip="Number of keywords per image."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Keywords scoring at least this are added to the composed prompt."),
+                io.Boolean.Input("use_dakl", default=True,
+                                 tooltip="Apply the kernel refinement (DAKL) if the inverter has one."),
+            ],
+            outputs=[
+                io.String.Output(display_name="prompt", tooltip="Composed prompt per image, one per line."),
+                io.String.Output(display_name="keywords", tooltip="Keywords with scores per image, one line each."),
+                PromptEmbeddingType.Output(display_name="embedding",
+                                           tooltip="Predicted MiniLM prompt embeddings [B, 384]."),
+                io.Conditioning.Output(display_name="conditioning",
+                                       tooltip="The composed prompts encoded with the CLIP (batch = images)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, inverter, clip=None, vlm=None, clip_vision=None, worldgen=None, top_k: int = 8,
+                threshold: float = 0.5, use_dakl: bool = True) -> io.NodeOutput:
+        node = "PWPromptInversion"
+        if not isinstance(inverter, PromptInverter):
+            raise NodeInputError(node, "inverter", f"got {type(inverter).__name__}", "connect Load Prompt Inverter")
+        images = _images_bchw(node, image)
+        name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen)
+        if name != inverter.backbone:
+            raise NodeInputError(node, "inverter", f"the inverter was trained on '{inverter.backbone}', the "
+                                 f"connected encoder is '{name}'", "connect the encoder the inverter was trained on")
+        results = inverter.invert(inputs, top_k=top_k, threshold=threshold, use_dakl=use_dakl)
+        prompts = [r["prompt"] for r in results]
+        kw_lines = [", ".join(f"{w}:{s:.2f}" for w, s in r["keywords"]) for r in results]
+        embedding = torch.stack([r["embedding"] for r in results])
+        conditioning = None
+        if clip is not None:
+            conds = [clip.encode_from_tokens_scheduled(clip.tokenize(p or " ")) for p in prompts]
+            conditioning = [[torch.cat([c[0][0] for c in conds]),
+                             {**conds[0][0][1], **_pooled_cat(conds)}]]
+        return io.NodeOutput("\n".join(prompts), "\n".join(kw_lines), embedding, conditioning)
+
+
+def _pooled_cat(conds: list) -> dict:
+    pooled = [c[0][1].get("pooled_output") for c in conds]
+    return {"pooled_output": torch.cat(pooled)} if all(p is not None for p in pooled) else {}
+
+
+def _safe_name(node: str, name: str) -> str:
+    stem = name.strip().removesuffix(".safetensors")
+    if not stem or not re.fullmatch(r"[A-Za-z0-9_.\-]+", stem) or stem.startswith("."):
+        raise NodeInputError(node, "filename", f"'{name}' is not a usable file name",
+                             "use letters, digits, '-', '_' and '.' only")
+    return stem
+
+
+class TrainPromptInverter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWTrainPromptInverter",
+            display_name="Train Prompt Inverter",
+            category="PromptWeave/inversion",
+            description="Trains a prompt inverter on image/prompt pairs (a folder of name.png + name.txt, or images "
+            "and prompts generated in the graph): MLP head on a frozen image encoder (or a pixel CNN), loss cosine "
+            "+ 0.1 BCE(vocabulary) + Huber, curriculum learning against noisy pairs. Saves to "
+            "ComfyUI/models/promptweave; resumes from its checkpoint in output/promptweave_checkpoints.",
+            is_output_node=True,
+            inputs=[
+                io.Combo.Input("backbone", options=list(BACKBONES), default="vlm",
+                               tooltip="Image encoder: vlm (connect vlm), pixels (trainable CNN), clip_vision "
+                               "(connect clip_vision) or worldgen (white box: connect worldgen and vlm)."),
+                io.String.Input("filename", default="my-inverter",
+                                tooltip="Name of the .safetensors written to models/promptweave."),
+                io.String.Input("dataset_folder", default="", optional=True,
+                                tooltip="Folder of image.png + image.txt pairs (leave empty to use images/prompts)."),
+                io.Image.Input("images", optional=True, tooltip="Training images generated in the graph."),
+                io.String.Input("prompts", multiline=True, default="", optional=True,
+                                tooltip="One prompt per line, one line per image of 'images'."),
+                VLMType.Input("vlm", optional=True, tooltip="The VLM image encoder (e.g. WorldCLIP)."),
+                io.ClipVision.Input("clip_vision", optional=True, tooltip="A CLIP vision image encoder."),
+                WorldGenType.Input("worldgen", optional=True, tooltip="WorldGen, for the white-box encoder."),
+                io.Int.Input("vocab_size", default=1000, min=1, max=20000, tooltip="Keyword vocabulary size."),
+                io.Int.Input("epochs", default=20, min=1, max=10000, tooltip="Epochs (per curriculum phase)."),
+                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Batch size."),
+                io.Float.Input("learning_rate", default=1e-3, min=1e-6, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate (cosine decay to 1e-6)."),
+                io.Int.Input("hidden_width", default=512, min=8, max=8192, tooltip="Width of the MLP layers."),
+                io.Boolean.Input("curriculum", default=True,
+                                 tooltip="Curriculum learning (easy pairs first): helps with noisy captions."),
+                io.Int.Input("checkpoint_every", default=200, min=1, max=100000,
+                             tooltip="Steps between resumable checkpoints."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Random seed."),
+            ],
+            outputs=[
+                PromptInverterType.Output(display_name="inverter", tooltip="The trained prompt inverter."),
+                io.Image.Output(display_name="loss_curve", tooltip="Training loss per step."),
+                io.String.Output(display_name="path", tooltip="Where the inverter was saved."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, backbone: str, filename: str, dataset_folder: str = "", images=None, prompts: str = "",
+                vlm=None, clip_vision=None, worldgen=None, vocab_size: int = 1000, epochs: int = 20,
+                batch_size: int = 64, learning_rate: float = 1e-3, hidden_width: int = 512, curriculum: bool = True,
+                checkpoint_every: int = 200, seed: int = 0) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+        import folder_paths
+
+        node = "PWTrainPromptInverter"
+        stem = _safe_name(node, filename)
+        if backbone not in BACKBONES:
+            raise NodeInputError(node, "backbone", f"unknown encoder '{backbone}'", f"pick one of {BACKBONES}")
+        folder = (dataset_folder or "").strip()
+        if folder:
+            try:
+                pixels, texts = load_pair_folder(os.path.expanduser(folder))
+            except ValueError as exc:
+                raise NodeInputError(node, "dataset_folder", str(exc),
+                                     "point it at a folder holding image.png + image.txt pairs") from None
+        elif images is not None:
+            pixels = _images_bchw(node, images, "images")
+            texts = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+            if len(texts) != pixels.shape[0]:
+                raise NodeInputError(node, "prompts", f"{len(texts)} prompt lines for {pixels.shape[0]} images",
+                                     "write exactly one prompt line per image")
+        else:
+            raise NodeInputError(node, "dataset_folder", "no training data", "set a dataset folder of image.png + "
+                                 "image.txt pairs, or connect images and write their prompts")
+        try:
+            vocab = Vocabulary.build(texts, size=vocab_size)
+        except ValueError as exc:
+            raise NodeInputError(node, "prompts", str(exc), "use descriptive prompts") from None
+        # no captions as WorldGen context: Prompt Inversion has none at inference either (empty caption both ways)
+        name, inputs = _features(node, backbone, pixels, vlm, clip_vision, worldgen)
+        try:
+            targets, labels = prompt_targets(texts, vocab, inversion_targets.default_embedder())
+        except ImportError as exc:
+            raise NodeInputError(node, "(MiniLM)", str(exc), "install the packages named above") from None
+        config = InverterConfig(
+            backbone=name, feature_dim=128 if name == PIXELS else int(inputs.shape[1]),
+            hidden=(hidden_width, hidden_width), epochs=epochs, batch_size=batch_size, lr=learning_rate,
+            curriculum=curriculum, seed=seed, dropout=0.5 if name != PIXELS else 0.1,
+        )
+        target = output_model_path(node, "filename", stem)
+        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave_checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = ckpt_dir / f"{stem}.state.safetensors"
+        pbar = comfy.utils.ProgressBar(1)
+
+        def callback(step: int, total: int, loss: float) -> None:
+            pbar.update_absolute(step, total)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs_t, targets_t, labels_t = inputs.clone(), targets.clone(), labels.clone()
+            try:
+                result = train_inverter(inputs_t, targets_t, labels_t, config, vocab, texts=texts,
+                                        checkpoint_path=ckpt, checkpoint_every=checkpoint_every, callback=callback)
+            except ArtifactError as exc:
+                raise NodeInputError(node, "filename", f"the checkpoint {ckpt} does not fit this run: {exc}",
+                                     f"delete {ckpt} or choose another filename") from None
+        path = save_inverter(result.inverter, target)
+        ckpt.unlink(missing_ok=True)
+        curve = loss_curve_image(result.losses).unsqueeze(0)
+        return io.NodeOutput(result.inverter, curve, str(path))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadPromptInverter, PromptInversion, TrainPromptInverter]

@@ -1,0 +1,162 @@
+"""Prompt inversion nodes in the real ComfyUI (in-process): train, load, invert, regenerate, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_api_workflow
+
+from promptweave.defaults import TINY_SD15_NAME
+from promptweave.headless import PACK_DIR
+
+pytestmark = pytest.mark.comfyui
+SHIPPED = PACK_DIR / "weights" / "inverter-pixels-world.safetensors"
+
+
+def bow_embedder(texts):
+    out = torch.zeros(len(texts), 384)
+    for row, text in enumerate(texts):
+        for w in text.lower().split():
+            out[row, int(hashlib.md5(w.encode()).hexdigest(), 16) % 384] += 1.0
+    return F.normalize(out + 1e-6, dim=-1)
+
+
+@pytest.fixture
+def fast_targets(comfy, monkeypatch):
+    """MiniLM is exercised by the library tests; here a bag-of-words stand-in keeps the node tests fast."""
+    monkeypatch.setattr(comfy.pack_module("prompt_modules.inversion.targets"), "_DEFAULT", bow_embedder)
+
+
+def _node(comfy, node_id):
+    return comfy.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+
+def _pairs(n=8):
+    images = torch.zeros(n, 32, 32, 3)
+    words = ["red", "green", "blue", "yellow"]
+    texts = []
+    for i in range(n):
+        images[i, 8:24, 8:24, i % 3] = 1.0
+        texts.append(f"a {words[i % 4]} square")
+    return images, "\n".join(texts)
+
+
+def _train(comfy, **kw):
+    images, prompts = _pairs()
+    args = dict(backbone="pixels", filename="test-inverter", dataset_folder="", images=images, prompts=prompts,
+                vocab_size=50, epochs=2, batch_size=4, learning_rate=1e-3, hidden_width=16, curriculum=True,
+                checkpoint_every=3, seed=0)
+    args.update(kw)
+    return _node(comfy, "PWTrainPromptInverter").execute(**args)
+
+
+def test_nodes_are_registered(comfy):
+    assert {"PWLoadPromptInverter", "PWPromptInversion", "PWTrainPromptInverter"} <= set(comfy.pack_node_ids())
+
+
+def test_train_load_and_invert_with_conditioning(comfy, comfy_base, fast_targets):
+    inverter, curve, path = _train(comfy)
+    target = comfy_base / "models" / "promptweave" / "test-inverter.safetensors"
+    assert path == str(target) and target.is_file()
+    assert curve.shape == (1, 256, 512, 3)
+    assert not list((comfy_base / "output" / "promptweave_checkpoints").glob("test-inverter*"))
+    loaded = _node(comfy, "PWLoadPromptInverter").execute(inverter_name="test-inverter.safetensors")[0]
+    _, clip, _ = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(TINY_SD15_NAME)
+    images, _ = _pairs(3)
+    with torch.inference_mode():
+        prompt, kws, emb, cond = _node(comfy, "PWPromptInversion").execute(
+            image=images, inverter=loaded, clip=clip, top_k=3, threshold=0.5, use_dakl=True)
+    assert len(prompt.splitlines()) == 3 and all(line.strip() for line in prompt.splitlines())
+    assert len(kws.splitlines()) == 3 and ":" in kws
+    assert emb.shape == (3, 384) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-4)
+    assert cond[0][0].shape == (3, 77, 768) and cond[0][1]["pooled_output"].shape[0] == 3
+
+
+def test_bad_images_are_clear_errors(comfy, fast_targets):
+    inverter = _train(comfy, filename="bad-images")[0]
+    node = _node(comfy, "PWPromptInversion")
+    for image, what in ((torch.zeros(1, 8, 8, 4), "RGBA"), (torch.zeros(1, 8, 8, 1), "grayscale"),
+                        (torch.zeros(0, 8, 8, 3), "empty")):
+        with pytest.raises(ValueError, match=f"PWPromptInversion: input 'image': .*{what}.*Fix:"):
+            node.execute(image=image, inverter=inverter)
+
+
+def test_inverter_for_another_backbone_is_refused(comfy):
+    inv_mod = comfy.pack_module("prompt_modules.inversion")
+    vlm_mod = comfy.pack_module("prompt_modules.vlm")
+    vocab = inv_mod.Vocabulary(["red", "star"])
+    world = inv_mod.PromptInverter(inv_mod.InverterConfig(backbone="vlm:world", feature_dim=256, hidden=(8,)), vocab)
+    node = _node(comfy, "PWPromptInversion")
+    with pytest.raises(ValueError, match="PWPromptInversion: input 'vlm': .*needs a VLM"):
+        node.execute(image=torch.rand(1, 16, 16, 3), inverter=world)
+    with pytest.raises(ValueError, match="trained on 'vlm:world', the connected encoder is 'vlm:tiny'"):
+        node.execute(image=torch.rand(1, 16, 16, 3), inverter=world, vlm=vlm_mod.VisionLanguageModel("tiny", seed=0))
+
+
+def test_bad_training_inputs_write_nothing(comfy, comfy_base, tmp_path, fast_targets, monkeypatch):
+    folder = comfy_base / "models" / "promptweave"
+    before = set(folder.iterdir())
+    with pytest.raises(ValueError, match="PWTrainPromptInverter: input 'dataset_folder': .*no image.png"):
+        _train(comfy, filename="never", dataset_folder=str(tmp_path), images=None)
+    with pytest.raises(ValueError, match="PWTrainPromptInverter: input 'prompts': 2 prompt lines for 8 images"):
+        _train(comfy, filename="never", prompts="a\nb")
+    with pytest.raises(ValueError, match="PWTrainPromptInverter: input 'vlm'"):
+        _train(comfy, filename="never", backbone="vlm")
+
+    import comfy.model_management as mm
+
+    def interrupt():
+        raise mm.InterruptProcessingException()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mm, "throw_exception_if_processing_interrupted", interrupt)
+        with pytest.raises(mm.InterruptProcessingException):
+            _train(comfy, filename="never")
+    assert set(folder.iterdir()) == before
+    ckpt = comfy_base / "output" / "promptweave_checkpoints" / "never.state.safetensors"
+    assert not ckpt.exists()  # interrupted at step 1, before the first checkpoint (every 3 steps)
+
+
+def test_corrupt_inverter_file_is_a_clear_error(comfy, comfy_base):
+    (comfy_base / "models" / "promptweave" / "broken-inverter.safetensors").write_bytes(b"\x01" * 64)
+    with pytest.raises(ValueError, match="PWLoadPromptInverter: input 'inverter_name': .*not a valid safetensors"):
+        _node(comfy, "PWLoadPromptInverter").execute(inverter_name="broken-inverter.safetensors")
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped pixel inverter is not built")
+def test_invert_and_regenerate_workflow(comfy):
+    history = comfy.run(load_api_workflow("inversion_regenerate.json"))
+    files = comfy.output_files(history)
+    assert len(files) == 2 and all(f.is_file() for f in files)
+
+
+def test_clip_vision_features_reach_the_inverter(comfy):
+    """A CLIP_VISION input is used through its ``encode_image(...)["image_embeds"]`` (shape-only stand-in)."""
+    inv_mod = comfy.pack_module("prompt_modules.inversion")
+
+    class FakeClipVision:
+        def encode_image(self, image):
+            assert image.shape[-1] == 3  # ComfyUI layout [B, H, W, C]
+            return {"image_embeds": image.mean(dim=(1, 2)).repeat(1, 4)}  # [B, 12]
+
+    vocab = inv_mod.Vocabulary(["red", "star"])
+    inverter = inv_mod.PromptInverter(inv_mod.InverterConfig(backbone="clip_vision:12", feature_dim=12, hidden=(8,)),
+                                      vocab).eval()
+    prompt, kws, emb, cond = _node(comfy, "PWPromptInversion").execute(
+        image=torch.rand(2, 16, 16, 3), inverter=inverter, clip_vision=FakeClipVision())
+    assert emb.shape == (2, 384) and cond is None and len(prompt.splitlines()) == 2
+    other = inv_mod.PromptInverter(inv_mod.InverterConfig(backbone="clip_vision:1024", feature_dim=1024, hidden=(8,)),
+                                   vocab)
+    with pytest.raises(ValueError, match="trained on 'clip_vision:1024', the connected encoder is 'clip_vision:12'"):
+        _node(comfy, "PWPromptInversion").execute(image=torch.rand(1, 16, 16, 3), inverter=other,
+                                                  clip_vision=FakeClipVision())
+
+
+def test_train_on_generated_images_workflow(comfy, comfy_base, fast_targets):
+    history = comfy.run(load_api_workflow("inversion_train_generated.json"))
+    files = comfy.output_files(history)
+    assert len(files) == 1 + 4 and all(f.is_file() for f in files)  # loss curve + 4 regenerated images
+    assert (comfy_base / "models" / "promptweave" / "inverter-from-generated.safetensors").is_file()
