@@ -15,7 +15,7 @@ from ..prompt_modules.artifacts import atomic_write_bytes
 
 SPLITS = ("test", "compositional")
 #: task name -> module in this package that defines ``run(seed, split, quick) -> TaskResult``.
-TASKS: dict[str, str] = {"world": "world"}
+TASKS: dict[str, str] = {"world": "world", "inversion": "inversion", "retrieval": "retrieval"}
 
 
 @dataclass

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import nodes_learned_prompt
+from . import nodes_dual_prompt, nodes_inversion, nodes_learned_prompt, nodes_world
 from ._common import register_models_folder
 
-NODE_MODULES = [nodes_learned_prompt]
+NODE_MODULES = [nodes_learned_prompt, nodes_world, nodes_dual_prompt, nodes_inversion]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

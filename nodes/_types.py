@@ -8,3 +8,9 @@ VLMType = io.Custom("PW_VLM")
 """A :class:`~promptweave.prompt_modules.vlm.VisionLanguageModel` (e.g. WorldCLIP)."""
 WorldGenType = io.Custom("PW_WORLDGEN")
 """The world's latent-diffusion generator (:mod:`promptweave.prompt_modules.world.worldgen`)."""
+DualPromptType = io.Custom("PW_DUAL_PROMPT")
+"""A DCAR :class:`~promptweave.prompt_modules.dual_prompt.DualPrompt` (text + image prompts for one VLM)."""
+PromptInverterType = io.Custom("PW_PROMPT_INVERTER")
+"""A :class:`~promptweave.prompt_modules.inversion.PromptInverter` (image -> prompt embedding and keywords)."""
+PromptEmbeddingType = io.Custom("PW_PROMPT_EMBEDDING")
+"""Predicted all-MiniLM-L6-v2 prompt embeddings, a float tensor ``[B, 384]`` (L2-normalised)."""

@@ -87,7 +87,10 @@ def api_to_ui(prompt: dict, node_info: dict[str, dict]) -> dict:
             elif _is_widget(spec):
                 widgets.append(value)
                 options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                if options.get("control_after_generate"):
+                # The frontend adds a "control after generate" widget where the option asks for one, and by
+                # default to INT inputs named seed/noise_seed (useIntWidget in comfyui-frontend-package).
+                default_control = spec[0] == "INT" and name in ("seed", "noise_seed")
+                if options.get("control_after_generate", default_control):
                     widgets.append("fixed")
             else:
                 inputs.append({"name": name, "type": spec[0], "link": None})

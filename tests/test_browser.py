@@ -258,10 +258,14 @@ def test_ui_workflow_loads_runs_and_shows_its_image(frontend, artifacts_dir, wor
         # the queue panel updates on the server's next status message; wait for it so the screenshot shows it
         page.wait_for_function(QUEUE_IDLE_AFTER, arg=prompt_id, timeout=IMAGE_TIMEOUT_MS, polling=250)
         shown = page.evaluate(SHOWN_IMAGES, image_nodes)
+        sizes = []
         for node_id, images in shown.items():
             for image in images:
                 assert "/view?" in image["src"] and "filename=" in image["src"], (node_id, image)
-                assert (image["w"], image["h"]) == (64, 64), f"{name}: node {node_id} shows {image}"
+                assert image["w"] > 0 and image["h"] > 0, f"{name}: node {node_id} shows {image}"
+                sizes.append((image["w"], image["h"]))
+        # generated images are 64x64; plots such as loss curves have their own sizes
+        assert (64, 64) in sizes, f"{name}: no 64x64 generated image shown among {sizes}"
         flagged = [n for n in page.evaluate(GRAPH_NODES) if n["has_errors"]]
         assert not flagged, f"{name}: nodes marked with errors after the run: {flagged}"
     except AssertionError as exc:

@@ -143,11 +143,12 @@ def test_api_workflow_runs_and_serves_a_64px_png(comfy_server, object_info, work
     assert status["status_str"] == "success" and status["completed"], (
         f"{workflow.name} failed: {json.dumps(_messages(entry, 'execution_error'), indent=1)[:4000]}"
     )
-    output_nodes = [nid for nid, node in prompt.items() if object_info[node["class_type"]].get("output_node")]
-    assert output_nodes, f"{workflow.name} has no output node"
-    for node_id in output_nodes:
+    image_nodes = [nid for nid, node in prompt.items() if node["class_type"] in ("SaveImage", "PreviewImage")]
+    assert image_nodes, f"{workflow.name} has no image output node"
+    sizes = []
+    for node_id in image_nodes:
         images = entry["outputs"].get(node_id, {}).get("images", [])
-        assert images, f"output node {node_id} ({prompt[node_id]['class_type']}) lists no image: {entry['outputs']}"
+        assert images, f"image node {node_id} ({prompt[node_id]['class_type']}) lists no image: {entry['outputs']}"
         for image in images:
             assert image["type"] in ("output", "temp"), image  # SaveImage: output, PreviewImage: temp
             query = urllib.parse.urlencode(
@@ -157,7 +158,10 @@ def test_api_workflow_runs_and_serves_a_64px_png(comfy_server, object_info, work
             assert data[:8] == b"\x89PNG\r\n\x1a\n", f"/view?{query} is not a PNG"
             with Image.open(io.BytesIO(data)) as png:
                 png.load()
-                assert (png.format, png.size) == ("PNG", (64, 64)), (prompt_id, image, png.format, png.size)
+                assert png.format == "PNG" and min(png.size) > 0, (prompt_id, image, png.format, png.size)
+                sizes.append(png.size)
+    # The example workflows generate 64x64 images; plots (loss curves, previews) have their own sizes.
+    assert (64, 64) in sizes, f"{workflow.name}: no 64x64 generated image among {sizes}"
 
 
 def test_empty_text_is_an_execution_error_naming_node_and_input(comfy_server):
