@@ -1,8 +1,10 @@
 """Command line for the procedural world: ``python -m promptweave.world preview --n 16 out.png``.
 
-Subcommands (argparse subparsers, so more can be added, e.g. a future ``train``):
+Subcommands:
 
 * ``preview``: a PNG grid of N scenes in mixed styles, each tile captioned with its scene's caption.
+* ``train clip``: train WorldCLIP, the world's vision-language backbone (``prompt_modules/world/clip_training.py``).
+* ``train gen``: train WorldGen, the world's latent-diffusion generator (``prompt_modules/world/gen_training.py``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, choices=(64, 128), help="render size (default 128)")
     p.add_argument("--style", default=MIXED, choices=(MIXED, *STYLES), help="render style (default mixed)")
     p.add_argument("--noise", type=float, default=0.0, help="fraction of mismatched captions")
+    train = sub.add_parser("train", help="train a world backbone with fixed seeds and resumable checkpoints")
+    models = train.add_subparsers(dest="model", required=True)
+    from .prompt_modules.world import clip_training, gen_training
+
+    clip_training.add_cli_arguments(models.add_parser("clip", help="train WorldCLIP (contrastive, all styles)"))
+    gen_training.add_cli_arguments(models.add_parser("gen", help="train WorldGen (autoencoder + latent diffusion)"))
     return parser
 
 
@@ -109,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         save_atomic(img, args.out)
         print(f"wrote {args.out} ({args.n} scenes)")
+    elif args.command == "train":
+        from .prompt_modules.world import clip_training, gen_training
+
+        return (clip_training if args.model == "clip" else gen_training).run_cli(args)
     return 0
 
 

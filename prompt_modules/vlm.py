@@ -314,6 +314,29 @@ class VisionLanguageModel(nn.Module):
         tokens = texts.to(self.device) if isinstance(texts, torch.Tensor) else self.tokenize(texts)
         return self.encode_text_embeddings(self.embed_tokens(tokens), self.eot_index(tokens), normalize)
 
+    def text_token_features(self, texts_or_ids: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Per-token outputs of the text transformer after ``ln_final``: ``[B, L, token_width]``.
+
+        The cross-attention context of a text-conditional diffusion model (Stable Diffusion reads CLIP's last
+        hidden state the same way; Rombach et al. 2022). Accepts strings, token ids ``[B, L]`` (integer) or
+        token embeddings ``[B, L, token_width]`` (float, e.g. with learned prompt vectors); ``L`` is
+        ``context_length`` (77) for strings. Positional embedding and causal mask are added here, no pooling and
+        no projection.
+        """
+        if isinstance(texts_or_ids, torch.Tensor) and texts_or_ids.is_floating_point():
+            x = texts_or_ids.to(self.device)
+        elif isinstance(texts_or_ids, torch.Tensor):
+            x = self.embed_tokens(texts_or_ids.to(self.device))
+        else:
+            x = self.embed_tokens(self.tokenize(texts_or_ids))
+        length = x.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"{length} tokens exceed the context length {self.context_length}")
+        x = x + self.clip.positional_embedding[:length].to(x.dtype)
+        mask = self.clip.attn_mask
+        x = self.clip.transformer(x, attn_mask=None if mask is None else mask[:length, :length])
+        return self.clip.ln_final(x)
+
     def encode_text_embeddings(
         self, token_embeds: torch.Tensor, eot_index: torch.Tensor, normalize: bool = True
     ) -> torch.Tensor:

@@ -148,6 +148,21 @@ def test_encode_text_embeddings_equals_encode_text(model: VisionLanguageModel) -
         model.encode_text_embeddings(torch.zeros(1, 78, 64), torch.zeros(1, dtype=torch.long))
 
 
+@torch.no_grad()
+def test_text_token_features(model: VisionLanguageModel) -> None:
+    """Per-token context for cross-attention: ln_final outputs; the end-token row projects to encode_text."""
+    tokens = model.tokenize(SENTENCES)
+    feats = model.text_token_features(SENTENCES)
+    assert feats.shape == (len(SENTENCES), 77, model.token_width)
+    assert torch.allclose(model.text_token_features(tokens), feats)
+    assert torch.allclose(model.text_token_features(model.embed_tokens(tokens)), feats)
+    pooled = feats[torch.arange(len(SENTENCES)), model.eot_index(tokens)] @ model.text_projection
+    assert torch.allclose(torch.nn.functional.normalize(pooled, dim=-1), model.encode_text(tokens), atol=1e-5)
+    assert torch.allclose(model.text_token_features(tokens[:, :16]), feats[:, :16], atol=1e-5)  # causal
+    with pytest.raises(ValueError, match="context length"):
+        model.text_token_features(torch.zeros(1, 78, dtype=torch.long))
+
+
 def test_learned_context_gets_gradients(model: VisionLanguageModel) -> None:
     """CoOp-style use: replace the embeddings of placeholder tokens with learned vectors."""
     tokens = model.tokenize(["X X X X cat"])

@@ -1,0 +1,495 @@
+"""WorldCLIP: the procedural world's vision-language backbone, trained from scratch (issue "Offline world").
+
+A small open_clip ``CLIP`` (:class:`~promptweave.prompt_modules.vlm.VisionLanguageModel`) is trained with the
+symmetric InfoNCE contrastive loss of CLIP (Radford et al. 2021, "Learning Transferable Visual Models From
+Natural Language Supervision", sec. 2.3 and fig. 3) on image/caption pairs of the world's ``train`` split, all
+render styles mixed. Batches are rendered on the fly with :func:`~.dataset.render_batch` from seeds derived
+from ``seed + step``, so a run resumed from a checkpoint (:mod:`~promptweave.prompt_modules.checkpointing`)
+equals an uninterrupted one. The optimiser is AdamW with linear warmup and cosine decay.
+
+:func:`evaluate_worldclip` measures zero-shot category and colour accuracy on single-object scenes (the
+shared helpers of :mod:`.zero_shot`) and image<->caption recall@1.
+
+Command line::
+
+    python -m promptweave.world train clip --out weights/worldclip.safetensors --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..artifacts import read_safetensors, save_safetensors_atomic
+from ..checkpointing import load_training_state, save_training_state
+from ..vlm import VisionLanguageModel, VLMConfig, get_config, load_vlm, save_vlm
+from .captions import NUM_HARD_NEGATIVES, HardNegative
+from .dataset import render_batch, style_for_seed
+from .scene import Scene, split_seed_range
+from .vocabulary import STYLES
+from .zero_shot import category_prompts, colour_prompts, scenes_to_images, single_object_scenes, zero_shot_predict
+
+#: The shipped WorldCLIP shape: a 64 px ViT (patch 8) and a causal text transformer, both 128 wide.
+WORLDCLIP_CONFIG = VLMConfig(
+    name="worldclip",
+    embed_dim=128,
+    image_size=64,
+    patch_size=8,
+    vision_width=128,
+    vision_layers=4,
+    vision_heads=4,
+    text_width=128,
+    text_layers=3,
+    text_heads=4,
+)
+
+#: Keys of the dict :func:`evaluate_worldclip` returns.
+METRIC_KEYS = ("zero_shot_acc", "zero_shot_colour_acc", "i2t_r1", "t2i_r1")
+
+
+@dataclass
+class WorldCLIPTrainConfig:
+    """Everything that determines a WorldCLIP training run (stored in checkpoints and in the weights file).
+
+    ``vlm`` is a :data:`~promptweave.prompt_modules.vlm.VLM_PRESETS` name, ``"worldclip"``
+    (:data:`WORLDCLIP_CONFIG`) or a :meth:`VLMConfig.to_dict` dict. The learning rate warms up linearly over
+    ``warmup`` steps, then follows a cosine down to ``lr * min_lr_ratio`` at ``steps``. ``hard_negatives``
+    category-swap captions per image (:func:`~.captions.hard_negatives`) join the image->text candidates, as in
+    NegCLIP (Yuksekgonul et al. 2023): without them, colours alone tell most in-batch captions apart and the
+    shapes' names are learnt slowly. A ``partial_captions`` fraction of the captions is replaced by a partial
+    description made of the scene's referring expressions (each object named with only the attributes that
+    single it out, e.g. "the ring" or "the big star and the cyan down arrow"): the full captions always name
+    every colour, and a model trained on them alone matches colour-free text such as "a picture of a ring."
+    poorly.
+    """
+
+    vlm: str | dict[str, Any] = "worldclip"
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    hard_negatives: int = 2
+    hard_negative_weight: float = 1.0
+    partial_captions: float = 0.25
+    seed: int = 0
+    styles: tuple[str, ...] = field(default_factory=lambda: tuple(STYLES))
+    image_size: int = 64
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        self.styles = tuple(self.styles)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        unknown = [s for s in self.styles if s not in STYLES]
+        if unknown or not self.styles:
+            raise ValueError(f"styles must be a non-empty subset of {STYLES}, got {self.styles}")
+        if self.steps < 0 or self.batch_size < 2 or self.warmup < 0 or self.checkpoint_every < 1:
+            raise ValueError("need steps >= 0, batch_size >= 2, warmup >= 0 and checkpoint_every >= 1")
+        if not 0.0 <= self.partial_captions <= 1.0:
+            raise ValueError("partial_captions is a fraction in [0, 1]")
+        if not 0 <= self.hard_negatives <= NUM_HARD_NEGATIVES:
+            raise ValueError(f"hard_negatives must be in 0..{NUM_HARD_NEGATIVES}")
+        self.vlm_config()  # fail early on an unknown preset
+
+    def vlm_config(self) -> VLMConfig:
+        """The model shape this run trains."""
+        if isinstance(self.vlm, dict):
+            return VLMConfig.from_dict(self.vlm)
+        if self.vlm == WORLDCLIP_CONFIG.name:
+            return WORLDCLIP_CONFIG
+        return get_config(self.vlm)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["styles"], data["betas"] = list(self.styles), list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorldCLIPTrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ----- data -------------------------------------------------------------------------------------------------
+def batch_seeds(config: WorldCLIPTrainConfig, step: int) -> list[int]:
+    """The train-split scene seeds of batch ``step`` (a function of ``config.seed + step`` only)."""
+    train = split_seed_range("train")
+    rng = np.random.default_rng(config.seed + step)
+    offsets = rng.integers(0, len(train), size=config.batch_size)
+    return [train.start + int(o) for o in offsets]
+
+
+def training_batch(config: WorldCLIPTrainConfig, step: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Batch ``step``: images ``[B, 3, H, W]`` in 0..1 (styles mixed over ``config.styles``), their captions
+    (a ``config.partial_captions`` fraction of them partial, see :func:`partial_caption`) and
+    ``config.hard_negatives`` category-swap negatives per image (image-major; a partial caption gets partial
+    negatives). Every random choice is drawn from ``seed + step``."""
+    seeds = batch_seeds(config, step)
+    styles = [style_for_seed(s, config.styles) for s in seeds]
+    batch = render_batch(seeds, size=config.image_size, style=styles)
+    scenes: list[Scene] = batch["scenes"]
+    partial = np.random.default_rng([config.seed + step, 2]).random(len(scenes)) < config.partial_captions
+    captions = [partial_caption(sc) if p else sc.caption for sc, p in zip(scenes, partial, strict=True)]
+    negatives: list[str] = []
+    if config.hard_negatives:
+        rng = np.random.default_rng([config.seed + step, 1])
+        for scene, is_partial in zip(scenes, partial, strict=True):
+            edits = scene.hard_negative_edits
+            for k in rng.permutation(len(edits))[: config.hard_negatives]:
+                edit = edits[int(k)]
+                negatives.append(partial_caption(scene, edit) if is_partial else edit.text)
+    return batch["image"], captions, negatives
+
+
+def partial_caption(scene: Scene, negative: HardNegative | None = None) -> str:
+    """The scene described by its objects' referring expressions (``"the ring"``, ``"the big star and the cyan
+    down arrow"``): every object is named, each with only the attributes that single it out in the scene.
+    With ``negative`` (one of ``scene.hard_negative_edits``), that edit's object is named with the swapped
+    category instead. Falls back to the full caption (or the edit's text) when an object has no referring
+    expression."""
+    texts = dict(scene.referring)
+    if len(texts) != len(scene.objects):
+        return scene.caption if negative is None else negative.text
+    parts = [texts[k] for k in range(len(scene.objects))]
+    if negative is not None:  # the referent's own category comes first in its phrase
+        k = negative.object_index
+        parts[k] = re.sub(rf"\b{re.escape(negative.original)}\b", negative.replacement, parts[k], count=1)
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def encode_captions(vlm: VisionLanguageModel, captions: Sequence[str]) -> torch.Tensor:
+    """Normalised text features, running the text tower only up to the longest caption's end token.
+
+    The text tower is causal and reads its output at the end-of-text token, so dropping the padding after
+    the longest caption gives the same features as :meth:`VisionLanguageModel.encode_text` at a fraction of
+    the cost (captions are ~20-50 tokens of the 77-token context).
+    """
+    tokens = vlm.tokenize(list(captions))
+    eot = vlm.eot_index(tokens)
+    length = int(eot.max()) + 1
+    return vlm.encode_text_embeddings(vlm.embed_tokens(tokens[:, :length]), eot)
+
+
+def contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    label_smoothing: float = 0.0,
+    negative_features: torch.Tensor | None = None,
+    hard_negative_weight: float = 0.0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE loss of CLIP (Radford et al. 2021, fig. 3): the mean of the image->text and
+    text->image cross-entropies over the in-batch similarity matrix of normalised features; pair ``i`` of the
+    batch is the positive of row/column ``i``.
+
+    ``negative_features`` ``[B * k, D]`` (``k`` hard negatives per image, image-major) are appended to the
+    image->text candidates (NegCLIP, Yuksekgonul et al. 2023); with ``hard_negative_weight`` > 0 a second term,
+    the cross-entropy of each image over its own caption and its ``k`` negatives only, is added with that
+    weight: it isolates the category signal that the in-batch softmax dilutes among easy negatives.
+    """
+    logits = logit_scale * image_features @ text_features.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    i2t_logits = logits
+    focus = None
+    if negative_features is not None and negative_features.shape[0]:
+        negative_logits = logit_scale * image_features @ negative_features.T
+        i2t_logits = torch.cat([logits, negative_logits], dim=1)
+        if hard_negative_weight > 0:
+            batch = image_features.shape[0]
+            own = negative_logits.view(batch, batch, -1)[labels, labels]  # [B, k]: image i vs its own negatives
+            focus = F.cross_entropy(torch.cat([logits.diagonal()[:, None], own], dim=1), torch.zeros_like(labels))
+    i2t = F.cross_entropy(i2t_logits, labels, label_smoothing=label_smoothing)
+    t2i = F.cross_entropy(logits.T, labels, label_smoothing=label_smoothing)
+    loss = (i2t + t2i) / 2
+    return loss if focus is None else loss + hard_negative_weight * focus
+
+
+def batch_loss(
+    vlm: VisionLanguageModel,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    negatives: Sequence[str] = (),
+    label_smoothing: float = 0.0,
+    hard_negative_weight: float = 0.0,
+) -> torch.Tensor:
+    """Contrastive loss of ``vlm`` on one batch of image/caption pairs (plus hard negatives, see
+    :func:`contrastive_loss`)."""
+    text = encode_captions(vlm, [*captions, *negatives])
+    n = len(captions)
+    return contrastive_loss(
+        vlm.encode_image(images), text[:n], vlm.logit_scale, label_smoothing, text[n:], hard_negative_weight
+    )
+
+
+def learning_rate(config: WorldCLIPTrainConfig, step: int) -> float:
+    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_lr_ratio``."""
+    if config.warmup and step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    span = max(1, config.steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(vlm: VisionLanguageModel, config: WorldCLIPTrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on gains, biases, embeddings of positions/class token and the logit scale."""
+    decay, no_decay = [], []
+    for name, param in vlm.clip.named_parameters():
+        skip = param.ndim < 2 or "positional_embedding" in name or "class_embedding" in name
+        (no_decay if skip else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=1e-6)
+
+
+# ----- training ---------------------------------------------------------------------------------------------
+_RESUME_FREE = {"steps", "checkpoint_every"}  # fields a resumed run may change
+
+
+def _check_resume(found: dict[str, Any], config: WorldCLIPTrainConfig, path: Path) -> None:
+    if not found:
+        return
+    mine = config.to_dict()
+    diff = sorted(k for k in mine if k not in _RESUME_FREE and k in found and found[k] != mine[k])
+    if diff:
+        raise ValueError(
+            f"checkpoint {path} was written by a run with other settings ({', '.join(diff)}); "
+            "use the same settings or another checkpoint path"
+        )
+
+
+def train_worldclip(
+    config: WorldCLIPTrainConfig,
+    out_path: str | os.PathLike[str] | None,
+    *,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    eval_n: int = 500,
+    fp16: bool = True,
+) -> VisionLanguageModel:
+    """Train WorldCLIP with the CLIP contrastive loss (Radford et al. 2021) and return the float model.
+
+    With ``checkpoint_path`` the full training state is saved every ``config.checkpoint_every`` steps and at
+    the end; if the file exists the run continues from it (same result as never stopping). At the end the
+    weights go to ``out_path`` (atomic, fp16 unless ``fp16=False``) with the training config and the
+    test-split metrics of the stored weights (:func:`evaluate_worldclip` with ``n=eval_n``; ``eval_n=0``
+    skips them) in the metadata. ``threads`` sets ``torch.set_num_threads`` (default: torch's choice).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    vlm = VisionLanguageModel(config.vlm_config(), seed=config.seed)
+    optimizer = make_optimizer(vlm, config)
+    start = 0
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.exists():
+        start, extra = load_training_state(ckpt, vlm.clip, optimizer, backbone=vlm.name)
+        _check_resume(extra.get("train_config", {}), config, ckpt)
+        if progress:
+            print(f"resuming WorldCLIP from {ckpt} at step {start}", file=sys.stderr)
+
+    def checkpoint(step: int) -> None:
+        if ckpt is not None:
+            extra = {"train_config": config.to_dict()}
+            save_training_state(ckpt, vlm.clip, optimizer, step, backbone=vlm.name, extra=extra)
+
+    vlm.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=min(start, config.steps), desc="WorldCLIP", dynamic_ncols=True)
+    smoothed = None
+    for step in range(start, config.steps):
+        images, captions, negatives = training_batch(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        loss = batch_loss(
+            vlm, images, captions, negatives, config.label_smoothing, config.hard_negative_weight
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(vlm.clip.parameters(), config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():  # CLIP clips the temperature so that the logit scale stays <= 100
+            vlm.clip.logit_scale.clamp_(0.0, math.log(100.0))
+        value = float(loss.detach())
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{smoothed:.3f}", scale=f"{float(vlm.logit_scale):.1f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            checkpoint(step + 1)
+    if bar is not None:
+        bar.close()
+    if start < config.steps or (ckpt is not None and not ckpt.exists()):
+        checkpoint(config.steps)
+    vlm.eval()
+    if out_path is not None:
+        save_worldclip(vlm, out_path, config=config, eval_n=eval_n, fp16=fp16)
+    return vlm
+
+
+def save_worldclip(
+    vlm: VisionLanguageModel,
+    out_path: str | os.PathLike[str],
+    *,
+    config: WorldCLIPTrainConfig | None = None,
+    eval_n: int = 500,
+    fp16: bool = True,
+) -> dict[str, float]:
+    """Write ``vlm`` with :func:`save_vlm` (fp16 unless ``fp16=False``; ``load_vlm`` casts back to float),
+    adding ``promptweave.train_config`` and ``promptweave.metrics`` (the test-split metrics of the stored
+    weights) to its metadata. The file appears atomically, complete. Returns the metrics."""
+    out_path = Path(out_path)
+    stored = copy.deepcopy(vlm).eval()
+    if fp16:
+        stored.clip.half()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_vlm(stored, tmp)
+        metrics: dict[str, float] = {}
+        if eval_n > 0:
+            metrics = evaluate_worldclip(load_vlm(tmp), split="test", n=eval_n)
+        tensors, metadata = read_safetensors(tmp)
+        if config is not None:
+            metadata["promptweave.train_config"] = json.dumps(config.to_dict())
+        if metrics:
+            metadata["promptweave.metrics"] = json.dumps({**metrics, "split": "test", "n": eval_n})
+        save_safetensors_atomic(out_path, tensors, metadata)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return metrics
+
+
+# ----- evaluation -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_worldclip(
+    vlm: VisionLanguageModel, *, split: str = "test", n: int = 500, style: str = "flat"
+) -> dict[str, float]:
+    """WorldCLIP metrics on ``split``, each in [0, 1].
+
+    * ``zero_shot_acc``: fine-category accuracy (27-way) of zero-shot classification with
+      :func:`~.zero_shot.category_prompts` on the first ``n`` single-object scenes of ``split``
+      (:func:`~.zero_shot.single_object_scenes`, rendered in ``style``).
+    * ``zero_shot_colour_acc``: the same with :func:`~.zero_shot.colour_prompts` (20-way).
+    * ``i2t_r1`` / ``t2i_r1``: recall@1 of image->caption and caption->image retrieval among the first ``n``
+      scenes of ``split`` (mixed styles); a retrieved caption (image) counts as correct when its caption
+      text equals the query's, so identical captions of different scenes are not counted as misses.
+    """
+    was_training = vlm.training
+    vlm.eval()
+    try:
+        scenes = list(single_object_scenes(split, n, style=style))
+        images = scenes_to_images(scenes)
+        truth_category = torch.tensor([scene.category_ids[0] for scene in scenes])
+        truth_colour = torch.tensor([_colour_index(scene.objects[0].colour) for scene in scenes])
+        category = zero_shot_predict(vlm, images, category_prompts())
+        colour = zero_shot_predict(vlm, images, colour_prompts())
+
+        r = split_seed_range(split)
+        batch = render_batch(range(r.start, r.start + n), style="mixed")
+        captions = list(batch["caption"])
+        image_features = torch.cat([vlm.encode_image(chunk) for chunk in batch["image"].split(256)])
+        text_features = torch.cat([encode_captions(vlm, captions[i : i + 256]) for i in range(0, n, 256)])
+        similarity = image_features @ text_features.T
+        same = _same_caption(captions)
+        i2t = same[torch.arange(n), similarity.argmax(dim=1)].float().mean()
+        t2i = same[torch.arange(n), similarity.argmax(dim=0)].float().mean()
+    finally:
+        vlm.train(was_training)
+    return {
+        "zero_shot_acc": float((category == truth_category).float().mean()),
+        "zero_shot_colour_acc": float((colour == truth_colour).float().mean()),
+        "i2t_r1": float(i2t),
+        "t2i_r1": float(t2i),
+    }
+
+
+def _colour_index(colour: str) -> int:
+    from .vocabulary import COLOUR_NAMES
+
+    return COLOUR_NAMES.index(colour)
+
+
+def _same_caption(captions: Sequence[str]) -> torch.Tensor:
+    ids: dict[str, int] = {}
+    index = torch.tensor([ids.setdefault(c, len(ids)) for c in captions])
+    return index[:, None] == index[None, :]
+
+
+# ----- command line -----------------------------------------------------------------------------------------
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m promptweave.world train clip``."""
+    defaults = WorldCLIPTrainConfig()
+    parser.add_argument("--out", required=True, help="output weights (.safetensors), written when training ends")
+    parser.add_argument("--preset", default=defaults.vlm, help="model shape: 'worldclip' (default) or a VLM preset")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default {defaults.steps})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="image/caption pairs per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="linear warmup steps")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    parser.add_argument("--hard-negatives", type=int, default=defaults.hard_negatives, help="per image (0..6)")
+    parser.add_argument("--hard-negative-weight", type=float, default=defaults.hard_negative_weight, help="focus")
+    parser.add_argument("--partial-captions", type=float, default=defaults.partial_captions, help="fraction")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the init and of every batch")
+    parser.add_argument("--checkpoint", default=None, help="resumable training state; resumes if it exists")
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="steps between saves")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--eval-n", type=int, default=500, help="test scenes for the final metrics (0: skip)")
+    parser.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``train clip``: train, write ``--out``, print the final metrics as JSON."""
+    config = WorldCLIPTrainConfig(
+        vlm=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        hard_negatives=args.hard_negatives,
+        partial_captions=args.partial_captions,
+        hard_negative_weight=args.hard_negative_weight,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
+    started = time.perf_counter()
+    vlm = train_worldclip(
+        config, None, checkpoint_path=args.checkpoint, progress=not args.no_progress, threads=args.threads
+    )
+    trained = time.perf_counter() - started
+    metrics = save_worldclip(vlm, args.out, config=config, eval_n=args.eval_n, fp16=not args.fp32)
+    report = {"out": str(args.out), "steps": config.steps, "train_seconds": round(trained, 1), **metrics}
+    if args.eval_n > 0:
+        compositional = evaluate_worldclip(load_vlm(args.out), split="compositional", n=args.eval_n)
+        report["compositional"] = compositional
+    print(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,138 @@
+"""WorldCLIP: contrastive training (CLIP, Radford et al. 2021) on the procedural world, resume, metrics, weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptweave.prompt_modules.artifacts import meta_field, read_metadata
+from promptweave.prompt_modules.vlm import VisionLanguageModel, load_vlm
+from promptweave.prompt_modules.world import clip_training
+from promptweave.prompt_modules.world.clip_training import (
+    METRIC_KEYS,
+    WorldCLIPTrainConfig,
+    batch_loss,
+    evaluate_worldclip,
+    make_optimizer,
+    train_worldclip,
+    training_batch,
+)
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "worldclip.safetensors"
+
+
+def _tiny(steps: int = 6, **overrides) -> WorldCLIPTrainConfig:
+    settings = {"vlm": "tiny", "steps": steps, "batch_size": 8, "lr": 2e-3, "warmup": 2, "checkpoint_every": 3}
+    return WorldCLIPTrainConfig(**{**settings, **overrides})
+
+
+def test_training_steps_reduce_the_contrastive_loss_on_a_fixed_batch():
+    config = _tiny()
+    vlm = VisionLanguageModel(config.vlm_config(), seed=0)
+    optimizer = make_optimizer(vlm, config)
+    images, captions, negatives = training_batch(config, 0)
+    assert len(negatives) == config.hard_negatives * len(captions)
+    vlm.train()
+    losses = []
+    for _ in range(8):
+        loss = batch_loss(vlm, images, captions, negatives)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        final = float(batch_loss(vlm.eval(), images, captions, negatives))
+    assert final < 0.7 * losses[0], losses
+
+
+def test_batches_depend_on_seed_and_step_only():
+    config = _tiny(partial_captions=0.5, hard_negatives=2)
+    a_images, a_captions, a_negatives = training_batch(config, 5)
+    b_images, b_captions, b_negatives = training_batch(config, 5)
+    assert torch.equal(a_images, b_images) and a_captions == b_captions and a_negatives == b_negatives
+    assert training_batch(config, 6)[1] != a_captions
+    assert training_batch(_tiny(seed=1), 5)[1] != a_captions
+
+
+def test_partial_captions_name_every_object():
+    from promptweave.prompt_modules.world import sample_scene
+
+    for seed in range(20):
+        scene = sample_scene(seed)
+        text = clip_training.partial_caption(scene)
+        assert all(o.category in text for o in scene.objects), (text, scene.caption)
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = _tiny()
+    reference = train_worldclip(config, None, progress=False)
+
+    real_batch = clip_training.training_batch
+
+    def dies_at_step_4(cfg, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(cfg, step)
+
+    ckpt = tmp_path / "state.safetensors"
+    monkeypatch.setattr(clip_training, "training_batch", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_worldclip(config, None, checkpoint_path=ckpt, progress=False)
+    assert ckpt.exists()  # written at step 3
+    monkeypatch.setattr(clip_training, "training_batch", real_batch)
+    torch.manual_seed(1234)  # a new process starts with another global RNG state
+    resumed = train_worldclip(config, None, checkpoint_path=ckpt, progress=False)
+    for (name, a), (_, b) in zip(
+        reference.clip.state_dict().items(), resumed.clip.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(ValueError, match="other settings"):
+        train_worldclip(_tiny(lr=1e-3), None, checkpoint_path=ckpt, progress=False)
+
+
+def test_evaluate_returns_metrics_in_unit_interval():
+    metrics = evaluate_worldclip(VisionLanguageModel("tiny", seed=0), split="val", n=24)
+    assert set(metrics) == set(METRIC_KEYS)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values()), metrics
+
+
+def test_cli_trains_saves_fp16_and_prints_metrics(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    clip_training.add_cli_arguments(parser)
+    out = tmp_path / "wc.safetensors"
+    args = parser.parse_args(
+        ["--out", str(out), "--preset", "tiny", "--steps", "2", "--batch-size", "8", "--eval-n", "12"]
+        + ["--threads", str(torch.get_num_threads()), "--no-progress"]
+    )
+    assert clip_training.run_cli(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(METRIC_KEYS) <= set(report) and set(METRIC_KEYS) <= set(report["compositional"])
+    metadata = read_metadata(out)
+    assert meta_field(metadata, "train_config")["steps"] == 2
+    assert meta_field(metadata, "metrics")["n"] == 12
+    vlm = load_vlm(out)
+    assert all(p.dtype == torch.float32 for p in vlm.parameters())  # stored fp16, loaded as float
+
+
+@pytest.mark.skipif(
+    not SHIPPED.is_file(),
+    reason=f"WorldCLIP is not shipped yet (build it: python -m promptweave.world train clip --out {SHIPPED})",
+)
+def test_shipped_worldclip_weights():
+    assert SHIPPED.stat().st_size <= 30 * 2**20
+    metadata = read_metadata(SHIPPED)
+    assert metadata["promptweave.method"] == "vlm"
+    assert metadata["promptweave.backbone"] == "worldclip"
+    assert set(METRIC_KEYS) <= set(meta_field(metadata, "metrics"))
+    assert WorldCLIPTrainConfig.from_dict(meta_field(metadata, "train_config")).vlm_config().name == "worldclip"
+    vlm = load_vlm(SHIPPED)
+    assert vlm.name == "worldclip" and vlm.image_size == 64
+    metrics = evaluate_worldclip(vlm, split="test", n=200)
+    assert 0.35 <= metrics["zero_shot_acc"] <= 0.80, metrics
+    assert metrics["zero_shot_colour_acc"] >= 0.70, metrics
+    assert metrics["i2t_r1"] > 0.05 and metrics["t2i_r1"] > 0.05, metrics  # chance: 1/200
