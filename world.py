@@ -10,15 +10,16 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import io
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .prompt_modules.artifacts import atomic_write_bytes
 from .prompt_modules.world import MIXED, SPLITS, STYLES, sample_scene, split_seed_range, style_for_seed
 
 
@@ -70,18 +71,12 @@ def preview_image(
 
 
 def save_atomic(image: Image.Image, path: str) -> None:
-    """Write ``image`` as PNG to a temporary file next to ``path``, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``image`` as PNG atomically (temporary file next to ``path``, then a rename)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 def build_parser() -> argparse.ArgumentParser:

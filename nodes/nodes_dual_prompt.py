@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from comfy_api.latest import io
 
@@ -25,6 +24,7 @@ from ..prompt_modules.dual_prompt import (
     train_dual_prompt,
 )
 from ..prompt_modules.learned_prompt import COMFY_TO_TI_KEY
+from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import NodeInputError, model_files, register_models_folder, resolve_model_file
 from ._types import DualPromptType, VLMType
@@ -62,30 +62,6 @@ def _images_bchw(node: str, images: torch.Tensor, input_name: str = "images") ->
 def _score_report(labels: list[str], scores: torch.Tensor, order: torch.Tensor) -> str:
     return json.dumps([{"rank": r + 1, "index": int(i), "score": round(float(scores[i]), 5), "item": labels[int(i)]}
                        for r, i in enumerate(order)], indent=1)
-
-
-def loss_plot(losses: list[float], width: int = 384, height: int = 224) -> torch.Tensor:
-    """The loss curve as a ComfyUI IMAGE ``[1, H, W, 3]`` (drawn with PIL)."""
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(im)
-    left, top, right, bottom = 40, 12, width - 10, height - 24
-    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
-    if losses:
-        lo, hi = min(losses), max(losses)
-        span = (hi - lo) or 1.0
-        n = max(len(losses) - 1, 1)
-        points = [(left + (right - left) * k / n, bottom - (bottom - top) * (v - lo) / span)
-                  for k, v in enumerate(losses)]
-        if len(points) == 1:
-            points = points * 2
-        draw.line(points, fill=(30, 90, 200), width=2)
-        draw.text((left + 2, top + 2), f"{hi:.3f}", fill=(0, 0, 0))
-        draw.text((left + 2, bottom - 12), f"{lo:.3f}", fill=(0, 0, 0))
-        draw.text((left, bottom + 6), f"loss over {len(losses)} steps (last {losses[-1]:.3f})", fill=(0, 0, 0))
-    array = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).unsqueeze(0)
 
 
 class LoadDualPrompt(io.ComfyNode):
@@ -212,7 +188,7 @@ class TrainDualPrompt(io.ComfyNode):
             folder = Path(register_models_folder())
             folder.mkdir(parents=True, exist_ok=True)
             save_dual_prompt(dual, folder / f"{name}.safetensors")
-        return io.NodeOutput(dual, loss_plot(result.losses))
+        return io.NodeOutput(dual, loss_curve_image(result.losses).unsqueeze(0))
 
 
 class RankImages(io.ComfyNode):
