@@ -66,7 +66,7 @@ def render_report(rows: list[dict]) -> str:
     body = []
     for row in rows:
         images = "".join(
-            f'<img src="{html.escape(src)}" width="192" style="image-rendering:pixelated;margin:4px">'
+            f'<img src="{html.escape(src)}" height="192" style="image-rendering:pixelated;margin:4px">'
             for src in row["images"]
         )
         status = f'<b style="color:#b00">failed: {html.escape(row["error"])}</b>' if row["error"] else "ok"
