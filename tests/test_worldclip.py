@@ -11,7 +11,7 @@ import torch
 
 from promptweave.prompt_modules.artifacts import meta_field, read_metadata
 from promptweave.prompt_modules.vlm import VisionLanguageModel, load_vlm
-from promptweave.prompt_modules.world import clip_training
+from promptweave.prompt_modules.world import MAX_OBJECTS, clip_training
 from promptweave.prompt_modules.world.clip_training import (
     METRIC_KEYS,
     WorldCLIPTrainConfig,
@@ -27,6 +27,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "worldclip.safetenso
 
 def _tiny(steps: int = 6, **overrides) -> WorldCLIPTrainConfig:
     settings = {"vlm": "tiny", "steps": steps, "batch_size": 8, "lr": 2e-3, "warmup": 2, "checkpoint_every": 3}
+    settings.update(pretrain_steps=4, pretrain_batch_size=8, pretrain_pool=64)  # contrastive from step 4
     return WorldCLIPTrainConfig(**{**settings, **overrides})
 
 
@@ -34,7 +35,7 @@ def test_training_steps_reduce_the_contrastive_loss_on_a_fixed_batch():
     config = _tiny()
     vlm = VisionLanguageModel(config.vlm_config(), seed=0)
     optimizer = make_optimizer(vlm, config)
-    images, captions, negatives = training_batch(config, 0)
+    images, captions, negatives, *_ = training_batch(config, config.pretrain_steps)
     assert len(negatives) == config.hard_negatives * len(captions)
     vlm.train()
     losses = []
@@ -51,8 +52,9 @@ def test_training_steps_reduce_the_contrastive_loss_on_a_fixed_batch():
 
 def test_batches_depend_on_seed_and_step_only():
     config = _tiny(partial_captions=0.5, hard_negatives=2)
-    a_images, a_captions, a_negatives = training_batch(config, 5)
-    b_images, b_captions, b_negatives = training_batch(config, 5)
+    a_images, a_captions, a_negatives, a_ids, _ = training_batch(config, 5)
+    b_images, b_captions, b_negatives, b_ids, _ = training_batch(config, 5)
+    assert torch.equal(a_ids, b_ids) and a_ids.shape == (config.batch_size, MAX_OBJECTS)
     assert torch.equal(a_images, b_images) and a_captions == b_captions and a_negatives == b_negatives
     assert training_batch(config, 6)[1] != a_captions
     assert training_batch(_tiny(seed=1), 5)[1] != a_captions
@@ -65,6 +67,23 @@ def test_partial_captions_name_every_object():
         scene = sample_scene(seed)
         text = clip_training.partial_caption(scene)
         assert all(o.category in text for o in scene.objects), (text, scene.caption)
+
+
+def test_style_captions_name_the_render_style_of_the_image_and_of_its_negatives():
+    from promptweave.prompt_modules.world import STYLE_PHRASES
+    from promptweave.prompt_modules.world.dataset import style_for_seed
+
+    config = _tiny(style_captions=0.5, hard_negatives=2, batch_size=32)
+    step = config.pretrain_steps
+    _, captions, negatives, *_ = training_batch(config, step)
+    styles = [style_for_seed(s) for s in clip_training.batch_seeds(config, step)]
+    named = [c.startswith(f"{STYLE_PHRASES[st]}. ") for c, st in zip(captions, styles, strict=True)]
+    assert 4 <= sum(named) <= 28  # about half of 32
+    for i, is_named in enumerate(named):
+        for negative in negatives[2 * i : 2 * i + 2]:  # a negative keeps its caption's style phrase
+            assert negative.startswith(f"{STYLE_PHRASES[styles[i]]}. ") == is_named
+    plain = training_batch(_tiny(style_captions=0.0, batch_size=32), step).captions
+    assert not any(c.startswith(tuple(STYLE_PHRASES.values())) for c in plain)
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -107,7 +126,7 @@ def test_cli_trains_saves_fp16_and_prints_metrics(tmp_path, capsys):
     out = tmp_path / "wc.safetensors"
     args = parser.parse_args(
         ["--out", str(out), "--preset", "tiny", "--steps", "2", "--batch-size", "8", "--eval-n", "12"]
-        + ["--threads", str(torch.get_num_threads()), "--no-progress"]
+        + ["--pretrain-steps", "0", "--threads", str(torch.get_num_threads()), "--no-progress"]
     )
     assert clip_training.run_cli(args) == 0
     report = json.loads(capsys.readouterr().out)
@@ -135,4 +154,5 @@ def test_shipped_worldclip_weights():
     metrics = evaluate_worldclip(vlm, split="test", n=200)
     assert 0.35 <= metrics["zero_shot_acc"] <= 0.80, metrics
     assert metrics["zero_shot_colour_acc"] >= 0.70, metrics
+    assert metrics["zero_shot_style_acc"] >= 0.70, metrics  # styles can be named in text (adaptation)
     assert metrics["i2t_r1"] > 0.05 and metrics["t2i_r1"] > 0.05, metrics  # chance: 1/200

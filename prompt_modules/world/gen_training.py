@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -46,11 +47,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..artifacts import ArtifactError, read_safetensors
 from ..checkpointing import load_training_state, save_training_state
 from .dataset import render_batch
 from .scene import sample_layout, split_seed_range
 from .vocabulary import CATEGORY_IDS, COLOUR_IDS
-from .worldgen import WORLDGEN_PRESETS, WorldGen, WorldGenConfig, copy_module, load_worldgen, save_worldgen
+from .worldgen import WORLDGEN_PRESETS, WorldGen, WorldGenConfig, copy_module, save_worldgen
 from .zero_shot import category_prompts, colour_prompts, scenes_to_images, single_object_scenes, zero_shot_predict
 
 AE_STAGE = "autoencoder"
@@ -128,8 +130,8 @@ def autoencoder_loss(
 def train_autoencoder(
     gen: WorldGen,
     *,
-    steps: int = 2400,
-    batch_size: int = 32,
+    steps: int = 3000,
+    batch_size: int = 16,
     lr: float = 2e-3,
     kl_weight: float = 1e-3,
     object_weight: float = 4.0,
@@ -441,6 +443,36 @@ def save_sample_grid(images: torch.Tensor, path: str | os.PathLike[str], *, colu
     return path
 
 
+def with_trained_autoencoder(
+    path: str | os.PathLike[str], vlm: Any, *, seed: int = 0, preset: str = "default", **overrides: Any
+) -> WorldGen:
+    """A WorldGen for ``vlm`` (fresh ``preset`` denoiser with config ``overrides``) carrying the autoencoder
+    and latent statistics of the file at ``path``.
+
+    Only the ``autoencoder.*`` weights are read, so a file written after the autoencoder stage works even if
+    the denoiser's layout changed since.
+    """
+    tensors, metadata = read_safetensors(path)
+    raw = json.loads(metadata.get("promptweave.config", "{}"))
+    if metadata.get("promptweave.method") != "worldgen" or not raw:
+        raise ArtifactError(f"{path} is not a WorldGen file (run --stage autoencoder first)")
+    known = {f.name for f in dataclasses.fields(WorldGenConfig)}
+    base = {**WORLDGEN_PRESETS[preset].to_dict(), **overrides}
+    ae_keys = ("image_size", "latent_channels", "ae_channels", "latent_shift", "latent_scale")
+    config = WorldGenConfig.from_dict(
+        {
+            **base,
+            **{k: raw[k] for k in ae_keys if k in known and k in raw},
+            "backbone": vlm.name,
+            "context_dim": vlm.token_width,
+        }
+    )
+    gen = WorldGen(config, seed=seed)
+    prefix = "autoencoder."
+    gen.autoencoder.load_state_dict({k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
+    return gen
+
+
 # ----- command line -----------------------------------------------------------------------------------------
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m promptweave.world train gen``."""
@@ -451,9 +483,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", default="weights/worldclip.safetensors", help="WorldCLIP weights (diffusion stage)")
     parser.add_argument("--preset", default="default", choices=sorted(WORLDGEN_PRESETS))
     parser.add_argument("--steps", type=int, default=None, help="steps of the stage(s) run (overrides the two below)")
-    parser.add_argument("--ae-steps", type=int, default=2400)
+    parser.add_argument("--ae-steps", type=int, default=3000)
     parser.add_argument("--diffusion-steps", type=int, default=5000)
-    parser.add_argument("--ae-batch-size", type=int, default=32)
+    parser.add_argument("--ae-batch-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64, help="diffusion batch size")
     parser.add_argument("--ae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-3, help="autoencoder KL weight (per-element mean)")
@@ -516,12 +548,7 @@ def run_cli(args: argparse.Namespace) -> int:
         save_worldgen(gen, out, stages=[AE_STAGE])
     if DIFFUSION_STAGE in stages:
         assert vlm is not None
-        trained = load_worldgen(out)
-        config = WorldGenConfig.from_dict(
-            {**trained.config.to_dict(), "backbone": vlm.name, "context_dim": vlm.token_width}
-        )
-        gen = WorldGen(config, seed=args.seed)
-        gen.autoencoder.load_state_dict(trained.autoencoder.state_dict())
+        gen = with_trained_autoencoder(out, vlm, seed=args.seed, preset=args.preset)
         log = train_diffusion(
             gen,
             vlm,

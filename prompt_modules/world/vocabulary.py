@@ -117,6 +117,13 @@ POSITIONS: tuple[str, ...] = (
 #: Render styles. "flat" is the default (source) domain; the others change rendering only.
 STYLES: tuple[str, ...] = ("flat", "sketch", "mosaic", "neon")
 STYLE_IDS: dict[str, int] = {name: i for i, name in enumerate(STYLES)}
+#: How a caption names a render style (WorldCLIP learns these phrases, so that a domain can be named in text).
+STYLE_PHRASES: dict[str, str] = {
+    "flat": "a flat illustration",
+    "sketch": "an outline sketch",
+    "mosaic": "a pixel mosaic",
+    "neon": "a neon glow picture",
+}
 
 #: Image sizes the renderer supports (the layout is always computed on the 64-pixel grid).
 IMAGE_SIZES: tuple[int, ...] = (64, 128)

@@ -70,9 +70,12 @@ class WorldGenConfig:
     ``context_dim`` is the token width of the conditioning VLM; ``backbone`` its name. The noise schedule
     defaults to latent diffusion's ``scaled_linear`` betas 0.00085..0.012 over T = 1000 (Rombach et al. 2022);
     DDPM's ``linear`` 1e-4..0.02 (Ho et al. 2020) destroys an 8x8 latent long before t = T, wasting steps.
-    ``context_proj_dim``: the context is projected once to this width (``context_proj``) and every
-    cross-attention reads keys and values from it; on CPU the per-block key/value projections of 77 context
-    tokens were the largest cost.
+    ``scale_shift_norm``: the U-Net's ResBlocks use adaptive group norm (scale and shift from the timestep
+    plus pooled-text embedding). ``context_proj_dim``: the context is projected once to this width
+    (``context_proj``) and every cross-attention reads keys and values from it; on CPU the per-block
+    key/value projections of 77 context tokens were the largest cost. ``text_adapter_layers``: trainable
+    bidirectional transformer layers over the projected context (the frozen text tower is causal and was
+    trained for contrastive retrieval, not generation; cf. the trainable text layers of Imagen/eDiff-I).
     """
 
     name: str = "worldgen"
@@ -88,6 +91,8 @@ class WorldGenConfig:
     context_dim: int = 128
     context_proj_dim: int = 64
     pooled_text: bool = True
+    scale_shift_norm: bool = True
+    text_adapter_layers: int = 1
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
@@ -150,13 +155,25 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv twice with a residual path; optionally adds a projected timestep embedding."""
+    """GroupNorm-SiLU-Conv twice with a residual path, conditioned on an embedding ``temb`` (optional).
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int | None = None, zero_out: bool = False) -> None:
+    ``scale_shift``: adaptive group norm, ``norm2(h) * (1 + scale) + shift`` with (scale, shift) projected
+    from ``temb`` (Dhariwal & Nichol 2021); else ``temb`` is projected and added (Ho et al. 2020).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        temb_dim: int | None = None,
+        zero_out: bool = False,
+        scale_shift: bool = False,
+    ) -> None:
         super().__init__()
+        self.scale_shift = scale_shift and bool(temb_dim)
         self.norm1 = _norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_dim, out_ch) if temb_dim else None
+        self.temb_proj = nn.Linear(temb_dim, out_ch * (2 if self.scale_shift else 1)) if temb_dim else None
         self.norm2 = _norm(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
@@ -167,8 +184,15 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         if self.temb_proj is not None and temb is not None:
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+            emb = self.temb_proj(F.silu(temb))[:, :, None, None]
+            if self.scale_shift:
+                scale, shift = emb.chunk(2, dim=1)
+                h = self.norm2(h) * (1.0 + scale) + shift
+            else:
+                h = self.norm2(h + emb)
+        else:
+            h = self.norm2(h)
+        h = self.conv2(F.silu(h))
         return (x if self.skip is None else self.skip(x)) + h
 
 
@@ -300,6 +324,21 @@ class Attention(nn.Module):
         return self.to_out((weights @ v).transpose(1, 2).reshape(b, n, d))
 
 
+class TextAdapterLayer(nn.Module):
+    """A pre-LN bidirectional transformer layer (``attn``, ``ff``) over the projected text context."""
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, None, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
 class TransformerBlock(nn.Module):
     """SD's spatial transformer: GroupNorm, 1x1 in, self-attn ``attn1``, cross-attn ``attn2``, GELU MLP, 1x1 out."""
 
@@ -342,11 +381,16 @@ class LatentUNet(nn.Module):
         self.temb_dim = temb = 4 * chs[0]
         self.time_embed = nn.Sequential(nn.Linear(chs[0], temb), nn.SiLU(), nn.Linear(temb, temb))
         self.context_proj = nn.Linear(config.context_dim, config.context_proj_dim)
+        adapter_head = min(config.head_dim, config.context_proj_dim)
+        self.text_adapter = nn.ModuleList(
+            TextAdapterLayer(config.context_proj_dim, adapter_head) for _ in range(config.text_adapter_layers)
+        )
         if config.pooled_text:
             self.text_pool_score = nn.Linear(config.context_dim, 1)
             self.text_pool_proj = nn.Linear(config.context_dim, temb)
         self.conv_in = nn.Conv2d(config.latent_channels, chs[0], 3, padding=1)
         n_res, cdim, hd = config.unet_res_blocks, config.context_proj_dim, config.head_dim
+        ss = config.scale_shift_norm
         self.down = nn.ModuleList()
         skip_chs = [chs[0]]
         ch = chs[0]
@@ -355,7 +399,7 @@ class LatentUNet(nn.Module):
             stage.res = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(n_res):
-                stage.res.append(ResBlock(ch, out_ch, temb, zero_out=True))
+                stage.res.append(ResBlock(ch, out_ch, temb, zero_out=True, scale_shift=ss))
                 stage.attn.append(TransformerBlock(out_ch, cdim, hd))
                 ch = out_ch
                 skip_chs.append(ch)
@@ -363,16 +407,16 @@ class LatentUNet(nn.Module):
                 stage.downsample = Downsample(ch, ch)
                 skip_chs.append(ch)
             self.down.append(stage)
-        self.mid_res1 = ResBlock(ch, ch, temb, zero_out=True)
+        self.mid_res1 = ResBlock(ch, ch, temb, zero_out=True, scale_shift=ss)
         self.mid_attn = TransformerBlock(ch, cdim, hd)
-        self.mid_res2 = ResBlock(ch, ch, temb, zero_out=True)
+        self.mid_res2 = ResBlock(ch, ch, temb, zero_out=True, scale_shift=ss)
         self.up = nn.ModuleList()
         for level, out_ch in reversed(list(enumerate(chs))):
             stage = nn.Module()
             stage.res = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(n_res + 1):
-                stage.res.append(ResBlock(ch + skip_chs.pop(), out_ch, temb, zero_out=True))
+                stage.res.append(ResBlock(ch + skip_chs.pop(), out_ch, temb, zero_out=True, scale_shift=ss))
                 stage.attn.append(TransformerBlock(out_ch, cdim, hd))
                 ch = out_ch
             if level > 0:
@@ -390,6 +434,13 @@ class LatentUNet(nn.Module):
             weights = torch.softmax(self.text_pool_score(context).squeeze(-1), dim=-1)
             temb = temb + self.text_pool_proj((weights.unsqueeze(-1) * context).sum(dim=1))
         return temb
+
+    def project_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Text token features ``[B, L, context_dim]`` -> the cross-attention keys/values source."""
+        context = self.context_proj(context)
+        for layer in self.text_adapter:
+            context = layer(context)
+        return context
 
     def _down(self, z: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
         h = self.conv_in(z)
@@ -415,7 +466,7 @@ class LatentUNet(nn.Module):
         t = self._timesteps(t, z)
         context = context.to(z.dtype)
         temb = self.embed(t, context)
-        context = self.context_proj(context)
+        context = self.project_context(context)
         skips = self._down(z, temb, context)
         return [*skips, self._mid(skips[-1], temb, context)]
 
@@ -428,7 +479,7 @@ class LatentUNet(nn.Module):
         t = self._timesteps(t, z)
         context = context.to(z.dtype)
         temb = self.embed(t, context)
-        context = self.context_proj(context)
+        context = self.project_context(context)
         skips = self._down(z, temb, context)
         h = self._mid(skips[-1], temb, context)
         for stage in self.up:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .scene import Scene, sample_scene, split_seed_range
-from .vocabulary import CATEGORY_NAMES, COLOUR_NAMES
+from .vocabulary import CATEGORY_NAMES, COLOUR_NAMES, STYLE_PHRASES, STYLES
 
 CATEGORY_TEMPLATE = "a picture of a {}."
 COLOUR_TEMPLATE = "a picture of a {} shape."
@@ -26,6 +26,11 @@ def category_prompts() -> list[str]:
 
 def colour_prompts() -> list[str]:
     return [COLOUR_TEMPLATE.format(name) for name in COLOUR_NAMES]
+
+
+def style_prompts() -> list[str]:
+    """One prompt per render style, in :data:`~.vocabulary.STYLES` order: the style's phrase."""
+    return [f"{STYLE_PHRASES[style]}." for style in STYLES]
 
 
 def single_object_scenes(split: str, n: int, *, style: str = "flat", size: int = 64) -> Iterator[Scene]:
