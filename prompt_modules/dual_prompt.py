@@ -104,6 +104,7 @@ class DualPromptConfig:
     init_text: str = "a picture of a"
     init_std: float = 0.02
     keep_positions: bool = True
+    init_from: str = ""  # a pretrained prompt bundle (RPP, prompt_pretraining.py) to start from; "": scratch
     # attribute level
     token_reweighting: bool = True
     reweight_init: float = 0.5
@@ -279,6 +280,10 @@ class DualPrompt(nn.Module):
             vlm, texts=None if sample is None else sample.positives, images=None if sample is None else sample.images,
             generator=generator,
         )
+        if config.init_from:  # RPP pretrained prompts as the initialisation (prompt_pretraining.py)
+            from .prompt_pretraining import init_dual_prompt_from_bundle
+
+            init_dual_prompt_from_bundle(dual, config.init_from, vlm)
         return dual
 
     # ----- checks -------------------------------------------------------------------------------------------

@@ -1,0 +1,263 @@
+"""RPP prompt pretraining in ComfyUI: pretrain a prompt bundle on a class set, load one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+
+from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.plots import loss_curve_image
+from ..prompt_modules.prompt_pretraining import (
+    QKV_MODES,
+    FolderClassSource,
+    PretrainedPromptBundle,
+    RPPConfig,
+    WorldClassSource,
+    load_pretrained_prompts,
+    pretrain_prompts,
+    save_pretrained_prompts,
+    world_classes,
+)
+from ..prompt_modules.vlm import VisionLanguageModel
+from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._types import PretrainedPromptsType, VLMType
+
+CATEGORY = "PromptWeave/pretraining"
+SOURCES = ["world", "folder"]
+
+
+def _check_vlm(node: str, vlm) -> VisionLanguageModel:
+    if not isinstance(vlm, VisionLanguageModel):
+        raise NodeInputError(node, "vlm", f"got {type(vlm).__name__}", "connect a VLM, e.g. Load World Models")
+    return vlm
+
+
+def _clone_vlm(vlm: VisionLanguageModel) -> VisionLanguageModel:
+    """A copy with ordinary (non-inference) tensors, so that gradients can flow through it."""
+    with torch.inference_mode(False):
+        copy = VisionLanguageModel(vlm.config)
+        copy.clip.load_state_dict({k: v.clone() for k, v in vlm.clip.state_dict().items()})
+    return copy.to(vlm.device).eval()
+
+
+class PretrainPrompts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWPretrainPrompts",
+            display_name="Pretrain Prompts (RPP)",
+            category=CATEGORY,
+            description="Pretrains deep prompts for both towers of a frozen VLM as a zero-shot classifier over a "
+            "large class set (RPP, Chen et al. 2024): unshared query/key/value prompts, soft labels from the "
+            "VLM's own zero-shot probabilities, POMP class sampling. The bundle initialises dual prompts "
+            "(DualPromptConfig.init_from). Resumes from its checkpoint when run again with the same settings.",
+            inputs=[
+                VLMType.Input("vlm", tooltip="The frozen VLM (e.g. WorldCLIP from Load World Models)."),
+                io.Combo.Input(
+                    "source",
+                    options=SOURCES,
+                    default="world",
+                    tooltip="world: all (colour, shape) classes of the procedural world (493); folder: one "
+                    "sub-folder of images per class, named after the class.",
+                ),
+                io.String.Input("path", default="", tooltip="The class folder (unused for 'world')."),
+                io.Int.Input("steps", default=200, min=1, max=100_000, tooltip="Optimisation steps."),
+                io.Int.Input("batch_size", default=32, min=2, max=512, tooltip="Images per step."),
+                io.Float.Input(
+                    "learning_rate",
+                    default=0.002,
+                    min=1e-6,
+                    max=1.0,
+                    step=0.0005,
+                    tooltip="AdamW learning rate of the prompts.",
+                ),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of initialisation and batches."),
+                io.Int.Input("n_text", default=4, min=0, max=32, tooltip="Learned text context tokens."),
+                io.Int.Input("n_visual", default=4, min=0, max=32, tooltip="Learned image prompt tokens."),
+                io.Int.Input(
+                    "depth",
+                    default=2,
+                    min=0,
+                    max=24,
+                    tooltip="Layers (from the first) with their own prompts in both towers (capped at the VLM's).",
+                ),
+                io.Combo.Input(
+                    "qkv_prompts",
+                    options=list(QKV_MODES),
+                    default="unshared",
+                    tooltip="unshared: learned query, key and value prompts per prompted layer (RPP); shared: one "
+                    "token projected by the frozen attention (classic deep prompts, POMP).",
+                ),
+                io.Float.Input(
+                    "soft_label_weight",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="Weight of the soft labels (KL to the frozen VLM's zero-shot probabilities); 0: hard "
+                    "labels only.",
+                ),
+                io.Float.Input(
+                    "temperature",
+                    default=1.0,
+                    min=0.05,
+                    max=20.0,
+                    step=0.05,
+                    tooltip="Distillation temperature of the soft labels.",
+                ),
+                io.Int.Input(
+                    "classes_per_step",
+                    default=64,
+                    min=0,
+                    max=100_000,
+                    tooltip="Classes in each step's softmax (the batch's plus random others, POMP); 0: all.",
+                ),
+                io.String.Input(
+                    "save_name",
+                    default="rpp_prompts",
+                    tooltip="File name in models/promptweave (no extension); empty: do not save.",
+                ),
+            ],
+            outputs=[
+                PretrainedPromptsType.Output(display_name="pretrained_prompts", tooltip="The pretrained bundle."),
+                io.Image.Output(display_name="loss_plot", tooltip="The training loss curve."),
+                io.String.Output(display_name="summary", tooltip="Settings, classes, final loss, conversion error."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        vlm,
+        source: str,
+        path: str,
+        steps: int,
+        batch_size: int,
+        learning_rate: float,
+        seed: int,
+        n_text: int,
+        n_visual: int,
+        depth: int,
+        qkv_prompts: str,
+        soft_label_weight: float,
+        temperature: float,
+        classes_per_step: int,
+        save_name: str,
+    ) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+        import folder_paths
+
+        node = "PWPretrainPrompts"
+        vlm = _check_vlm(node, vlm)
+        if qkv_prompts not in QKV_MODES:
+            raise NodeInputError(node, "qkv_prompts", f"unknown mode {qkv_prompts!r}", f"use one of {QKV_MODES}")
+        if (n_text == 0 and n_visual == 0) or depth == 0:
+            raise NodeInputError(
+                node, "depth", "there is nothing to pretrain (no prompt tokens or depth 0)", "use depth >= 1 and tokens"
+            )
+        try:
+            config = RPPConfig(
+                n_text=n_text,
+                n_visual=n_visual,
+                text_depth=min(depth, len(vlm.text_blocks)),
+                visual_depth=min(depth, len(vlm.visual.transformer.resblocks)),
+                qkv_mode=qkv_prompts,
+                soft_weight=soft_label_weight,
+                temperature=temperature,
+                classes_per_step=classes_per_step,
+            )
+        except ValueError as exc:
+            raise NodeInputError(node, "temperature", str(exc), "use a positive temperature and weight") from None
+        if source == "world":
+            data = WorldClassSource(world_classes(), size=64)
+        elif source == "folder":
+            try:
+                data = FolderClassSource(path.strip(), size=vlm.image_size)
+            except ValueError as exc:
+                raise NodeInputError(
+                    node, "path", str(exc), "point 'path' at a folder with one sub-folder of images per class"
+                ) from None
+        else:
+            raise NodeInputError(node, "source", f"unknown source {source!r}", f"use one of {SOURCES}")
+        name = save_name.strip()
+        target = output_model_path(node, "save_name", name) if name else None
+        settings = json.dumps(
+            [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()], sort_keys=True
+        )
+        key = hashlib.sha1(settings.encode()).hexdigest()[:12]
+        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stem = (name or "rpp").replace("/", "_").replace(os.sep, "_")
+        ckpt = ckpt_dir / f"{stem}-{key}.state.safetensors"
+        bar = comfy.utils.ProgressBar(steps)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update_absolute(step, total)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        trainable = _clone_vlm(vlm)
+        with torch.inference_mode(False), torch.enable_grad():
+            result = pretrain_prompts(
+                trainable,
+                data,
+                config,
+                steps=steps,
+                batch_size=batch_size,
+                lr=learning_rate,
+                seed=seed,
+                checkpoint_path=ckpt,
+                checkpoint_every=max(10, steps // 10),
+                callback=on_step,
+                progress=False,
+            )
+            tail = result.losses[-10:]
+            info = {"steps": result.steps_done, "final_loss": round(sum(tail) / max(1, len(tail)), 5), "source": source}
+            tokens = result.rpp.layer_tokens(trainable)
+            if target is not None:
+                save_pretrained_prompts(result.rpp, target, trainable, class_names=result.class_names, info=info)
+        bundle = PretrainedPromptBundle(result.rpp, tokens, {"n_classes": len(result.class_names), **info})
+        summary = bundle.summary() + (f"\nsaved: {target}" if target else "")
+        return io.NodeOutput(bundle, loss_curve_image(result.losses).unsqueeze(0), summary)
+
+
+class LoadPretrainedPrompts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWLoadPretrainedPrompts",
+            display_name="Load Pretrained Prompts (RPP)",
+            category=CATEGORY,
+            description="Loads an RPP pretrained prompt bundle from ComfyUI/models/promptweave.",
+            inputs=[
+                io.Combo.Input(
+                    "prompt_name",
+                    options=model_files(),
+                    tooltip="A .safetensors bundle written by Pretrain Prompts (RPP).",
+                )
+            ],
+            outputs=[
+                PretrainedPromptsType.Output(display_name="pretrained_prompts", tooltip="The pretrained bundle."),
+                io.String.Output(display_name="summary", tooltip="Backbone, prompt shape, classes, training."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, prompt_name: str) -> io.NodeOutput:
+        node = "PWLoadPretrainedPrompts"
+        path = resolve_model_file(node, "prompt_name", prompt_name)
+        try:
+            bundle = load_pretrained_prompts(path)
+        except ArtifactError as exc:
+            raise NodeInputError(
+                node, "prompt_name", str(exc), "pick a bundle written by Pretrain Prompts (RPP)"
+            ) from None
+        return io.NodeOutput(bundle, bundle.summary())
+
+
+NODES: list[type[io.ComfyNode]] = [PretrainPrompts, LoadPretrainedPrompts]
