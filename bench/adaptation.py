@@ -1,0 +1,237 @@
+"""Benchmark ``adaptation``: zero-shot adaptation of WorldGen (trained on flat style only) to each unseen style.
+
+The generator is WorldGen's decoder (latent -> image, the paper's StyleGAN-like setting); its codes are latents
+WorldGen's denoiser samples from captions of single-object scenes (flat source domain). For every unseen style
+(``sketch``, ``mosaic``, ``neon``; target texts in :data:`STYLE_TEXTS`: the phrases WorldCLIP's captions
+name the styles with) a LoRA is trained with IPL (the method)
+and with NADA (baseline, same code path, no mapper); ``source`` is the unadapted generator. All methods share
+steps, batch sizes, learning rates, LoRA rank and NADA's adaptive layer selection (2/3 of the layers, as the
+official code's ``auto_layer_k``). Metrics on the adapted samples of the first ``n_eval`` single-object scenes of
+the split (the same latents for every method and seed), averaged over the styles (per style in ``notes``):
+
+* ``target_score``: fraction of adapted samples that WorldCLIP assigns to the target style, by the nearest style
+  prototype (mean WorldCLIP image embedding of real rendered ``val`` scenes of each of the 4 styles).
+  The judge is WorldCLIP's *image* tower, so the score does not reward matching the target text alone.
+* ``content_kept``: mean over samples of the agreement of the adapted sample with its source sample on
+  category and colour (WorldCLIP zero-shot, :mod:`~promptweave.prompt_modules.world.zero_shot`) and position
+  (3x3 cell of the foreground centroid; foreground = pixels far from the border's median colour); the three
+  parts are reported as ``category_kept``, ``colour_kept``, ``position_kept``.
+* ``diversity``: mean pairwise cosine distance of the adapted samples' WorldCLIP image embeddings (mode collapse
+  drives it down).
+* ``seconds_per_step`` (stage 2 LoRA step), ``mapper_seconds_per_step`` (stage 1) and ``peak_memory_mb``
+  (CUDA peak allocation, or the process's peak RSS on CPU, which is cumulative over the run).
+
+Needs ``weights/worldclip.safetensors`` and ``weights/worldgen.safetensors``; ``PW_BENCH_VLM=tiny`` runs the
+whole pipeline on random tiny models instead (for checking the code path only: its figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, sample_worldgen_latents
+from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.world.vocabulary import CATEGORY_IDS, COLOUR_IDS, STYLE_PHRASES, STYLES
+from ..prompt_modules.world.zero_shot import (
+    category_prompts,
+    colour_prompts,
+    scenes_to_images,
+    single_object_scenes,
+    zero_shot_predict,
+)
+from .harness import TaskResult
+
+SOURCE_STYLE = "flat"
+SOURCE_TEXT = STYLE_PHRASES[SOURCE_STYLE]
+STYLE_TEXTS: dict[str, str] = {style: STYLE_PHRASES[style] for style in STYLES if style != SOURCE_STYLE}
+METRICS = ("target_score", "content_kept", "category_kept", "colour_kept", "position_kept", "diversity")
+
+
+def load_backbones() -> tuple[object, object, str | None]:
+    """``(worldclip, worldgen, note)``; random tiny stand-ins with ``PW_BENCH_VLM=tiny``."""
+    if os.environ.get("PW_BENCH_VLM", "").strip().lower() == "tiny":
+        from ..prompt_modules.vlm import VisionLanguageModel
+        from ..prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
+
+        vlm = VisionLanguageModel("tiny", seed=0)
+        gen = WorldGen(dataclasses.replace(WORLDGEN_PRESETS["tiny"], backbone=vlm.name), seed=0)
+        return vlm, gen, "PW_BENCH_VLM=tiny: random tiny VLM and WorldGen (code-path check, figures meaningless)"
+    from ..prompt_modules.world.models import load_world_models
+
+    try:
+        vlm, gen = load_world_models()
+    except ArtifactError as exc:
+        raise SystemExit(
+            f"the adaptation benchmark needs the trained world backbones: {exc}. "
+            "Set PW_BENCH_VLM=tiny to check the pipeline on random tiny models."
+        ) from None
+    return vlm, gen, None
+
+
+def position_cells(images: torch.Tensor) -> torch.Tensor:
+    """3x3 cell (row-major, as :data:`~promptweave.prompt_modules.world.vocabulary.POSITIONS`) of the foreground
+    centroid of single-object images ``[B, 3, H, W]``."""
+    b, _, h, w = images.shape
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    dist = (images - background).abs().sum(dim=1)
+    mask = (dist > 0.5 * dist.amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)).float()
+    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    total = mask.sum(dim=(1, 2)).clamp_min(1.0)
+    cy, cx = (mask * ys).sum(dim=(1, 2)) / total, (mask * xs).sum(dim=(1, 2)) / total
+    row = (cy * 3 / h).long().clamp(0, 2)
+    col = (cx * 3 / w).long().clamp(0, 2)
+    return row * 3 + col
+
+
+def diversity(features: torch.Tensor) -> float:
+    """Mean pairwise cosine distance of normalised features ``[B, E]`` (0 = every sample the same)."""
+    n = features.shape[0]
+    if n < 2:
+        return 0.0
+    sims = features @ features.T
+    return float((1.0 - sims).sum() / (n * (n - 1)))
+
+
+@torch.no_grad()
+def style_prototypes(vlm, n: int) -> torch.Tensor:
+    """Normalised mean WorldCLIP image embedding of ``n`` real rendered val scenes per style ``[4, E]``."""
+    protos = []
+    for style in STYLES:
+        images = scenes_to_images(list(single_object_scenes("val", n, style=style)))
+        protos.append(F.normalize(vlm.encode_image(images).mean(dim=0), dim=-1))
+    return torch.stack(protos)
+
+
+@torch.no_grad()
+def measure(vlm, images: torch.Tensor, source: dict, protos: torch.Tensor, style: str) -> dict[str, float]:
+    feats = vlm.encode_image(images)
+    style_pred = (feats @ protos.T).argmax(dim=1)
+    cats = zero_shot_predict(vlm, images, category_prompts())
+    cols = zero_shot_predict(vlm, images, colour_prompts())
+    pos = position_cells(images.cpu())
+    parts = {
+        "category_kept": float((cats == source["category"]).float().mean()),
+        "colour_kept": float((cols == source["colour"]).float().mean()),
+        "position_kept": float((pos == source["position"]).float().mean()),
+    }
+    return {
+        "target_score": float((style_pred.cpu() == STYLES.index(style)).float().mean()),
+        "content_kept": sum(parts.values()) / 3.0,
+        **parts,
+        "diversity": diversity(feats),
+    }
+
+
+def settings(quick: bool) -> dict[str, int]:
+    if quick:
+        return {
+            "n_eval": 16,
+            "n_pool": 32,
+            "n_proto": 16,
+            "gen_steps": 6,
+            "steps": 12,
+            "mapper_steps": 12,
+            "mapper_batch": 8,
+            "batch_size": 2,
+        }
+    return {
+        "n_eval": 64,
+        "n_pool": 256,
+        "n_proto": 64,
+        "gen_steps": 20,
+        "steps": 300,
+        "mapper_steps": 300,
+        "mapper_batch": 32,
+        "batch_size": 2,
+    }
+
+
+def run(seed: int, split: str, quick: bool) -> TaskResult:
+    torch.set_num_threads(1)
+    s = settings(quick)
+    vlm, gen, note = load_backbones()
+    vlm.eval()
+    eval_scenes = list(single_object_scenes(split, s["n_eval"], style=SOURCE_STYLE))
+    pool_scenes = list(single_object_scenes("train", s["n_pool"], style=SOURCE_STYLE))
+    eval_latents = sample_worldgen_latents(gen, vlm, [sc.caption for sc in eval_scenes], steps=s["gen_steps"], seed=0)
+    pool = sample_worldgen_latents(gen, vlm, [sc.caption for sc in pool_scenes], steps=s["gen_steps"], seed=1)
+    protos = style_prototypes(vlm, s["n_proto"])
+    base = WorldGenGenerator(gen, pool)
+    with torch.no_grad():
+        source_images = base.generate(eval_latents)
+    source = {
+        "category": zero_shot_predict(vlm, source_images, category_prompts()),
+        "colour": zero_shot_predict(vlm, source_images, colour_prompts()),
+        "position": position_cells(source_images.cpu()),
+    }
+    truth = {  # how well the source samples themselves show what their captions asked for (context only)
+        "source_category_vs_caption": float(
+            (source["category"] == torch.tensor([CATEGORY_IDS[sc.objects[0].category] for sc in eval_scenes]))
+            .float()
+            .mean()
+        ),
+        "source_colour_vs_caption": float(
+            (source["colour"] == torch.tensor([COLOUR_IDS[sc.objects[0].colour] for sc in eval_scenes])).float().mean()
+        ),
+    }
+    k = max(1, round(2 * len(base.lora_targets) / 3))
+    per_style: dict[str, dict[str, dict[str, float]]] = {}
+    costs: dict[str, dict[str, float]] = {"ipl": {}, "nada": {}}
+    t_start = time.perf_counter()
+    for style, text in STYLE_TEXTS.items():
+        per_style[style] = {"source": measure(vlm, source_images, source, protos, style)}
+        for method in ("ipl", "nada"):
+            config = IPLConfig(
+                method=method,
+                source_text=SOURCE_TEXT,
+                target_text=text,
+                ctx_init="a picture of a",
+                steps=s["steps"],
+                mapper_steps=s["mapper_steps"],
+                mapper_batch=s["mapper_batch"],
+                batch_size=s["batch_size"],
+                auto_layer_k=k,
+                seed=seed,
+            )
+            generator = WorldGenGenerator(gen, pool)
+            result = run_adaptation(generator, vlm, config)
+            with torch.no_grad():
+                adapted = generator.generate(eval_latents)
+            per_style[style][method] = measure(vlm, adapted, source, protos, style)
+            c = costs[method]
+            c["seconds_per_step"] = c.get("seconds_per_step", 0.0) + result.seconds_per_step / len(STYLE_TEXTS)
+            c["mapper_seconds_per_step"] = c.get("mapper_seconds_per_step", 0.0) + result.mapper_seconds_per_step / len(
+                STYLE_TEXTS
+            )
+            c["peak_memory_mb"] = max(c.get("peak_memory_mb", 0.0), result.peak_memory_mb)
+    averaged = {
+        method: {m: sum(per_style[st][method][m] for st in STYLE_TEXTS) / len(STYLE_TEXTS) for m in METRICS}
+        for method in ("ipl", "nada", "source")
+    }
+    for method in ("ipl", "nada"):
+        averaged[method].update(costs[method])
+    notes: dict[str, object] = {
+        **s,
+        "auto_layer_k": k,
+        "lora_layers": len(base.lora_targets),
+        "backbone": vlm.name,
+        "worldgen": gen.config.name,
+        "source_text": SOURCE_TEXT,
+        "target_texts": STYLE_TEXTS,
+        "per_style": per_style,
+        "seconds_total": round(time.perf_counter() - t_start, 1),
+        **truth,
+        "margins_vs_nada": {m: averaged["ipl"][m] - averaged["nada"][m] for m in METRICS},
+    }
+    if note:
+        notes["backbone_note"] = note
+    return TaskResult(
+        metrics=averaged["ipl"], baselines={"nada": averaged["nada"], "source": averaged["source"]}, notes=notes
+    )

@@ -1,0 +1,95 @@
+"""Latent-mapper adaptation (IPL, Guo et al. CVPR 2023): zero-shot adaptation of a generator to a named domain.
+
+Stage 1 trains a latent mapper that turns each image's latent code into image-specific prompt vectors for a
+frozen VLM; stage 2 trains a PEFT LoRA on the generator with the image-specific directional loss (NADA's fixed
+direction is the baseline in the same code path). The LoRA exports to ComfyUI/kohya and diffusers naming.
+
+Quick start (WorldGen's decoder as the generator)::
+
+    from promptweave.prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, save_lora
+    generator = WorldGenGenerator(worldgen, pool=latents)
+    result = run_adaptation(generator, worldclip, IPLConfig(source_text="flat", target_text="neon sign"))
+    images = generator.generate(generator.sample_codes(8, seed=0))       # adapted samples
+    save_lora(result.lora, "neon.safetensors", fmt="native")
+"""
+
+from .config import DEFAULT_TEMPLATES, METHODS, IPLConfig
+from .export import (
+    FORMATS,
+    LoraWeights,
+    diffusers_state_dict,
+    kohya_state_dict,
+    ldm_to_diffusers_name,
+    load_lora_native,
+    merge_lora,
+    save_lora,
+    save_lora_comfyui,
+    save_lora_diffusers,
+    save_lora_native,
+)
+from .generators import (
+    SD_ATTENTION_PATTERN,
+    AdaptableGenerator,
+    StableDiffusionGenerator,
+    WorldGenGenerator,
+    encode_worldgen_latents,
+    frozen_copy,
+    sample_worldgen_latents,
+    sd_generator_from_diffusers,
+    weights_fingerprint,
+)
+from .mapper import EqualLinear, LatentMapper, PixelNorm, TrainedMapper, load_mapper, save_mapper
+from .model import (
+    AdaptationResult,
+    LoRAAdapter,
+    MapperResult,
+    PromptEncoder,
+    adapt_generator,
+    cosine_distance,
+    nada_direction,
+    run_adaptation,
+    select_layers,
+    train_mapper,
+)
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "FORMATS",
+    "METHODS",
+    "SD_ATTENTION_PATTERN",
+    "AdaptableGenerator",
+    "AdaptationResult",
+    "EqualLinear",
+    "IPLConfig",
+    "LatentMapper",
+    "LoRAAdapter",
+    "LoraWeights",
+    "MapperResult",
+    "PixelNorm",
+    "PromptEncoder",
+    "StableDiffusionGenerator",
+    "TrainedMapper",
+    "WorldGenGenerator",
+    "adapt_generator",
+    "cosine_distance",
+    "diffusers_state_dict",
+    "encode_worldgen_latents",
+    "frozen_copy",
+    "kohya_state_dict",
+    "ldm_to_diffusers_name",
+    "load_lora_native",
+    "load_mapper",
+    "merge_lora",
+    "nada_direction",
+    "run_adaptation",
+    "sample_worldgen_latents",
+    "save_lora",
+    "save_lora_comfyui",
+    "save_lora_diffusers",
+    "save_lora_native",
+    "save_mapper",
+    "sd_generator_from_diffusers",
+    "select_layers",
+    "train_mapper",
+    "weights_fingerprint",
+]

@@ -1,0 +1,343 @@
+"""IPL latent-mapper adaptation (library): mapper, prompts, both stages, NADA, layer selection, resume, exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from promptweave.prompt_modules.adaptation import (
+    EqualLinear,
+    IPLConfig,
+    LatentMapper,
+    PixelNorm,
+    PromptEncoder,
+    StableDiffusionGenerator,
+    WorldGenGenerator,
+    adapt_generator,
+    encode_worldgen_latents,
+    kohya_state_dict,
+    ldm_to_diffusers_name,
+    load_lora_native,
+    load_mapper,
+    merge_lora,
+    run_adaptation,
+    save_lora,
+    save_mapper,
+    sd_generator_from_diffusers,
+    train_mapper,
+)
+from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
+from promptweave.prompt_modules.world import render_batch
+from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
+
+FAST = dict(source_text="flat", target_text="neon sign", mapper_steps=4, mapper_batch=4, steps=3, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    torch.set_num_threads(1)
+    return VisionLanguageModel("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def worldgen():
+    return WorldGen(dataclasses.replace(WORLDGEN_PRESETS["tiny"], backbone="tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def pool(worldgen):
+    return encode_worldgen_latents(worldgen, render_batch(range(12))["image"])
+
+
+def _lora_close(a, b) -> bool:
+    return all(torch.equal(a.down[k], b.down[k]) and torch.equal(a.up[k], b.up[k]) for k in a.down)
+
+
+# ----- mapper -------------------------------------------------------------------------------------------------
+def test_mapper_is_pixelnorm_plus_equalised_layers_with_lr_mul():
+    mapper = LatentMapper(latent_dim=256, token_width=64, n_ctx=4)
+    layers = list(mapper.mapping)
+    assert isinstance(layers[0], PixelNorm)
+    linear = layers[1:]
+    assert len(linear) == 4 and all(isinstance(m, EqualLinear) for m in linear)  # 3 hidden + output
+    assert [tuple(m.weight.shape) for m in linear] == [(512, 256), (512, 512), (512, 512), (256, 512)]
+    assert all(m.lr_mul == 0.01 and m.scale == pytest.approx(0.01 / m.weight.shape[1] ** 0.5) for m in linear)
+    # weights stored as N(0,1)/lr_mul: the effective weight has the N(0, 1/fan_in) scale
+    assert linear[1].weight.std().item() == pytest.approx(100.0, rel=0.05)
+    w = torch.randn(3, 256)
+    out = mapper(w)
+    assert out.shape == (3, 4, 64)
+    assert torch.allclose(mapper(5.0 * w), out, atol=1e-5)  # PixelNorm: invariant to the code's scale
+    with pytest.raises(ValueError, match=r"latent codes must be \[B, 256\]"):
+        mapper(torch.randn(3, 255))
+
+
+def test_config_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="target_text is empty"):
+        IPLConfig(target_text="  ")
+    with pytest.raises(ValueError, match="rank must be at least 1"):
+        IPLConfig(target_text="neon", rank=0)
+    with pytest.raises(ValueError, match="equals source_text"):
+        IPLConfig(source_text="photo", target_text="Photo")
+    with pytest.raises(ValueError, match="unknown method"):
+        IPLConfig(target_text="neon", method="dreambooth")
+    cfg = IPLConfig(target_text="neon", rank=8, alpha=4)
+    assert cfg.scale == 0.5 and IPLConfig.from_dict(cfg.to_dict()) == cfg
+    assert (cfg.mapper_lr, cfg.mapper_batch, cfg.lr, cfg.batch_size, cfg.ema_decay, cfg.lambda_domain) == (
+        0.05,
+        32,
+        0.0016,
+        2,
+        0.99,
+        1.0,
+    )
+
+
+def test_prompt_vectors_replace_the_context_tokens(vlm):
+    cfg = IPLConfig(target_text="neon sign", add_base_feature=False)
+    enc = PromptEncoder(vlm, "neon sign", cfg)
+    with torch.no_grad():
+        ctx = vlm.embed_tokens(vlm.tokenize(["x x x x"]))[:, 1:5]
+        mine = enc.features(ctx)
+        plain = vlm.encode_text(["x x x x neon sign"], normalize=False)
+    assert torch.allclose(mine, plain, atol=1e-5)
+    with_base = PromptEncoder(vlm, "neon sign", cfg.replace(add_base_feature=True))
+    with torch.no_grad():
+        assert torch.allclose(
+            with_base.features(ctx), plain + vlm.encode_text(["a photo of a neon sign."], normalize=False), atol=1e-5
+        )
+
+
+# ----- WorldGen: both stages ------------------------------------------------------------------------------------------
+def test_stage1_trains_the_mapper_and_saves_it(vlm, worldgen, pool, tmp_path):
+    gen = WorldGenGenerator(worldgen, pool)
+    result = train_mapper(gen, vlm, IPLConfig(**{**FAST, "mapper_steps": 12, "mapper_batch": 8}))
+    assert len(result.losses) == 12 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert sum(result.losses[-3:]) < sum(result.losses[:3])  # contrastive + domain loss goes down
+    path = save_mapper(result.trained, tmp_path / "m.safetensors")
+    loaded = load_mapper(path, vlm)
+    codes = gen.latent_code(gen.sample_codes(2, 0))
+    assert torch.equal(loaded.mapper(codes), result.trained.mapper(codes))
+    wide = VisionLanguageModel(VLMConfig(name="wide", text_width=128, text_heads=2), seed=0)
+    with pytest.raises(BackboneMismatchError, match="token width 64.*'wide' \\(token width 128\\)"):
+        load_mapper(path, wide)
+
+
+def test_stage2_lora_on_the_worldgen_decoder(vlm, worldgen, pool):
+    before = {k: v.clone() for k, v in worldgen.autoencoder.decoder.state_dict().items()}
+    gen = WorldGenGenerator(worldgen, pool)
+    assert gen.lora_targets == [n for n, m in worldgen.autoencoder.decoder.named_modules() if isinstance(m, nn.Conv2d)]
+    cfg = IPLConfig(**FAST, ema_decay=0.5)
+    result = run_adaptation(gen, vlm, cfg)
+    assert result.mapper is not None and len(result.mapper_losses) == 4 and len(result.losses) == 3
+    assert set(result.lora.down) == set(gen.lora_targets) and result.lora.rank == 4
+    codes = gen.sample_codes(3, 123)
+    with torch.no_grad():
+        adapted = gen.generate(codes)
+        with result.adapter.disabled():
+            source = gen.generate(codes)
+        original = worldgen.decode(codes)
+    assert torch.allclose(source, original, atol=1e-6)  # adapters off = the frozen source generator
+    assert (adapted - source).abs().max() > 1e-4
+    after = worldgen.autoencoder.decoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the user's model is never touched
+    assert result.seconds_per_step > 0 and result.peak_memory_mb > 0
+
+
+def test_lora_starts_as_the_identity(vlm, worldgen, pool):
+    gen = WorldGenGenerator(worldgen, pool)
+    result = adapt_generator(gen, vlm, IPLConfig(**{**FAST, "method": "nada", "steps": 0}))
+    assert all(torch.count_nonzero(b) == 0 for b in result.lora.up.values())
+    codes = gen.sample_codes(2, 0)
+    with torch.no_grad():
+        assert torch.equal(gen.generate(codes), worldgen.decode(codes))
+
+
+def test_nada_baseline_needs_no_mapper_and_ipl_does(vlm, worldgen, pool):
+    result = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, IPLConfig(**{**FAST, "method": "nada"}))
+    assert result.mapper is None and result.mapper_losses == [] and len(result.losses) == 3
+    with pytest.raises(ValueError, match="needs the latent mapper"):
+        adapt_generator(WorldGenGenerator(worldgen, pool), vlm, IPLConfig(**FAST))
+
+
+def test_adaptive_layer_selection_trains_only_the_chosen_layers(vlm, worldgen, pool):
+    gen = WorldGenGenerator(worldgen, pool)
+    cfg = IPLConfig(**{**FAST, "method": "nada", "steps": 1}, auto_layer_k=3, ema_decay=0.0)
+    result = adapt_generator(gen, vlm, cfg)
+    assert len(result.selected_layers) == 3 and set(result.selected_layers) <= set(gen.lora_targets)
+    changed = {n for n, b in result.lora.up.items() if torch.count_nonzero(b)}
+    assert changed == set(result.selected_layers)
+
+
+def test_interrupted_run_resumes_to_the_same_result(vlm, worldgen, pool, tmp_path):
+    cfg = IPLConfig(**{**FAST, "steps": 4}, auto_layer_k=2)
+    whole = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(stage, when):
+        def callback(s, step, total, loss):
+            if s == stage and step == when:
+                raise Stop
+
+        return callback
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for stage, when in (("mapper", 3), ("lora", 3)):
+        with pytest.raises(Stop):
+            run_adaptation(
+                WorldGenGenerator(worldgen, pool),
+                vlm,
+                cfg,
+                checkpoint_dir=folder,
+                checkpoint_every=2,
+                callback=stop_at(stage, when),
+            )
+    assert (folder / "mapper.safetensors").is_file() and (folder / "lora.state.safetensors").is_file()
+    resumed = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, cfg, checkpoint_dir=folder, checkpoint_every=2)
+    assert resumed.losses == whole.losses and resumed.mapper_losses == whole.mapper_losses
+    assert _lora_close(resumed.lora, whole.lora)
+    other = cfg.replace(rank=2)
+    with pytest.raises(ArtifactError, match="another run"):
+        adapt_generator(
+            WorldGenGenerator(worldgen, pool),
+            vlm,
+            other,
+            resumed.mapper,
+            checkpoint_path=folder / "lora.state.safetensors",
+        )
+
+
+def test_native_export_roundtrip_and_merge(vlm, worldgen, pool, tmp_path):
+    gen = WorldGenGenerator(worldgen, pool)
+    result = run_adaptation(gen, vlm, IPLConfig(**{**FAST, "method": "nada"}, rank=2, alpha=3.0))
+    path = save_lora(result.lora, tmp_path / "w.safetensors", fmt="native")
+    meta = read_metadata(path)
+    assert meta["promptweave.method"] == "ipl_lora" and meta["promptweave.rank"] == "2"
+    assert meta["promptweave.alpha"] == "3.0" and meta["promptweave.base_fingerprint"] == gen.name
+    loaded = load_lora_native(path)
+    assert _lora_close(loaded, result.lora) and loaded.alpha == 3.0
+    merged = WorldGenGenerator(worldgen, pool)  # a fresh copy of the decoder without adapters
+    merge_lora(merged.lora_root, loaded)
+    codes = gen.sample_codes(2, 9)
+    with torch.no_grad():
+        assert torch.allclose(merged.generate(codes), gen.generate(codes), atol=1e-5)
+    with pytest.raises(ValueError, match="no Stable Diffusion U-Net layout"):
+        save_lora(result.lora, tmp_path / "x.safetensors", fmt="comfyui")
+    assert not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(ArtifactError, match="does not exist"):
+        save_lora(result.lora, tmp_path / "missing" / "w.safetensors", fmt="native")
+    assert not (tmp_path / "missing").exists()
+
+
+# ----- Stable Diffusion ---------------------------------------------------------------------------------------------
+def test_ldm_names_map_to_diffusers_for_sd15_and_the_tiny_unet():
+    from promptweave.tiny import diffusers_unet_key_to_ldm
+
+    cases = [  # (layers_per_block, levels with attention down, up_with_attention, n levels)
+        (2, [0, 1, 2], {1, 2, 3}, 4),  # SD1.5
+        (1, [0], {0}, 1),  # the tiny SD15 U-Net
+    ]
+    for lpb, down_attn, up_attn, levels in cases:
+        names = [
+            f"down_blocks.{lv}.attentions.{i}.transformer_blocks.0.attn2.to_k" for lv in down_attn for i in range(lpb)
+        ]
+        names += [
+            f"up_blocks.{lv}.attentions.{i}.transformer_blocks.0.attn1.to_out.0"
+            for lv in up_attn
+            for i in range(lpb + 1)
+        ]
+        names.append("mid_block.attentions.0.transformer_blocks.0.attn1.to_q")
+        for name in names:
+            ldm = diffusers_unet_key_to_ldm(name + ".weight", lpb, up_attn)[: -len(".weight")]
+            assert ldm_to_diffusers_name(ldm, [lpb] * levels) == name
+
+
+def _tiny_sd15_parts(path):
+    from diffusers import UNet2DConditionModel
+
+    from promptweave.prompt_modules.artifacts import read_safetensors
+    from promptweave.tiny import SD15_UNET_CONFIG, diffusers_unet_key_to_ldm, tiny_autoencoder
+
+    tensors, _ = read_safetensors(path)
+    with torch.random.fork_rng(devices=[]):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    sd = {
+        k: tensors["model.diffusion_model." + diffusers_unet_key_to_ldm(k, 1, {0})].float() for k in unet.state_dict()
+    }
+    unet.load_state_dict(sd)
+    taesd = tiny_autoencoder()["taesd_decoder"]
+    prefix = "first_stage_model.taesd_decoder."
+    taesd.load_state_dict({k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
+    return unet.eval(), taesd.eval()
+
+
+@pytest.mark.slow
+def test_sd_generator_on_the_tiny_sd15_checkpoint(vlm, tiny_sd15_path):
+    unet, taesd = _tiny_sd15_parts(tiny_sd15_path)
+    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(0))
+    gen = StableDiffusionGenerator(
+        unet,
+        lambda m, x, t, c: m(x, t, encoder_hidden_states=c).sample,
+        taesd,
+        lambda m, x0: m(x0),
+        context,
+        latent_size=(8, 8),
+        sample_steps=2,
+        label="tiny-sd15",
+    )
+    assert len(gen.lora_targets) == 4 * 2 * 4 and gen.latent_dim == 256  # down, mid, 2 up x attn1/2 x q,k,v,out
+    cfg = IPLConfig(source_text="photo", target_text="neon sign", mapper_steps=2, mapper_batch=2, steps=2, rank=2)
+    result = run_adaptation(gen, vlm, cfg)
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    keys = kohya_state_dict(result.lora)
+    assert len(keys) == 3 * len(gen.lora_targets)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys
+    assert "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_out_0.alpha" in keys
+    assert all(p.requires_grad for p in unet.parameters())  # the caller's U-Net is untouched (a copy adapts)
+    assert not any("lora" in n for n, _ in unet.named_modules())
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipe") / "pipeline"
+    subprocess.run([sys.executable, "-m", "promptweave.tiny", "pipeline", str(folder)], check=True)
+    return folder
+
+
+@pytest.mark.slow
+def test_diffusers_export_loads_with_load_lora_weights(vlm, tiny_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir))
+    ids = pipe.tokenizer(["a photo"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        context = pipe.text_encoder(ids)[0]
+    gen = sd_generator_from_diffusers(pipe.unet, pipe.vae, context, image_size=64, sample_steps=2)
+    cfg = IPLConfig(
+        source_text="photo", target_text="neon sign", method="nada", steps=2, rank=2, alpha=6.0, ema_decay=0.0
+    )
+    result = run_adaptation(gen, vlm, cfg)
+    path = save_lora(result.lora, tmp_path / "neon.safetensors", fmt="diffusers")
+    meta = read_metadata(path)
+    assert meta["promptweave.format"] == "diffusers" and meta["promptweave.target"] == "sd-unet"
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    with torch.no_grad():
+        base = pipe.unet(x, t, encoder_hidden_states=context).sample
+        pipe.load_lora_weights(str(path))
+        loaded = pipe.unet(x, t, encoder_hidden_states=context).sample
+        mine = gen.lora_root(x, t, encoder_hidden_states=context).sample
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = [n for n, m in pipe.unet.named_modules() if isinstance(m, LoraLayer)]
+    assert len(wrapped) == len(result.lora.down)  # every tensor of the file reached a layer
+    assert (loaded - base).abs().max() > 0
+    assert torch.allclose(loaded, mine, atol=1e-5)  # alpha/rank scale survives the export
