@@ -8,10 +8,26 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import nodes_dual_prompt, nodes_inversion, nodes_learned_prompt, nodes_world
+from . import (
+    nodes_adaptation,
+    nodes_diff_prompt,
+    nodes_dual_prompt,
+    nodes_inversion,
+    nodes_learned_prompt,
+    nodes_pretraining,
+    nodes_world,
+)
 from ._common import register_models_folder
 
-NODE_MODULES = [nodes_learned_prompt, nodes_world, nodes_dual_prompt, nodes_inversion]
+NODE_MODULES = [
+    nodes_learned_prompt,
+    nodes_world,
+    nodes_inversion,
+    nodes_adaptation,
+    nodes_dual_prompt,
+    nodes_diff_prompt,
+    nodes_pretraining,
+]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

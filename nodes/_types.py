@@ -14,3 +14,9 @@ PromptInverterType = io.Custom("PW_PROMPT_INVERTER")
 """A :class:`~promptweave.prompt_modules.inversion.PromptInverter` (image -> prompt embedding and keywords)."""
 PromptEmbeddingType = io.Custom("PW_PROMPT_EMBEDDING")
 """Predicted all-MiniLM-L6-v2 prompt embeddings, a float tensor ``[B, 384]`` (L2-normalised)."""
+LatentMapperType = io.Custom("PW_LATENT_MAPPER")
+"""An IPL :class:`~promptweave.prompt_modules.adaptation.TrainedMapper` (latent code -> image-specific prompts)."""
+DiffPromptType = io.Custom("PW_DIFF_PROMPT")
+"""A Diff-Prompt :class:`~promptweave.prompt_modules.diff_prompt.DiffPrompt` (Mask-VAE + DiT + prompts + head)."""
+PretrainedPromptsType = io.Custom("PW_PRETRAINED_PROMPTS")
+"""A :class:`~promptweave.prompt_modules.prompt_pretraining.PretrainedPromptBundle` (RPP prompts + layer tokens)."""

@@ -1,0 +1,511 @@
+"""Diff-Prompt in ComfyUI: ground a referring expression (mask + box), generated prompts as SD conditioning,
+train the three stages, load a bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.diff_prompt import (
+    DiffPrompt,
+    FolderGroundingSource,
+    TensorGroundingSource,
+    WorldGroundingSource,
+    load_bundle,
+    load_diff_prompt,
+    save_bundle,
+    train_dit,
+    train_mask_vae,
+    train_prompts,
+)
+from ..prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from ..prompt_modules.plots import loss_curve_image
+from ..prompt_modules.vlm import VisionLanguageModel
+from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._types import DiffPromptType, VLMType
+from .nodes_dual_prompt import _clone_vlm, clip_token_tables
+from .nodes_learned_prompt import tokens_with_learned_prompt
+
+CATEGORY = "PromptWeave/diff prompt"
+STAGE_CHOICES = ["vae", "dit", "prompt", "all"]
+SOURCES = ["world", "folder", "inputs"]
+
+
+# ----- input checks ---------------------------------------------------------------------------------------------
+def _check_vlm(node: str, vlm) -> VisionLanguageModel:
+    if not isinstance(vlm, VisionLanguageModel):
+        raise NodeInputError(node, "vlm", f"got {type(vlm).__name__}", "connect a VLM, e.g. Load World Models")
+    return vlm
+
+
+def _check_model(node: str, model, vlm: VisionLanguageModel) -> DiffPrompt:
+    if not isinstance(model, DiffPrompt):
+        raise NodeInputError(
+            node,
+            "diff_prompt",
+            f"got {type(model).__name__} (an unfinished bundle?)",
+            "connect Load Diff-Prompt with a bundle of all three stages, or Train Diff-Prompt "
+            "with stage 'prompt' or 'all'",
+        )
+    try:
+        model.check_vlm(vlm)
+    except ArtifactError as exc:
+        raise NodeInputError(node, "diff_prompt", str(exc), "connect the VLM the bundle was trained with") from None
+    return model
+
+
+def _images(node: str, image, input_name: str = "image") -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] < 3:
+        shape = None if not isinstance(image, torch.Tensor) else tuple(image.shape)
+        raise NodeInputError(
+            node,
+            input_name,
+            f"expected a non-empty IMAGE batch [B, H, W, 3], got shape {shape}",
+            "connect a node that outputs images",
+        )
+    return image[..., :3].permute(0, 3, 1, 2).float().clone()
+
+
+def expressions_for_batch(node: str, text: str, batch: int, input_name: str = "text") -> list[str]:
+    """One referring expression per image: one line for all images, or exactly one line per image."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise NodeInputError(
+            node,
+            input_name,
+            "the referring expression is empty",
+            "describe the object to find, e.g. 'the red star left of the arrow'",
+        )
+    if len(lines) == 1:
+        return lines * batch
+    if len(lines) != batch:
+        raise NodeInputError(
+            node,
+            input_name,
+            f"{batch} image(s) but {len(lines)} expression lines",
+            "write one line per image, or a single line used for every image",
+        )
+    return lines
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _resize(x: torch.Tensor, h: int, w: int, mode: str = "bilinear") -> torch.Tensor:
+    return F.interpolate(x, size=(h, w), mode=mode, align_corners=False) if tuple(x.shape[-2:]) != (h, w) else x
+
+
+def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Filled rectangles ``[B, H, W]`` from normalised boxes ``[B, 4]``."""
+    ys = (torch.arange(h).float() + 0.5) / h
+    xs = (torch.arange(w).float() + 0.5) / w
+    b = boxes.float().cpu()
+    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])
+    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()
+
+
+def preview_strip(generated: torch.Tensor, size: int) -> torch.Tensor:
+    """Generated masks ``[K, B, 1, S, S]`` -> IMAGE ``[B, S, K*S, 3]`` (one row per input, layer 0 leftmost)."""
+    k, b = generated.shape[:2]
+    if k == 0:
+        return torch.zeros(b, size, size, 3)
+    strip = torch.cat([generated[i, :, 0] for i in range(k)], dim=-1)  # [B, S, K*S]
+    return strip.clamp(0, 1).unsqueeze(-1).expand(-1, -1, -1, 3).float().cpu().contiguous()
+
+
+# ----- nodes ----------------------------------------------------------------------------------------------------
+class LoadDiffPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWLoadDiffPrompt",
+            display_name="Load Diff-Prompt",
+            category=CATEGORY,
+            description="Loads a Diff-Prompt bundle (Mask-VAE, DiT prompt generator, adapters, global prompts and "
+            "grounding head in one .safetensors) from ComfyUI/models/promptweave.",
+            inputs=[
+                io.Combo.Input(
+                    "bundle_name",
+                    options=model_files(),
+                    tooltip="A bundle written by Train Diff-Prompt with all three stages.",
+                )
+            ],
+            outputs=[DiffPromptType.Output(display_name="diff_prompt", tooltip="The Diff-Prompt model.")],
+        )
+
+    @classmethod
+    def execute(cls, bundle_name: str) -> io.NodeOutput:
+        node = "PWLoadDiffPrompt"
+        path = resolve_model_file(node, "bundle_name", bundle_name)
+        try:
+            model = load_diff_prompt(path)
+        except ArtifactError as exc:
+            raise NodeInputError(
+                node, "bundle_name", str(exc), "pick a bundle written by Train Diff-Prompt after stage 'prompt'"
+            ) from None
+        return io.NodeOutput(model)
+
+
+class DiffPromptGround(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWDiffPromptGround",
+            display_name="Diff-Prompt Ground (text -> mask)",
+            category=CATEGORY,
+            description="Finds the object a referring expression describes (Diff-Prompt, Yan et al. ICLR 2025): a "
+            "DiT generates masks from the image and the text, adapters turn them into prompts for the frozen VLM, "
+            "and a grounding head outputs a mask and a box. Use the mask for inpainting or regional prompts.",
+            inputs=[
+                VLMType.Input("vlm", tooltip="The VLM the bundle was trained with (e.g. WorldCLIP)."),
+                DiffPromptType.Input("diff_prompt", tooltip="From Load Diff-Prompt or Train Diff-Prompt."),
+                io.Image.Input("image", tooltip="The image(s) to search."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    default="the red star",
+                    tooltip="The referring expression; one line for all images, or one line per image.",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the generator's starting noise."
+                ),
+                io.Float.Input(
+                    "threshold",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Mask probability above which a pixel belongs to the object.",
+                ),
+                io.Int.Input(
+                    "ddim_steps",
+                    default=0,
+                    min=0,
+                    max=200,
+                    tooltip="DDIM steps of the generator; 0 = the bundle's setting.",
+                ),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="mask", tooltip="The object's mask at the image's size."),
+                io.Mask.Output(display_name="box_mask", tooltip="The predicted box as a filled mask."),
+                io.String.Output(
+                    display_name="boxes", tooltip="JSON list, per image: x0, y0, x1, y1, width, height in pixels."
+                ),
+                io.Image.Output(
+                    display_name="generated_masks",
+                    tooltip="The generator's intermediate masks, one per prompted layer, side by side.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, vlm, diff_prompt, image, text: str, seed: int, threshold: float, ddim_steps: int) -> io.NodeOutput:
+        node = "PWDiffPromptGround"
+        vlm = _check_vlm(node, vlm)
+        model = _check_model(node, diff_prompt, vlm)
+        images = _images(node, image)
+        b, _, h, w = images.shape
+        texts = expressions_for_batch(node, text, b)
+        with torch.no_grad():
+            out = model(vlm, images.to(vlm.device), texts, generator=_generator(seed), steps=ddim_steps or None)
+        prob = _resize(out.mask_logits.sigmoid().unsqueeze(1).float().cpu(), h, w)[:, 0]
+        mask = (prob > threshold).float()
+        boxes = out.boxes.float().cpu()
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        report = []
+        for row in (boxes * scale).round().long().tolist():
+            x0, y0, x1, y1 = row
+            report.append({"x0": x0, "y0": y0, "x1": x1, "y1": y1, "width": x1 - x0, "height": y1 - y0})
+        preview = preview_strip(out.generated_masks.float().cpu(), model.mask_size)
+        return io.NodeOutput(mask, box_masks(boxes, h, w), json.dumps(report), preview)
+
+
+class DiffPromptConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWDiffPromptConditioning",
+            display_name="Diff-Prompt Conditioning",
+            category=CATEGORY,
+            description="CLIP text encode with the prompt tokens Diff-Prompt generates for an image and a referring "
+            "expression spliced in (SD1.x and SDXL). The generated input-layer text tokens are read as their "
+            "nearest vocabulary tokens in the VLM, and this CLIP's own embeddings of them are used.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP of an SD1.x or SDXL checkpoint."),
+                VLMType.Input("vlm", tooltip="The VLM the bundle was trained with (e.g. WorldCLIP)."),
+                DiffPromptType.Input("diff_prompt", tooltip="From Load Diff-Prompt or Train Diff-Prompt."),
+                io.Image.Input(
+                    "image",
+                    tooltip="The image the prompts are generated for (one conditioning per image of the batch).",
+                ),
+                io.String.Input(
+                    "expression",
+                    multiline=True,
+                    default="the red star",
+                    tooltip="The referring expression; one line for all images, or one per image.",
+                ),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    default="a picture of <pw>",
+                    tooltip="The SD prompt. Write <pw> where the generated tokens go; without it they go first.",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the generator's starting noise."
+                ),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="Conditioning for KSampler, with the generated prompt tokens.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, vlm, diff_prompt, image, expression: str, text: str, seed: int) -> io.NodeOutput:
+        node = "PWDiffPromptConditioning"
+        if clip is None:
+            raise NodeInputError(node, "clip", "no CLIP is connected", "connect the CLIP output of a checkpoint")
+        vlm = _check_vlm(node, vlm)
+        model = _check_model(node, diff_prompt, vlm)
+        images = _images(node, image)
+        texts = expressions_for_batch(node, expression, images.shape[0], "expression")
+        if not (text or "").strip():
+            raise NodeInputError(node, "text", "the text is empty", "write an SD prompt, e.g. 'a picture of <pw>'")
+        if model.config.n_tokens == 0 or model.text_depth == 0:
+            raise NodeInputError(
+                node,
+                "diff_prompt",
+                "the bundle has no text prompt tokens",
+                "use CLIPTextEncode, or a bundle trained with text prompts",
+            )
+        tables = clip_token_tables(clip)
+        if not tables:
+            raise NodeInputError(node, "clip", "the CLIP has neither clip_l nor clip_g", "use an SD1.x or SDXL CLIP")
+        with torch.no_grad():
+            ids = model.text_prompt_token_ids(vlm, images.to(vlm.device), texts, generator=_generator(seed))
+        conds, pooled = [], []
+        for row in ids:
+            widths = {k: int(t.shape[1]) for k, t in tables.items()}
+            prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=len(row), widths=widths, backbone="any"))
+            for key, table in tables.items():
+                prompt.init_from_token_embeddings(key, table.detach()[row.to(table.device)].float().cpu())
+            tokens = tokens_with_learned_prompt(node, clip, text, prompt)
+            cond, pool = clip.encode_from_tokens(tokens, return_pooled=True)
+            conds.append(cond)
+            pooled.append(pool)
+        extra = {} if pooled[0] is None else {"pooled_output": torch.cat(pooled)}
+        return io.NodeOutput([[torch.cat(conds), extra]])
+
+
+class TrainDiffPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWTrainDiffPrompt",
+            display_name="Train Diff-Prompt",
+            category=CATEGORY,
+            description="Trains one stage of Diff-Prompt (or all three) into a bundle in models/promptweave: 'vae' "
+            "the Mask-VAE, 'dit' the DiT prompt generator (needs the VAE in the bundle), 'prompt' the adapters, "
+            "global prompts and grounding head (needs both). Resumes from its checkpoint when run again.",
+            inputs=[
+                VLMType.Input("vlm", tooltip="The frozen VLM (WorldCLIP from Load World Models); unused by 'vae'."),
+                io.Combo.Input(
+                    "stage",
+                    options=STAGE_CHOICES,
+                    default="all",
+                    tooltip="Which stage to train; each needs the earlier stages in the bundle.",
+                ),
+                io.Combo.Input(
+                    "source",
+                    options=SOURCES,
+                    default="world",
+                    tooltip="world: the procedural world's train split; folder: name.png + "
+                    "name_mask.png + name.txt files; inputs: the images, masks and expressions inputs.",
+                ),
+                io.String.Input("path", default="", tooltip="The dataset folder (source 'folder' only)."),
+                io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimisation steps per stage."),
+                io.Int.Input("batch_size", default=16, min=1, max=512, tooltip="Samples per step."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of initialisation and batches."),
+                io.String.Input(
+                    "bundle_name",
+                    default="diff_prompt",
+                    tooltip="Bundle file in models/promptweave (no extension): read for the earlier "
+                    "stages, written with the trained one.",
+                ),
+                io.Image.Input("images", optional=True, tooltip="Training images (source 'inputs')."),
+                io.Mask.Input(
+                    "masks", optional=True, tooltip="One mask per training image, of the same size (source 'inputs')."
+                ),
+                io.String.Input(
+                    "expressions",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="One referring expression per training image, one per line (source 'inputs').",
+                ),
+            ],
+            outputs=[
+                DiffPromptType.Output(
+                    display_name="diff_prompt",
+                    tooltip="The complete model once stage 'prompt' is trained, else nothing.",
+                ),
+                io.String.Output(display_name="bundle_path", tooltip="Where the bundle was written."),
+                io.Image.Output(display_name="loss_plot", tooltip="The loss curve of the trained stage(s)."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        vlm,
+        stage: str,
+        source: str,
+        path: str,
+        steps: int,
+        batch_size: int,
+        seed: int,
+        bundle_name: str,
+        images=None,
+        masks=None,
+        expressions: str = "",
+    ) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+        import folder_paths
+
+        node = "PWTrainDiffPrompt"
+        if stage not in STAGE_CHOICES:
+            raise NodeInputError(node, "stage", f"unknown stage {stage!r}", f"use one of {STAGE_CHOICES}")
+        vlm = _check_vlm(node, vlm)
+        data = cls._source(node, source, path, images, masks, expressions)
+        target = output_model_path(node, "bundle_name", bundle_name.strip())
+        stages = ["vae", "dit", "prompt"] if stage == "all" else [stage]
+        existing = None
+        if stages[0] != "vae":
+            if not Path(target).is_file():
+                raise NodeInputError(
+                    node,
+                    "bundle_name",
+                    f"{target} does not exist, and stage '{stage}' needs the earlier stages",
+                    "train stage 'vae' (then 'dit') into this bundle first",
+                )
+            try:
+                existing = load_bundle(target)
+            except ArtifactError as exc:
+                raise NodeInputError(node, "bundle_name", str(exc), "pick another bundle name") from None
+            need = {"dit": ["vae"], "prompt": ["vae", "dit"]}[stages[0]]
+            if [s for s in need if s not in existing.stages]:
+                raise NodeInputError(
+                    node, "stage", f"the bundle holds only {list(existing.stages)}", f"train {need} first"
+                )
+            if stages[0] == "prompt" and existing.backbone != vlm.name:
+                raise NodeInputError(
+                    node,
+                    "vlm",
+                    f"the bundle's DiT was trained with the VLM '{existing.backbone}', not '{vlm.name}'",
+                    "connect that VLM, or retrain stage 'dit'",
+                )
+        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha1(
+            json.dumps(
+                [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
+            ).encode()
+        ).hexdigest()[:12]
+        bar = comfy.utils.ProgressBar(steps * len(stages))
+        offset = [0]
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update_absolute(offset[0] + step, steps * len(stages))
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        trainable = _clone_vlm(vlm)
+        losses: list[float] = []
+        vae = existing.vae if existing is not None else None
+        dit = existing.dit if existing is not None else None
+        model = None
+        common = dict(
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            callback=on_step,
+            progress=False,
+            checkpoint_every=max(10, steps // 10),
+        )
+        with torch.inference_mode(False), torch.enable_grad():
+            for name in stages:
+                ckpt = ckpt_dir / f"{Path(target).stem}-{name}-{key}.state.safetensors"
+                if name == "vae":
+                    result = train_mask_vae(data, checkpoint_path=ckpt, **common)
+                    vae = result.model
+                    save_bundle(target, vae=vae)
+                elif name == "dit":
+                    result = train_dit(trainable, vae, data, checkpoint_path=ckpt, **common)
+                    dit = result.model
+                    save_bundle(target, vae=vae, dit=dit, backbone=vlm.name)
+                else:
+                    result = train_prompts(trainable, vae, dit, data, checkpoint_path=ckpt, **common)
+                    model = result.model
+                    save_bundle(target, model=model)
+                losses += result.losses
+                offset[0] += steps
+        if model is not None:
+            model = model.to(vlm.device).eval()
+        return io.NodeOutput(model, str(target), loss_curve_image(losses).unsqueeze(0))
+
+    @staticmethod
+    def _source(node: str, source: str, path: str, images, masks, expressions: str):
+        try:
+            if source == "world":
+                return WorldGroundingSource()
+            if source == "folder":
+                return FolderGroundingSource(path.strip())
+            if source == "inputs":
+                if images is None or masks is None:
+                    raise NodeInputError(
+                        node,
+                        "images" if images is None else "masks",
+                        "not connected",
+                        "connect training images, one mask per image and their expressions",
+                    )
+                batch = _images(node, images, "images")
+                m = masks if masks.ndim == 3 else masks.unsqueeze(0)
+                if tuple(m.shape[-2:]) != tuple(batch.shape[-2:]):
+                    raise NodeInputError(
+                        node,
+                        "masks",
+                        f"the masks are {m.shape[-1]}x{m.shape[-2]} but the images {batch.shape[-1]}x{batch.shape[-2]}",
+                        "give every image a mask of its own size (e.g. resize the mask with the image)",
+                    )
+                if m.shape[0] != batch.shape[0]:
+                    raise NodeInputError(
+                        node,
+                        "masks",
+                        f"{batch.shape[0]} image(s) but {m.shape[0]} mask(s)",
+                        "give exactly one mask per image",
+                    )
+                texts = expressions_for_batch(node, expressions, batch.shape[0], "expressions")
+                return TensorGroundingSource(batch, m.float().clone(), texts)
+        except NodeInputError:
+            raise
+        except ValueError as exc:
+            if source == "folder":
+                fix = (
+                    "make every mask the size of its image"
+                    if "size" in str(exc)
+                    else "point 'path' at a folder of name.png + name_mask.png (white = the object) + name.txt files"
+                )
+                raise NodeInputError(node, "path", str(exc), fix) from None
+            raise NodeInputError(
+                node, "masks", str(exc), "give every image one non-empty mask of its own size"
+            ) from None
+        raise NodeInputError(node, "source", f"unknown source {source!r}", f"use one of {SOURCES}")
+
+
+NODES: list[type[io.ComfyNode]] = [LoadDiffPrompt, DiffPromptGround, DiffPromptConditioning, TrainDiffPrompt]

@@ -1,0 +1,382 @@
+"""Diff-Prompt library: shapes of each stage, losses that decrease on a small set, save/resume per stage, the
+bundle, per-sample deep prompts, datasets and their errors (tiny models built from configs)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.deep_prompts import encode_image_prompted, encode_text_prompted
+from promptweave.prompt_modules.diff_prompt import (
+    DiffPrompt,
+    DiT,
+    DiTConfig,
+    FolderGroundingSource,
+    MaskVAE,
+    MaskVAEConfig,
+    PromptConfig,
+    PromptSlots,
+    StaticPromptGrounder,
+    TensorGroundingSource,
+    WorldGroundingSource,
+    ddim_sample,
+    dense_image_features,
+    evaluation_set,
+    load_bundle,
+    load_diff_prompt,
+    save_bundle,
+    train_dit,
+    train_mask_vae,
+    train_prompts,
+    zero_shot_ground,
+)
+from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
+
+VAE_CFG = MaskVAEConfig(mask_size=32, block_out_channels=(8, 16, 16), norm_num_groups=8)
+DIT_CFG = DiTConfig(hidden=32, depth=1, heads=2, lr=1e-3)
+PROMPT_CFG = PromptConfig(ddim_steps=4, adapter_channels=4, adapter_features=16, head_hidden=16, lr=3e-3)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return VisionLanguageModel("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    """Eight world samples as a fixed training set (the 'small set' the losses must decrease on)."""
+    data = WorldGroundingSource("train").from_seeds(range(8), pick_seed=0)
+    return TensorGroundingSource(data.images, data.masks, data.texts)
+
+
+@pytest.fixture(scope="module")
+def stages(vlm, small_set):
+    vae = train_mask_vae(small_set, VAE_CFG, steps=3, batch_size=8, progress=False).model
+    dit = train_dit(vlm, vae, small_set, DIT_CFG, steps=3, batch_size=8, progress=False).model
+    return vae, dit
+
+
+def _decreases(losses: list[float], k: int = 5) -> bool:
+    return float(np.mean(losses[-k:])) < 0.9 * float(np.mean(losses[:k]))
+
+
+# ----- configs ----------------------------------------------------------------------------------------------------
+def test_configs_validate_and_round_trip():
+    assert VAE_CFG.latent_size == 8 and MaskVAEConfig().latent_size == 8
+    assert PromptConfig(ddim_steps=10).resolved_keep_steps(4) == (3, 5, 7, 9)
+    assert PromptConfig(ddim_steps=4).resolved_keep_steps(4) == (0, 1, 2, 3)
+    assert PromptConfig(ddim_steps=5, keep_steps=(1, 4)).resolved_keep_steps(2) == (1, 4)
+    with pytest.raises(ValueError, match="keep_steps"):
+        PromptConfig(ddim_steps=5, keep_steps=(4, 1))
+    with pytest.raises(ValueError, match="at least 4 DDIM steps"):
+        PromptConfig(ddim_steps=3).resolved_keep_steps(4)
+    with pytest.raises(ValueError, match="divisible by norm_num_groups"):
+        MaskVAEConfig(block_out_channels=(6, 8), norm_num_groups=4)
+    with pytest.raises(ValueError, match="unknown PromptConfig fields"):
+        PromptConfig.from_dict({"n_generatd": 2})
+    assert PromptConfig.from_dict(PROMPT_CFG.to_dict()) == PROMPT_CFG
+    assert MaskVAEConfig.from_dict(VAE_CFG.to_dict()) == VAE_CFG
+
+
+# ----- stage 1 -----------------------------------------------------------------------------------------------------
+def test_mask_vae_shapes_and_errors(small_set):
+    vae = MaskVAE(VAE_CFG)
+    masks = torch.nn.functional.interpolate(small_set.masks[:, None], size=32)
+    z = vae.encode(masks)
+    assert z.shape == (8, 4, 8, 8)
+    out = vae.decode(z).detach()
+    assert out.shape == (8, 1, 32, 32) and float(out.min()) >= 0 and float(out.max()) <= 1
+    with pytest.raises(ValueError, match=r"masks \[B, 1, 32, 32\], got \(8, 1, 64, 64\)"):
+        vae.encode(small_set.masks[:, None])
+
+
+def test_mask_vae_loss_decreases(small_set):
+    result = train_mask_vae(small_set, VAE_CFG, steps=30, batch_size=8, progress=False)
+    assert len(result.losses) == 30 and _decreases(result.losses)
+
+
+# ----- stage 2 -----------------------------------------------------------------------------------------------------
+def test_dit_shapes_adaln_zero_and_ddim(vlm):
+    dit = DiT(dataclasses.replace(DIT_CFG, cond_dim=vlm.embed_dim))
+    z = torch.randn(3, 4, 8, 8)
+    f = torch.randn(3, vlm.embed_dim)
+    eps = dit(z, torch.tensor([0, 5, 99]), f, f)
+    assert eps.shape == z.shape and torch.count_nonzero(eps) == 0  # adaLN-Zero: the output layer starts at zero
+    with pytest.raises(ValueError, match="latents"):
+        dit(torch.randn(3, 4, 4, 4), torch.tensor([0]), f, f)
+    torch.nn.init.normal_(dit.final.weight, std=0.1)
+    res = ddim_sample(dit, f, f, steps=6, keep=(1, 3, 5), noise=torch.randn(3, 4, 8, 8))
+    assert res.kept.shape == (3, 3, 4, 8, 8) and len(res.timesteps) == 6 and res.timesteps[0] == 99
+    assert torch.allclose(res.kept[-1], res.final, atol=1e-5)  # at the last step the predicted z_0 is the result
+    noisy = ddim_sample(dit, f, f, steps=6, keep=(1,), kept="latent", noise=torch.randn(3, 4, 8, 8))
+    assert noisy.kept.shape == (1, 3, 4, 8, 8)
+    with pytest.raises(ValueError, match="outside the 6 DDIM steps"):
+        ddim_sample(dit, f, f, steps=6, keep=(6,))
+
+
+def test_dit_loss_decreases_and_ema(vlm, small_set, stages):
+    vae, _ = stages
+    result = train_dit(vlm, vae, small_set, DIT_CFG, steps=40, batch_size=8, progress=False)
+    assert _decreases(result.losses)
+    dit = result.model
+    assert dit.config.cond_dim == vlm.embed_dim and dit.config.scaling_factor > 0
+    assert not any(p.requires_grad for p in dit.parameters())
+    assert all(p.requires_grad for p in vlm.parameters())  # the VLM's flags are restored after training
+
+
+# ----- stage 3 -----------------------------------------------------------------------------------------------------
+def test_prompt_slots_are_per_sample_and_empty_slots_change_nothing(vlm, small_set):
+    images, texts = small_set.images[:2], small_set.texts[:2]
+    empty = PromptSlots([], [])
+    assert torch.allclose(
+        encode_image_prompted(vlm, images, empty, layer_fn=empty.layer_fn), vlm.encode_image(images), atol=1e-5
+    )
+    assert torch.allclose(
+        encode_text_prompted(vlm, texts, empty, layer_fn=empty.layer_fn), vlm.encode_text(texts), atol=1e-5
+    )
+    same = images[:1].expand(2, -1, -1, -1)
+    tokens = [torch.randn(2, 3, vlm.vision_width) for _ in range(2)]
+    slots = PromptSlots([], tokens)
+    feats = encode_image_prompted(vlm, same, slots, layer_fn=slots.layer_fn)
+    assert not torch.allclose(feats[0], feats[1], atol=1e-4)  # same image, different per-sample prompts
+    tokens_same = [t[:1].expand(2, -1, -1) for t in tokens]
+    slots = PromptSlots([], tokens_same)
+    feats = encode_image_prompted(vlm, same, slots, layer_fn=slots.layer_fn)
+    assert torch.allclose(feats[0], feats[1], atol=1e-5)
+    dense = dense_image_features(vlm, images, slots, layer_fn=slots.layer_fn)
+    assert dense.shape == (2, 64, vlm.embed_dim)
+
+
+def test_diff_prompt_shapes_and_frozen_parts(vlm, small_set, stages):
+    vae, dit = stages
+    model = DiffPrompt.for_vlm(vlm, vae, dit, PROMPT_CFG)
+    model.init_from_vlm(vlm, small_set.texts[:4], small_set.images[:4])
+    assert model.keep_steps == (1, 3) and model.n_kept == 2
+    out = model(vlm, small_set.images[:3], small_set.texts[:3], generator=torch.Generator().manual_seed(0))
+    assert out.mask_logits.shape == (3, 32, 32) and out.boxes.shape == (3, 4)
+    assert bool(((out.boxes >= 0) & (out.boxes <= 1)).all()) and bool((out.boxes[:, 2:] >= out.boxes[:, :2]).all())
+    assert out.generated_masks.shape == (2, 3, 1, 32, 32)
+    assert [t.shape for t in out.text_tokens] == [(3, 8, vlm.token_width)] * 2
+    assert [t.shape for t in out.visual_tokens] == [(3, 8, vlm.vision_width)] * 2
+    frozen = {id(p) for m in (model.vae, model.dit) for p in m.parameters()}
+    assert not any(id(p) in frozen for p in model.trainable_parameters())
+    again = model(vlm, small_set.images[:3], small_set.texts[:3], generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out.mask_logits, again.mask_logits)  # deterministic for a seed
+    with pytest.raises(ValueError, match="3 images but 2 referring expressions"):
+        model(vlm, small_set.images[:3], small_set.texts[:2])
+    with pytest.raises(ValueError, match="empty"):
+        model(vlm, small_set.images[:1], ["  "])
+    ids = model.text_prompt_token_ids(vlm, small_set.images[:2], small_set.texts[:2])
+    assert ids.shape == (2, 8) and bool((ids < 49406).all())
+
+
+def test_prompt_stage_loss_decreases_and_only_prompts_train(vlm, small_set, stages):
+    vae, dit = stages
+    vlm_before = {k: v.clone() for k, v in vlm.clip.state_dict().items()}
+    result = train_prompts(vlm, vae, dit, small_set, PROMPT_CFG, steps=30, batch_size=8, progress=False)
+    assert _decreases(result.losses)
+    model = result.model
+    assert all(torch.equal(v, vlm.clip.state_dict()[k]) for k, v in vlm_before.items())
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), vae.state_dict().values(), strict=True)
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.dit.state_dict().values(), dit.state_dict().values(), strict=True)
+    )
+
+
+def test_no_global_ablation_and_static_baselines(vlm, small_set, stages):
+    vae, dit = stages
+    ablation = DiffPrompt.for_vlm(vlm, vae, dit, dataclasses.replace(PROMPT_CFG, n_global=0))
+    full = DiffPrompt.for_vlm(vlm, vae, dit, PROMPT_CFG)
+    count = lambda m: sum(p.numel() for p in m.trainable_parameters())  # noqa: E731
+    assert count(full) - count(ablation) == 4 * 2 * (vlm.token_width + vlm.vision_width)
+    out = ablation(vlm, small_set.images[:2], small_set.texts[:2])
+    assert out.text_tokens[0].shape == (2, 4, vlm.token_width)
+    from promptweave.prompt_modules.deep_prompts import DeepPromptConfig
+
+    coop = StaticPromptGrounder(
+        vlm, DeepPromptConfig(n_text=8, n_visual=0, text_depth=1, visual_depth=0), head_hidden=16, mask_size=32
+    )
+    assert coop(vlm, small_set.images[:2], small_set.texts[:2]).mask_logits.shape == (2, 32, 32)
+    zs = zero_shot_ground(vlm, small_set.images[:2], small_set.texts[:2], mask_size=32)
+    assert zs.boxes.shape == (2, 4) and zs.mask_logits.shape == (2, 32, 32)
+
+
+# ----- save / resume per stage ------------------------------------------------------------------------------------
+def _stop_at(k):
+    return lambda step, total, loss: False if step >= k else None
+
+
+def test_vae_stage_resumes_exactly(small_set, tmp_path):
+    full = train_mask_vae(small_set, VAE_CFG, steps=4, batch_size=4, progress=False)
+    ckpt = tmp_path / "vae.state.safetensors"
+    part = train_mask_vae(
+        small_set, VAE_CFG, steps=4, batch_size=4, progress=False, checkpoint_path=ckpt, callback=_stop_at(2)
+    )
+    assert part.interrupted and part.steps_done == 2 and ckpt.is_file()
+    resumed = train_mask_vae(small_set, VAE_CFG, steps=4, batch_size=4, progress=False, checkpoint_path=ckpt)
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_dit_stage_resumes_exactly_with_ema(vlm, small_set, stages, tmp_path):
+    vae, _ = stages
+    full = train_dit(vlm, vae, small_set, DIT_CFG, steps=4, batch_size=4, progress=False)
+    ckpt = tmp_path / "dit.state.safetensors"
+    part = train_dit(
+        vlm, vae, small_set, DIT_CFG, steps=4, batch_size=4, progress=False, checkpoint_path=ckpt, callback=_stop_at(2)
+    )
+    assert part.interrupted
+    resumed = train_dit(vlm, vae, small_set, DIT_CFG, steps=4, batch_size=4, progress=False, checkpoint_path=ckpt)
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)  # the EMA weights too
+
+
+def test_prompt_stage_resumes_exactly(vlm, small_set, stages, tmp_path):
+    vae, dit = stages
+    full = train_prompts(vlm, vae, dit, small_set, PROMPT_CFG, steps=4, batch_size=4, progress=False)
+    ckpt = tmp_path / "prompt.state.safetensors"
+    part = train_prompts(
+        vlm,
+        vae,
+        dit,
+        small_set,
+        PROMPT_CFG,
+        steps=4,
+        batch_size=4,
+        progress=False,
+        checkpoint_path=ckpt,
+        callback=_stop_at(2),
+    )
+    assert part.interrupted
+    resumed = train_prompts(
+        vlm, vae, dit, small_set, PROMPT_CFG, steps=4, batch_size=4, progress=False, checkpoint_path=ckpt
+    )
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-4)
+    for a, b in zip(full.model.trainable_parameters(), resumed.model.trainable_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+# ----- the bundle -------------------------------------------------------------------------------------------------
+def test_bundle_grows_stage_by_stage_and_round_trips(vlm, small_set, stages, tmp_path):
+    vae, dit = stages
+    path = tmp_path / "bundle.safetensors"
+    save_bundle(path, vae=vae)
+    assert load_bundle(path).stages == ("vae",) and load_bundle(path).backbone == "any"
+    with pytest.raises(ArtifactError, match=r"holds only the stage\(s\) \['vae'\].*\['dit', 'prompt'\]"):
+        load_diff_prompt(path)
+    save_bundle(path, vae=vae, dit=dit, backbone=vlm.name)
+    bundle = load_bundle(path)
+    assert bundle.stages == ("vae", "dit") and bundle.backbone == "tiny"
+    assert bundle.dit.config == dit.config
+    model = train_prompts(vlm, vae, dit, small_set, PROMPT_CFG, steps=2, batch_size=4, progress=False).model
+    save_bundle(path, model=model)
+    loaded = load_diff_prompt(path, vlm)
+    assert loaded.config == model.config and loaded.keep_steps == model.keep_steps
+    a = model(vlm, small_set.images[:2], small_set.texts[:2], generator=torch.Generator().manual_seed(1))
+    b = loaded(vlm, small_set.images[:2], small_set.texts[:2], generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a.mask_logits, b.mask_logits, atol=1e-5) and torch.allclose(a.boxes, b.boxes, atol=1e-6)
+    other = VisionLanguageModel(VLMConfig(name="other", embed_dim=32), seed=0)
+    with pytest.raises(BackboneMismatchError, match="trained for the VLM 'tiny'"):
+        load_diff_prompt(path, other)
+    from promptweave.prompt_modules.artifacts import read_metadata
+
+    meta = read_metadata(path)
+    assert meta["promptweave.method"] == "diff_prompt" and '"prompt"' in meta["promptweave.stages"]
+
+
+def test_a_non_bundle_is_refused(tmp_path):
+    from promptweave.prompt_modules.vlm import save_vlm
+
+    path = tmp_path / "vlm.safetensors"
+    save_vlm(VisionLanguageModel("tiny"), path)
+    with pytest.raises(ArtifactError, match="expected a 'diff_prompt' artifact"):
+        load_bundle(path)
+
+
+# ----- datasets ---------------------------------------------------------------------------------------------------
+def test_world_source_and_evaluation_set():
+    batch = WorldGroundingSource().batch(0, 0, 4)
+    assert batch.images.shape == (4, 3, 64, 64) and batch.masks.shape == (4, 64, 64) and len(batch.texts) == 4
+    for mask, box in zip(batch.masks, batch.boxes, strict=True):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        expected = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float() / 64
+        assert torch.allclose(box, expected)
+    test = evaluation_set("test", 3)
+    assert test.texts == evaluation_set("test", 3).texts
+    comp = evaluation_set("compositional", 3)
+    assert comp.images.shape[0] == 3 and all(t.startswith("the ") for t in comp.texts)
+
+
+def _write(folder, name, size=(16, 16), mask_size=None, text="the red square"):
+    image = np.zeros((*size[::-1], 3), np.uint8)
+    image[4:10, 4:10] = (255, 0, 0)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    ms = mask_size or size
+    mask = np.zeros(ms[::-1], np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(folder / f"{name}_mask.png")
+    if text is not None:
+        (folder / f"{name}.txt").write_text(text)
+
+
+def test_folder_source_and_its_errors(tmp_path):
+    _write(tmp_path, "a")
+    _write(tmp_path, "b", size=(20, 12))
+    source = FolderGroundingSource(tmp_path, size=32)
+    batch = source.batch(0, 0, 2)
+    assert batch.images.shape == (2, 3, 32, 32) and batch.masks.shape == (2, 32, 32)
+    assert sorted(batch.texts) == ["the red square"] * 2
+    _write(tmp_path, "c", mask_size=(8, 8))
+    with pytest.raises(ValueError, match=r"the mask c_mask.png is 8x8 but its image c.png is 16x16"):
+        FolderGroundingSource(tmp_path)
+    (tmp_path / "c_mask.png").unlink()
+    with pytest.raises(ValueError, match="c.png has no mask"):
+        FolderGroundingSource(tmp_path)
+    _write(tmp_path, "c", text="  \n")
+    with pytest.raises(ValueError, match="c.txt is empty"):
+        FolderGroundingSource(tmp_path)
+
+
+def test_tensor_source_errors():
+    images, masks = torch.rand(2, 3, 16, 16), torch.zeros(2, 16, 16)
+    masks[:, 4:8, 4:8] = 1
+    with pytest.raises(ValueError, match="the masks are 8x8 but the images 16x16"):
+        TensorGroundingSource(images, masks[:, :8, :8], ["a", "b"])
+    with pytest.raises(ValueError, match="2 images, 2 masks and 1 expressions"):
+        TensorGroundingSource(images, masks, ["a"])
+    with pytest.raises(ValueError, match="empty referring expression"):
+        TensorGroundingSource(images, masks, ["a", " "])
+    with pytest.raises(ValueError, match="empty mask"):
+        TensorGroundingSource(images, torch.zeros(2, 16, 16), ["a", "b"])
+
+
+def test_bench_without_worldclip_is_a_clear_stop(monkeypatch):
+    import promptweave.prompt_modules.world.models as models
+    from promptweave.bench import grounding
+
+    def missing():
+        raise ArtifactError("the world backbone weights/worldclip.safetensors is missing")
+
+    monkeypatch.delenv("PW_BENCH_VLM", raising=False)
+    monkeypatch.setattr(models, "load_worldclip", missing)
+    with pytest.raises(SystemExit, match="PW_BENCH_VLM=tiny"):
+        grounding.load_backbone()
+    monkeypatch.setenv("PW_BENCH_VLM", "tiny")
+    assert grounding.load_backbone()[0].name == "tiny"
