@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -79,3 +80,90 @@ def load_training_state(
         torch.set_rng_state(tensors["rng.torch"])
     extra = meta_field(metadata, "extra", {})
     return int(meta_field(metadata, "step", 0)), extra if isinstance(extra, dict) else json.loads(extra)
+
+
+#: ``callback(step, steps, loss)`` after each step; returning ``False`` interrupts the run.
+StepCallback = Callable[[int, int, float], "bool | None"]
+
+
+class LoopResult(NamedTuple):
+    """What :func:`run_resumable_loop` did: every step's loss (resumed ones included), any extra per-step
+    ``logs`` series, the number of steps done and whether ``callback`` interrupted the run."""
+
+    losses: list[float]
+    logs: dict[str, list[float]]
+    steps_done: int
+    interrupted: bool
+
+
+def run_resumable_loop(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
+    *,
+    steps: int,
+    seed: int,
+    backbone: str,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 50,
+    callback: StepCallback | None = None,
+    progress: bool = True,
+    desc: str = "training",
+    ema: nn.Module | None = None,
+    after_step: Callable[[int], None] | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> LoopResult:
+    """The optimisation loop every prompt trainer shares: resumable, interruptible, deterministic.
+
+    ``step_fn(step)`` returns the loss (or ``(loss, logs)`` with named floats to record per step); torch's
+    global seed is set to ``seed * 7919 + step`` before it, so random choices inside depend on the step only.
+    After each optimizer step ``after_step(step)`` runs (e.g. an EMA update of ``ema``). With
+    ``checkpoint_path``, ``module`` (+ ``ema``), the optimizer, the losses and ``extra`` are saved every
+    ``checkpoint_every`` steps, when ``callback`` returns ``False``, when an exception escapes (then
+    re-raised) and at the end; an existing checkpoint is resumed, so a resumed run equals an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    start, losses, logs = 0, [], {}
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        start, saved = load_training_state(checkpoint_path, module, optimizer, backbone=backbone, ema=ema)
+        losses = [float(x) for x in saved.get("losses", [])][:start]
+        logs = {k: [float(x) for x in v][:start] for k, v in dict(saved.get("logs", {})).items()}
+
+    def save(step: int) -> None:
+        if checkpoint_path is not None:
+            state = {**(extra or {}), "losses": losses, "logs": logs}
+            save_training_state(checkpoint_path, module, optimizer, step, backbone=backbone, extra=state, ema=ema)
+
+    interrupted = False
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc)
+    try:
+        for step in range(start, steps):
+            torch.manual_seed(seed * 7919 + step)
+            out = step_fn(step)
+            loss, named = out if isinstance(out, tuple) else (out, {})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(step)
+            losses.append(float(loss.detach()))
+            for key, value in named.items():
+                logs.setdefault(key, []).append(float(value))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            done = step + 1
+            if checkpoint_every and done % checkpoint_every == 0:
+                save(done)
+            if callback is not None and callback(done, steps, losses[-1]) is False:
+                interrupted = True
+                save(done)
+                break
+    except BaseException:
+        save(len(losses))
+        raise
+    finally:
+        bar.close()
+    if not interrupted:
+        save(len(losses))
+    return LoopResult(losses, logs, len(losses), interrupted)

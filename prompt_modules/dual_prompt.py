@@ -82,7 +82,7 @@ from .artifacts import (
     read_safetensors,
     save_safetensors_atomic,
 )
-from .checkpointing import load_training_state, save_training_state
+from .checkpointing import run_resumable_loop
 from .deep_prompts import TEXT_KEY, DeepPromptConfig, DeepPrompts, encode_image_prompted, encode_text_prompted
 from .learned_prompt import LearnedPrompt, LearnedPromptConfig
 from .vlm import VisionLanguageModel
@@ -643,8 +643,6 @@ def train_dual_prompt(
 
 def _train(vlm, source, config, *, steps, batch_size, lr, seed, checkpoint_path, checkpoint_every, callback,
            progress, bank_batches) -> TrainResult:
-    from tqdm.auto import tqdm
-
     config = config or DualPromptConfig()
     sample = source.batch(seed, 20_000_000, min(batch_size, 32))
     dual = DualPrompt.for_vlm(vlm, config, seed=seed, sample=sample)
@@ -654,45 +652,24 @@ def _train(vlm, source, config, *, steps, batch_size, lr, seed, checkpoint_path,
     for p, _ in frozen:
         p.requires_grad_(False)
     vlm.eval()
-    start, losses = 0, []
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        start, extra = load_training_state(checkpoint_path, dual, optimizer, backbone=vlm.name)
-        losses = [float(x) for x in extra.get("losses", [])][:start]
-
-    def save(step: int) -> None:
-        if checkpoint_path is not None:
-            save_training_state(checkpoint_path, dual, optimizer, step, backbone=vlm.name, extra={"losses": losses})
-
-    step, interrupted = start, False
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="DCAR")
     try:
-        for step in range(start, steps):
-            torch.manual_seed(seed * 7919 + step)
-            batch = source.batch(seed, step, batch_size)
-            loss = dual.loss(vlm, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            done = step + 1
-            if checkpoint_every and done % checkpoint_every == 0:
-                save(done)
-            if callback is not None and callback(done, steps, losses[-1]) is False:
-                interrupted = True
-                save(done)
-                break
-    except BaseException:
-        save(len(losses))
-        raise
+        loop = run_resumable_loop(
+            dual,
+            optimizer,
+            lambda step: dual.loss(vlm, source.batch(seed, step, batch_size)),
+            steps=steps,
+            seed=seed,
+            backbone=vlm.name,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            callback=callback,
+            progress=progress,
+            desc="DCAR",
+        )
     finally:
-        bar.close()
         for p, flag in frozen:
             p.requires_grad_(flag)
-    steps_done = len(losses)
-    if not interrupted:
-        save(steps_done)
+    losses, steps_done, interrupted = loop.losses, loop.steps_done, loop.interrupted
     dual.eval()
     with torch.no_grad():
         dual.project_to_vocabulary(vlm)

@@ -77,7 +77,7 @@ from .artifacts import (
     read_safetensors,
     save_safetensors_atomic,
 )
-from .checkpointing import load_training_state, save_training_state
+from .checkpointing import run_resumable_loop
 from .deep_prompts import (
     TEXT_KEY,
     DeepPromptConfig,
@@ -672,8 +672,6 @@ def pretrain_prompts(
 def _pretrain(
     vlm, source, config, *, steps, batch_size, lr, seed, teacher, checkpoint_path, checkpoint_every, callback, progress
 ) -> PretrainResult:
-    from tqdm.auto import tqdm
-
     names = list(source.class_names)
     if len(names) < 2:
         raise ValueError(f"prompt pretraining needs at least 2 classes, the source has {len(names)}")
@@ -687,70 +685,50 @@ def _pretrain(
     for p, _ in frozen:
         p.requires_grad_(False)
     vlm.eval()
-    start, losses, parts = 0, [], {"hard": [], "soft": []}
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        start, extra = load_training_state(checkpoint_path, rpp, optimizer, backbone=vlm.name)
-        losses = [float(x) for x in extra.get("losses", [])][:start]
-        for key in parts:
-            parts[key] = [float(x) for x in extra.get(key, [])][:start]
 
-    def save(step: int) -> None:
-        if checkpoint_path is not None:
-            save_training_state(
-                checkpoint_path, rpp, optimizer, step, backbone=vlm.name, extra={"losses": losses, **parts}
-            )
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = source.batch(seed, step, batch_size)
+        generator = torch.Generator().manual_seed(seed * 104_729 + step)
+        subset, local = sample_class_subset(batch.labels, len(names), config.classes_per_step, generator)
+        images = batch.images.to(vlm.device)
+        image_features = rpp.encode_images(vlm, images)
+        class_features = rpp.encode_classes(vlm, [names[int(i)] for i in subset])
+        logits = vlm.logit_scale.detach() * image_features @ class_features.T
+        teacher_logits = None
+        if teacher_text is not None:
+            with torch.no_grad():
+                t_img = teacher.encode_image(images.to(teacher.device)).to(logits.device)
+                sub = teacher_text[subset.to(teacher_text.device)].to(logits.device)
+                teacher_logits = teacher.logit_scale.to(logits.device) * t_img @ sub.T
+        loss, part = rpp_loss(
+            logits,
+            local.to(logits.device),
+            teacher_logits,
+            soft_weight=config.soft_weight,
+            temperature=config.temperature,
+        )
+        return loss, {"hard": part["hard"], "soft": part["soft"]}
 
-    interrupted = False
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="RPP")
     try:
-        for step in range(start, steps):
-            torch.manual_seed(seed * 7919 + step)
-            batch = source.batch(seed, step, batch_size)
-            generator = torch.Generator().manual_seed(seed * 104_729 + step)
-            subset, local = sample_class_subset(batch.labels, len(names), config.classes_per_step, generator)
-            images = batch.images.to(vlm.device)
-            image_features = rpp.encode_images(vlm, images)
-            class_features = rpp.encode_classes(vlm, [names[int(i)] for i in subset])
-            logits = vlm.logit_scale.detach() * image_features @ class_features.T
-            teacher_logits = None
-            if teacher_text is not None:
-                with torch.no_grad():
-                    t_img = teacher.encode_image(images.to(teacher.device)).to(logits.device)
-                    sub = teacher_text[subset.to(teacher_text.device)].to(logits.device)
-                    teacher_logits = teacher.logit_scale.to(logits.device) * t_img @ sub.T
-            loss, part = rpp_loss(
-                logits,
-                local.to(logits.device),
-                teacher_logits,
-                soft_weight=config.soft_weight,
-                temperature=config.temperature,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            for key in parts:
-                parts[key].append(part[key])
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            done = step + 1
-            if checkpoint_every and done % checkpoint_every == 0:
-                save(done)
-            if callback is not None and callback(done, steps, losses[-1]) is False:
-                interrupted = True
-                save(done)
-                break
-    except BaseException:
-        save(len(losses))
-        raise
+        loop = run_resumable_loop(
+            rpp,
+            optimizer,
+            step_fn,
+            steps=steps,
+            seed=seed,
+            backbone=vlm.name,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            callback=callback,
+            progress=progress,
+            desc="RPP",
+        )
     finally:
-        bar.close()
         for p, flag in frozen:
             p.requires_grad_(flag)
-    if not interrupted:
-        save(len(losses))
+    parts = {key: loop.logs.get(key, []) for key in ("hard", "soft")}
     rpp.eval()
-    return PretrainResult(rpp, losses, len(losses), interrupted, names, parts)
+    return PretrainResult(rpp, loop.losses, loop.steps_done, loop.interrupted, names, parts)
 
 
 # ----- zero-shot evaluation ----------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from ..artifacts import (
     read_safetensors,
     save_safetensors_atomic,
 )
-from ..checkpointing import load_training_state, save_training_state
+from ..checkpointing import StepCallback, run_resumable_loop
 from ..vlm import VisionLanguageModel
 from .config import DiTConfig, MaskVAEConfig, PromptConfig
 from .dit import EMA, DiT
@@ -277,7 +277,7 @@ class TrainResult:
     interrupted: bool = False
 
 
-Callback = Callable[[int, int, float], "bool | None"]
+Callback = StepCallback
 
 
 def _loop(
@@ -298,57 +298,25 @@ def _loop(
     ema: EMA | None = None,
     extra: dict | None = None,
 ) -> tuple[list[float], int, bool]:
-    """AdamW over ``params``; ``step_fn(step)`` returns the loss. Saves/resumes ``module`` (+ EMA) state."""
-    from tqdm.auto import tqdm
-
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    start, losses = 0, []
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        start, saved = load_training_state(
-            checkpoint_path, module, optimizer, backbone=backbone, ema=None if ema is None else ema.module
-        )
-        losses = [float(x) for x in saved.get("losses", [])][:start]
-
-    def save(step: int) -> None:
-        if checkpoint_path is not None:
-            save_training_state(
-                checkpoint_path,
-                module,
-                optimizer,
-                step,
-                backbone=backbone,
-                extra={"losses": losses, "stage": name, **(extra or {})},
-                ema=None if ema is None else ema.module,
-            )
-
-    interrupted = False
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"Diff-Prompt {name}")
-    try:
-        for step in range(start, steps):
-            torch.manual_seed(seed * 7919 + step)
-            loss = step_fn(step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(module, step)
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            done = step + 1
-            if checkpoint_every and done % checkpoint_every == 0:
-                save(done)
-            if callback is not None and callback(done, steps, losses[-1]) is False:
-                interrupted = True
-                save(done)
-                break
-    except BaseException:
-        save(len(losses))
-        raise
-    finally:
-        bar.close()
-    if not interrupted:
-        save(len(losses))
-    return losses, len(losses), interrupted
+    """AdamW over ``params`` in the shared :func:`~..checkpointing.run_resumable_loop`; ``step_fn(step)``
+    returns the loss; ``ema`` (if any) is updated after every step and saved/resumed with ``module``."""
+    loop = run_resumable_loop(
+        module,
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        step_fn,
+        steps=steps,
+        seed=seed,
+        backbone=backbone,
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+        callback=callback,
+        progress=progress,
+        desc=f"Diff-Prompt {name}",
+        ema=None if ema is None else ema.module,
+        after_step=None if ema is None else (lambda step: ema.update(module, step)),
+        extra={"stage": name, **(extra or {})},
+    )
+    return loop.losses, loop.steps_done, loop.interrupted
 
 
 def _frozen(vlm: VisionLanguageModel):
