@@ -114,6 +114,20 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatc
         train_worldclip(_tiny(lr=1e-3), None, checkpoint_path=ckpt, progress=False)
 
 
+def test_image_tuning_steps_train_the_image_tower_against_a_locked_text_tower():
+    base = train_worldclip(_tiny(), None, progress=False, eval_n=0)
+    tuned = train_worldclip(_tiny(image_tune_steps=3, image_tune_lr=1e-3), None, progress=False, eval_n=0)
+    changed = []
+    for (name, a), (_, b) in zip(base.clip.state_dict().items(), tuned.clip.state_dict().items(), strict=True):
+        if name.startswith("visual."):
+            changed.append(not torch.equal(a, b))
+        else:  # text tower, token embedding, projection and temperature: as after the main steps
+            assert torch.equal(a, b), name
+    assert any(changed)
+    assert all(p.requires_grad for p in tuned.clip.parameters())
+    assert clip_training.learning_rate(_tiny(image_tune_steps=3, image_tune_lr=1e-3), 6) == pytest.approx(1e-3)
+
+
 def test_evaluate_returns_metrics_in_unit_interval():
     metrics = evaluate_worldclip(VisionLanguageModel("tiny", seed=0), split="val", n=24)
     assert set(metrics) == set(METRIC_KEYS)

@@ -106,6 +106,11 @@ class WorldCLIPTrainConfig:
     a second temporary head names the objects' colours too (multi-task): a tower pre-trained on shapes alone
     kept too little colour for the contrastive phase to recover (zero-shot colour accuracy 0.40 against 0.89
     without any pre-training, shape accuracy 0.60 against chance).
+
+    After ``steps``, ``image_tune_steps`` more contrastive steps train the image tower alone against the
+    frozen text tower (LiT's locked tower, Zhai et al. 2022, the other way round), with their own cosine
+    learning rate from ``image_tune_lr``: the text features, which WorldGen is conditioned on, stay as they
+    were, while the image features align better with the category words.
     """
 
     vlm: str | dict[str, Any] = "worldclip"
@@ -127,6 +132,8 @@ class WorldCLIPTrainConfig:
     pretrain_pool: int = 8192
     category_weight: float = 0.5
     colour_head: bool = True
+    image_tune_steps: int = 0
+    image_tune_lr: float = 3e-4
     seed: int = 0
     styles: tuple[str, ...] = field(default_factory=lambda: tuple(STYLES))
     image_size: int = 64
@@ -340,7 +347,12 @@ def category_loss(head: nn.Linear, image_embeddings: torch.Tensor, category_ids:
 
 def learning_rate(config: WorldCLIPTrainConfig, step: int) -> float:
     """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_lr_ratio`` at ``steps``;
-    the contrastive phase (from ``pretrain_steps`` on) warms up again over ``warmup`` steps."""
+    the contrastive phase (from ``pretrain_steps`` on) warms up again over ``warmup`` steps. The image-tuning
+    steps after ``steps`` follow their own cosine from ``image_tune_lr`` to ``image_tune_lr * min_lr_ratio``."""
+    if step >= config.steps:
+        top, low = config.image_tune_lr, config.image_tune_lr * config.min_lr_ratio
+        progress = (step - config.steps) / max(1, config.image_tune_steps)
+        return low + (top - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
     floor = config.lr * config.min_lr_ratio
     span = max(1, config.steps - config.warmup)
     progress = min(1.0, max(0.0, (step - config.warmup) / span))
@@ -365,7 +377,7 @@ def make_optimizer(model: nn.Module, config: WorldCLIPTrainConfig) -> torch.opti
 
 
 # ----- training ---------------------------------------------------------------------------------------------
-_RESUME_FREE = {"steps", "checkpoint_every"}  # fields a resumed run may change
+_RESUME_FREE = {"steps", "checkpoint_every", "image_tune_steps", "image_tune_lr"}  # fields a resumed run may change
 
 
 def _check_resume(found: dict[str, Any], config: WorldCLIPTrainConfig, path: Path) -> None:
@@ -426,13 +438,18 @@ def train_worldclip(
             save_training_state(ckpt, trained, optimizer, step, backbone=vlm.name, extra=extra)
 
     vlm.train()
+    total = config.steps + config.image_tune_steps
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=min(start, config.steps), desc="WorldCLIP", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=min(start, total), desc="WorldCLIP", dynamic_ncols=True)
     smoothed = None
-    for step in range(start, config.steps):
+    for step in range(start, total):
+        if step >= config.steps:  # image tuning: the text tower (and the temperature) stay as they are
+            for name, param in vlm.clip.named_parameters():
+                if not name.startswith("visual."):
+                    param.requires_grad_(False)
         batch = training_batch(config, step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -467,13 +484,15 @@ def train_worldclip(
         if bar is not None:
             bar.update(1)
             phase = "categories" if step < config.pretrain_steps else "contrastive"
+            phase = "image tuning" if step >= config.steps else phase
             bar.set_postfix(phase=phase, loss=f"{smoothed:.3f}", scale=f"{float(vlm.logit_scale):.1f}")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
             checkpoint(step + 1)
     if bar is not None:
         bar.close()
-    if start < config.steps or (ckpt is not None and not ckpt.exists()):
-        checkpoint(config.steps)
+    vlm.clip.requires_grad_(True)
+    if start < total or (ckpt is not None and not ckpt.exists()):
+        checkpoint(total)
     vlm.eval()
     if out_path is not None:
         save_worldclip(vlm, out_path, config=config, eval_n=eval_n, fp16=fp16)
@@ -591,6 +610,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-batch-size", type=int, default=defaults.pretrain_batch_size, help="phase 1")
     parser.add_argument("--category-weight", type=float, default=defaults.category_weight, help="phase 2")
     parser.add_argument("--no-colour-head", action="store_true", help="pre-train on categories only")
+    parser.add_argument("--image-tune-steps", type=int, default=defaults.image_tune_steps, help="locked text")
+    parser.add_argument("--image-tune-lr", type=float, default=defaults.image_tune_lr, help="their peak lr")
     parser.add_argument("--partial-captions", type=float, default=defaults.partial_captions, help="fraction")
     parser.add_argument("--style-captions", type=float, default=defaults.style_captions, help="fraction")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the init and of every batch")
@@ -618,6 +639,8 @@ def run_cli(args: argparse.Namespace) -> int:
         pretrain_batch_size=args.pretrain_batch_size,
         category_weight=args.category_weight,
         colour_head=not args.no_colour_head,
+        image_tune_steps=args.image_tune_steps,
+        image_tune_lr=args.image_tune_lr,
         hard_negative_weight=args.hard_negative_weight,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
