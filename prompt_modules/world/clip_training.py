@@ -132,8 +132,8 @@ class WorldCLIPTrainConfig:
     pretrain_pool: int = 8192
     category_weight: float = 0.5
     colour_head: bool = True
-    image_tune_steps: int = 0
-    image_tune_lr: float = 3e-4
+    image_tune_steps: int = 1600
+    image_tune_lr: float = 1e-3
     seed: int = 0
     styles: tuple[str, ...] = field(default_factory=lambda: tuple(STYLES))
     image_size: int = 64
