@@ -8,12 +8,14 @@ never leaves half a file under the real name. Nothing here ever unpickles.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -178,3 +180,13 @@ def check_method(metadata: Mapping[str, str], expected: str, path: str | os.Path
     if found != expected:
         what = f"a '{found}' artifact" if found else "not a PromptWeave artifact (no promptweave.method metadata)"
         raise ArtifactError(f"{path} is {what}; expected a '{expected}' artifact")
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """``cls(**data)`` for a config dataclass, refusing keys ``cls`` has no field for (the inverse of
+    ``dataclasses.asdict``, as every ``Config.from_dict`` needs)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    return cls(**data)

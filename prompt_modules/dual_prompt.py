@@ -78,6 +78,7 @@ from .artifacts import (
     BackboneMismatchError,
     base_metadata,
     check_method,
+    config_from_dict,
     meta_field,
     read_safetensors,
     save_safetensors_atomic,
@@ -138,11 +139,7 @@ class DualPromptConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DualPromptConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DualPromptConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 # ----- attribute level: mutual-information token weights -----------------------------------------------------

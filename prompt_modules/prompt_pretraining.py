@@ -73,6 +73,7 @@ from .artifacts import (
     BackboneMismatchError,
     base_metadata,
     check_method,
+    config_from_dict,
     meta_field,
     read_safetensors,
     save_safetensors_atomic,
@@ -154,11 +155,7 @@ class RPPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RPPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RPPConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 # ----- unshared query/key/value attention ---------------------------------------------------------------------

@@ -29,7 +29,15 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from .artifacts import ArtifactError, base_metadata, check_method, meta_field, read_safetensors, save_safetensors_atomic
+from .artifacts import (
+    ArtifactError,
+    base_metadata,
+    check_method,
+    config_from_dict,
+    meta_field,
+    read_safetensors,
+    save_safetensors_atomic,
+)
 
 METHOD = "vlm"
 CLIP_VOCAB_SIZE = 49408  # size of the standard CLIP BPE vocabulary (incl. <start_of_text>, <end_of_text>)
@@ -82,11 +90,7 @@ class VLMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VLMConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VLMConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def to_open_clip_cfg(self) -> dict[str, Any]:
         """The open_clip model config (``{embed_dim, quick_gelu, vision_cfg, text_cfg}``) for this shape."""

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..artifacts import config_from_dict
+
 METHODS = ("ipl", "nada")
 
 #: Templates whose mean text feature is the "plain domain-name feature" of the domain loss (stage 1) and of
@@ -135,11 +137,7 @@ class IPLConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IPLConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown IPLConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> IPLConfig:
         return dataclasses.replace(self, **changes)

@@ -10,17 +10,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..artifacts import config_from_dict
+
 
 def _from_dict(cls, data: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
     values = dict(data)
     for f in dataclasses.fields(cls):  # JSON turns tuples into lists
         if f.name in values and isinstance(values[f.name], list):
             values[f.name] = tuple(values[f.name])
-    return cls(**values)
+    return config_from_dict(cls, values)
 
 
 @dataclass

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..artifacts import config_from_dict
+
 #: all-MiniLM-L6-v2 sentence embeddings, the target space of Reverse Stable Diffusion (Croitoru et al. 2023).
 TARGET_DIM = 384
 
@@ -58,8 +60,4 @@ class InverterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InverterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown InverterConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)

@@ -52,6 +52,7 @@ from ..artifacts import (
     BackboneMismatchError,
     base_metadata,
     check_method,
+    config_from_dict,
     meta_field,
     read_safetensors,
     save_safetensors_atomic,
@@ -127,11 +128,7 @@ class WorldGenConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldGenConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown WorldGenConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 #: Named configurations: ``default`` is the shipped model, ``tiny`` is for unit tests.
