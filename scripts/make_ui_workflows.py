@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 40, 40
+MAX_COLUMNS = 10  # a deeper graph is laid out in bands of columns, one below the other, to stay legible
 
 
 def _is_widget(spec: list) -> bool:
@@ -26,6 +27,26 @@ def _is_widget(spec: list) -> bool:
     if options.get("forceInput"):
         return False
     return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _default_value(spec: list):
+    """The value a widget starts with: its default, else the first option of a combo, else the type's zero."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options")
+    if choices:
+        return choices[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(spec[0])
+
+
+def _widget_values(name: str, spec: list, value) -> list:
+    """The widgets_values entries of one widget input: its value, plus the "control after generate" mode
+    where the frontend adds one (where the option asks for it, and by default to INT inputs named
+    seed/noise_seed: useIntWidget in comfyui-frontend-package)."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    default_control = spec[0] == "INT" and name in ("seed", "noise_seed")
+    return [value, "fixed"] if options.get("control_after_generate", default_control) else [value]
 
 
 def _ordered_inputs(info: dict) -> list[tuple[str, list]]:
@@ -57,9 +78,50 @@ def _depths(prompt: dict) -> dict[str, int]:
     return depth
 
 
+def _late_depths(prompt: dict, depth: dict[str, int]) -> dict[str, int]:
+    """Columns for a deep graph: each node that feeds others moves right, to just before its first consumer
+    (output nodes stay where they are), so that no column collects every node that only needs a loader."""
+    consumers: dict[str, list[str]] = {node_id: [] for node_id in prompt}
+    for node_id, node in prompt.items():
+        for value in node["inputs"].values():
+            if isinstance(value, list) and len(value) == 2:
+                consumers[str(value[0])].append(node_id)
+    late: dict[str, int] = {}
+
+    def visit(node_id: str) -> int:
+        if node_id not in late:
+            after = [visit(c) for c in consumers[node_id]]
+            late[node_id] = max(depth[node_id], min(after) - 1) if after else depth[node_id]
+        return late[node_id]
+
+    for node_id in prompt:
+        visit(node_id)
+    return late
+
+
+def _wrap_columns(nodes: list[dict], depth: dict[str, int], rows: dict[int, int]) -> None:
+    """Lay the columns of a graph deeper than MAX_COLUMNS out in bands (equal numbers of columns), each band
+    below the previous one, so that the whole graph fits a screen at a readable zoom."""
+    n_columns = max(depth.values()) + 1
+    if n_columns <= MAX_COLUMNS:
+        return
+    n_bands = -(-n_columns // MAX_COLUMNS)
+    per_band = -(-n_columns // n_bands)
+    band_top, top = [], 0
+    for band in range(n_bands):
+        band_top.append(top)
+        top += max(rows.get(c, 0) for c in range(band * per_band, (band + 1) * per_band)) + 2 * ROW_GAP
+    for node in nodes:
+        column = depth[str(node["id"])]
+        band = column // per_band
+        node["pos"] = [40 + (column % per_band) * (NODE_WIDTH + COLUMN_GAP), node["pos"][1] + band_top[band]]
+
+
 def api_to_ui(prompt: dict, node_info: dict[str, dict]) -> dict:
     """Convert an API-format prompt to a LiteGraph/ComfyUI UI workflow (version 0.4)."""
     depth = _depths(prompt)
+    if max(depth.values()) + 1 > MAX_COLUMNS:
+        depth = _late_depths(prompt, depth)
     rows: dict[int, int] = {}
     links: list[list] = []
     nodes: list[dict] = []
@@ -83,15 +145,12 @@ def api_to_ui(prompt: dict, node_info: dict[str, dict]) -> dict:
                 entry = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": link_id}
                 if _is_widget(spec):
                     entry["widget"] = {"name": name}
+                    # A linked widget keeps its widget (and its slot in widgets_values) in the frontend.
+                    widgets.extend(_widget_values(name, spec, _default_value(spec)))
                 inputs.append(entry)
             elif _is_widget(spec):
-                widgets.append(value)
-                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                # The frontend adds a "control after generate" widget where the option asks for one, and by
-                # default to INT inputs named seed/noise_seed (useIntWidget in comfyui-frontend-package).
-                default_control = spec[0] == "INT" and name in ("seed", "noise_seed")
-                if options.get("control_after_generate", default_control):
-                    widgets.append("fixed")
+                value = _default_value(spec) if name not in node["inputs"] else value  # an optional input left out
+                widgets.extend(_widget_values(name, spec, value))
             else:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         column = depth[node_id]
@@ -116,6 +175,7 @@ def api_to_ui(prompt: dict, node_info: dict[str, dict]) -> dict:
                              enumerate(zip(info["output_name"], info["output"], strict=True))],
             }
         )
+    _wrap_columns(nodes, depth, rows)
     for node in nodes:
         node["outputs"] = [
             {"name": name, "type": kind, "slot_index": slot, "links": outputs_links.get((str(node["id"]), slot), [])}

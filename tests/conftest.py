@@ -21,6 +21,11 @@ from promptweave.defaults import CACHE_DIR, TINY_SD15_NAME, install_default_mode
 from promptweave.headless import PACK_DIR, find_comfyui_dir, prepare_base_directory
 
 ARTIFACTS = PACK_DIR / "out" / "test-artifacts"
+# Node types that generate images (64x64 in the example workflows); a workflow without one (e.g. RPP pretraining)
+# shows only plots, which have their own sizes.
+IMAGE_GENERATORS = frozenset(
+    {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced", "PWWorldGenSample"}
+)
 
 
 def _require(what: str) -> None:

@@ -106,14 +106,14 @@ def test_adapted_model_equals_lora_loader_and_changes_the_output(comfy, sd15, ad
 
 def test_adapt_then_sample_and_lora_loader_workflows(comfy, comfy_base, tiny_vlm, monkeypatch):
     worlds = comfy.pack_module("nodes.nodes_world")
-    monkeypatch.setattr(worlds, "load_world_models", lambda: (tiny_vlm, None))  # WorldCLIP is not shipped yet
-    first = json.loads((PACK_DIR / "workflows" / "drafts" / "adaptation_adapt_and_sample.json").read_text())
+    monkeypatch.setattr(worlds, "load_world_models", lambda: (tiny_vlm, None))  # the tiny VLM keeps it fast
+    first = json.loads((PACK_DIR / "workflows" / "api" / "adaptation_adapt_and_sample.json").read_text())
     for key, value in {"steps": 2, "mapper_steps": 2, "sample_steps": 1, "batch_size": 1}.items():
         first["3"]["inputs"][key] = value
     files = comfy.output_files(comfy.run(first))
     assert len(files) == 3 and all(f.is_file() for f in files)  # 2 samples + loss plot
     assert (comfy_base / "models" / "loras" / "pw-ipl-neon.safetensors").is_file()
-    second = json.loads((PACK_DIR / "workflows" / "drafts" / "adaptation_lora_loader.json").read_text())
+    second = json.loads((PACK_DIR / "workflows" / "api" / "adaptation_lora_loader.json").read_text())
     files = comfy.output_files(comfy.run(second))
     assert len(files) == 2 and all(f.is_file() for f in files)
 
@@ -161,7 +161,7 @@ def test_invalid_inputs_are_clear_errors_and_write_nothing(comfy, comfy_base, sd
     before = set(loras.iterdir())
     with pytest.raises(ValueError, match="PWAdaptModel: input 'target_text': the target text is empty. Fix:"):
         _adapt(comfy, sd15, tiny_vlm, target_text="   ", lora_name="never")
-    with pytest.raises(ValueError, match="PWAdaptModel: input 'rank': the LoRA rank must be at least 1"):
+    with pytest.raises(ValueError, match="PWAdaptModel: input 'rank': must be at least 1, got 0"):
         _adapt(comfy, sd15, tiny_vlm, rank=0, lora_name="never")
     with pytest.raises(ValueError, match="PWAdaptModel: input 'vlm': got str, not a VLM"):
         _adapt(comfy, sd15, "not a vlm", lora_name="never")

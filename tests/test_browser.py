@@ -4,6 +4,8 @@ For every UI workflow of ``workflows/*.json``: load it into the served frontend 
 that every node type is known and no node is flagged, queue it (``app.queuePrompt``), wait for ComfyUI to report
 success and for the output node to show its image, and keep a screenshot in ``out/test-artifacts``.
 Console errors and uncaught page errors that come from the pack or the workflows fail the test.
+Then, for every UI workflow, the prompt the frontend builds from it (``app.graphToPrompt``) must be its API twin
+in ``workflows/api/``: widget values and links survive the UI format.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import re
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 import pytest
+from conftest import IMAGE_GENERATORS
 
 from promptweave.headless import PACK_DIR
 
@@ -171,7 +175,7 @@ def frontend(browser_available, comfy_server):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=2)  # sharp screenshots
             log = ConsoleLog(comfy_server)
             page.on("console", log.on_console)
             page.on("pageerror", log.on_page_error)
@@ -183,6 +187,8 @@ def frontend(browser_available, comfy_server):
             )
             _close_dialogs(page)
             page.evaluate(INSTALL_RECORDERS)
+            # draw node titles and widgets at any zoom, so that the screenshots of large workflows stay readable
+            page.evaluate("() => app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 1)")
             startup_errors = log.relevant("startup")
             assert not startup_errors, "errors from the pack while the frontend started:\n" + _format(startup_errors)
             yield page, log
@@ -265,7 +271,8 @@ def test_ui_workflow_loads_runs_and_shows_its_image(frontend, artifacts_dir, wor
                 assert image["w"] > 0 and image["h"] > 0, f"{name}: node {node_id} shows {image}"
                 sizes.append((image["w"], image["h"]))
         # generated images are 64x64; plots such as loss curves have their own sizes
-        assert (64, 64) in sizes, f"{name}: no 64x64 generated image shown among {sizes}"
+        if any(node["type"] in IMAGE_GENERATORS for node in workflow["nodes"]):
+            assert (64, 64) in sizes, f"{name}: no 64x64 generated image shown among {sizes}"
         flagged = [n for n in page.evaluate(GRAPH_NODES) if n["has_errors"]]
         assert not flagged, f"{name}: nodes marked with errors after the run: {flagged}"
     except AssertionError as exc:
@@ -279,3 +286,48 @@ def test_ui_workflow_loads_runs_and_shows_its_image(frontend, artifacts_dir, wor
 
     errors = log.relevant(log.phase)
     assert not errors, f"{name}: errors in the browser console:\n" + _format(errors)
+
+
+def _same_inputs(built: dict, expected: dict) -> bool:
+    if built.keys() != expected.keys():
+        return False
+    for name, value in expected.items():
+        other = built[name]
+        if isinstance(value, float) and isinstance(other, int | float):
+            if abs(other - value) > 1e-9 * max(1.0, abs(value)):
+                return False
+        elif other != value:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("workflow_path", UI_WORKFLOWS, ids=lambda path: path.stem)
+def test_ui_workflow_builds_its_api_twin(frontend, comfy_server, workflow_path):
+    """The prompt the frontend builds from a UI workflow (its widget values and links) is its API twin.
+
+    Inputs that the node's definition lacks are frontend-only widgets (e.g. the text shown by Preview as Text)
+    and are left out of the comparison."""
+    page, log = frontend
+    log.phase = f"api twin {workflow_path.stem}"
+    _close_dialogs(page)
+    workflow = json.loads(workflow_path.read_text())
+    twin = json.loads((workflow_path.parent / "api" / workflow_path.name).read_text())
+    built = page.evaluate(
+        "async ([graph, name]) => { await app.loadGraphData(graph, true, true, name); "
+        "return (await app.graphToPrompt()).output; }",
+        [workflow, workflow_path.stem],
+    )
+    assert sorted(built, key=int) == sorted(twin, key=int), (sorted(built), sorted(twin))
+    for node in built.values():
+        definition = json.loads(urlopen(f"{comfy_server}/object_info/{node['class_type']}", timeout=30).read())
+        declared = {name for group in definition[node["class_type"]]["input"].values() for name in group}
+        node["inputs"] = {name: value for name, value in node["inputs"].items() if name in declared}
+    differ = {
+        node_id: {"frontend": built[node_id]["inputs"], "api": node["inputs"]}
+        for node_id, node in twin.items()
+        if built[node_id]["class_type"] != node["class_type"]
+        or not _same_inputs(built[node_id]["inputs"], node["inputs"])
+    }
+    assert not differ, f"{workflow_path.name}: the frontend builds other inputs than workflows/api/: {differ}"
+    errors = log.relevant(log.phase)
+    assert not errors, f"{workflow_path.stem}: errors in the browser console:\n" + _format(errors)

@@ -4,6 +4,7 @@ and the ground-then-inpaint workflow."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_ground_errors(comfy, mods, tiny_vlm, bundle, world):
     other = mods.vlm.VisionLanguageModel(mods.vlm.VLMConfig(name="other"), seed=1)
     with pytest.raises(ValueError, match=r"PWDiffPromptGround: input 'diff_prompt': .*trained for the VLM 'tiny'"):
         node.execute(text="the star", **{**args, "vlm": other})
-    with pytest.raises(ValueError, match=r"PWDiffPromptGround: input 'image': expected a non-empty IMAGE batch"):
+    with pytest.raises(ValueError, match=r"PWDiffPromptGround: input 'image': .*expected a non-empty IMAGE batch"):
         node.execute(text="the star", **{**args, "image": torch.zeros(0, 64, 64, 3)})
     with pytest.raises(
         ValueError,
@@ -258,13 +259,15 @@ def test_train_node_input_errors(comfy, tiny_vlm, world, tmp_path):
 
 def test_ground_then_inpaint_workflow(comfy, comfy_base, tiny_vlm, bundle, world, monkeypatch):
     worlds = comfy.pack_module("nodes.nodes_world")
-    monkeypatch.setattr(worlds, "load_world_models", lambda: (tiny_vlm, None))  # WorldCLIP is not shipped yet
-    workflow = json.loads((PACK_DIR / "workflows" / "drafts" / "diff_prompt_ground_inpaint.json").read_text())
+    monkeypatch.setattr(worlds, "load_world_models", lambda: (tiny_vlm, None))  # the tiny VLM keeps it fast
+    workflow = json.loads((PACK_DIR / "workflows" / "api" / "diff_prompt_ground_inpaint.json").read_text())
     image = (world.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     (comfy_base / "input").mkdir(exist_ok=True)
     Image.fromarray(image).save(comfy_base / "input" / "pw-diff-prompt-scene.png")
     workflow["3"] = {"class_type": "LoadImage", "inputs": {"image": "pw-diff-prompt-scene.png"}}  # WorldGen stand-in
-    workflow["4"]["inputs"]["bundle_name"] = f"{BUNDLE}.safetensors"
+    assert workflow["4"]["class_type"] == "PWTrainDiffPrompt" and workflow["15"]["inputs"]["images"] == ["4", 2]
+    workflow["4"] = {"class_type": "PWLoadDiffPrompt", "inputs": {"bundle_name": f"{BUNDLE}.safetensors"}}
+    del workflow["15"]  # the loss plot of the training node that the loader replaces
     workflow["5"]["inputs"]["text"] = world.texts[0]
     files = comfy.output_files(comfy.run(workflow))
     assert len(files) == 3 and all(f.is_file() for f in files)
@@ -272,18 +275,10 @@ def test_ground_then_inpaint_workflow(comfy, comfy_base, tiny_vlm, bundle, world
     assert (64, 64) in sizes and (32 * bundle.n_kept, 32) in sizes
 
 
-def test_world_workflow_as_drafted(comfy):
-    """Runs once WorldCLIP, WorldGen and a world bundle (diff_prompt_world.safetensors) exist."""
-    from pathlib import Path
-
-    workflow = json.loads((PACK_DIR / "workflows" / "drafts" / "diff_prompt_ground_inpaint.json").read_text())
-    folder = Path(comfy.folder_paths.get_folder_paths("promptweave")[0])
-    needed = [
-        PACK_DIR / "weights" / "worldclip.safetensors",
-        PACK_DIR / "weights" / "worldgen.safetensors",
-        folder / workflow["4"]["inputs"]["bundle_name"],
-    ]
-    if not all(p.is_file() for p in needed):
-        pytest.skip("the world models and a world Diff-Prompt bundle are not available yet")
+def test_world_workflow_as_shipped(comfy):
+    """The shipped workflow on WorldCLIP + WorldGen: trains a bundle (a few steps per stage), grounds, inpaints."""
+    workflow = json.loads((PACK_DIR / "workflows" / "api" / "diff_prompt_ground_inpaint.json").read_text())
     files = comfy.output_files(comfy.run(workflow))
-    assert len(files) == 3 and all(f.is_file() for f in files)
+    assert len(files) == 4 and all(f.is_file() for f in files)  # inpainted, generated masks, mask, loss plot
+    folder = Path(comfy.folder_paths.get_folder_paths("promptweave")[0])
+    assert (folder / f"{workflow['4']['inputs']['bundle_name']}.safetensors").is_file()

@@ -166,12 +166,8 @@ def test_loader_errors_reach_the_workflow_report(comfy):
 
 
 def load_workflow(name: str) -> dict:
-    """The DCAR example workflows sit in workflows/drafts/ until the world models ship (they need WorldCLIP)."""
-    for folder in ("api", "drafts"):
-        path = PACK_DIR / "workflows" / folder / name
-        if path.is_file():
-            return json.loads(path.read_text())
-    raise FileNotFoundError(name)
+    """A DCAR example workflow (API format) of workflows/api/."""
+    return json.loads((PACK_DIR / "workflows" / "api" / name).read_text())
 
 
 @pytest.mark.parametrize("name", ["dual_prompt_rank.json", "dual_prompt_generate.json"])
