@@ -1,15 +1,26 @@
-"""Shared pieces of the node layer: errors that name the node and input, and our models folder."""
+"""Shared pieces of the node layer: errors that name the node and input, input checks, and our models folder."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+import numbers
 import os
+from collections.abc import Callable
+from typing import Any
 
 import folder_paths
+import torch
 
 from ..prompt_modules.artifacts import UnsafeNameError, safe_child_path
+from ._types import expected_class
 
 MODELS_FOLDER = "promptweave"
 """``folder_paths`` key of ``ComfyUI/models/promptweave/``, where PromptWeave artifacts live."""
+MAX_NAME_BYTES = 200
+"""Longest file or sub-folder name a node may write (file systems allow 255 bytes; temp and checkpoint files add
+a suffix)."""
 
 
 class NodeInputError(ValueError):
@@ -41,7 +52,9 @@ def resolve_model_file(node: str, input_name: str, name: str) -> str:
     if path is None:
         folders = ", ".join(folder_paths.get_folder_paths(MODELS_FOLDER))
         raise NodeInputError(
-            node, input_name, f"file '{name}' was not found",
+            node,
+            input_name,
+            f"file '{name}' was not found",
             f"put the .safetensors file in {folders} and refresh the page (R)",
         )
     return path
@@ -53,9 +66,217 @@ def output_model_path(node: str, input_name: str, name: str, folder_key: str = M
         register_models_folder()
     folder = folder_paths.get_folder_paths(folder_key)[0]
     os.makedirs(folder, exist_ok=True)
+    longest = max((len(part.encode("utf-8", "surrogatepass")) for part in str(name).split("/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        raise NodeInputError(
+            node, input_name, f"the name is too long ({longest} bytes)", f"use at most {MAX_NAME_BYTES} bytes"
+        )
     try:
         return str(safe_child_path(folder, name))
     except UnsafeNameError as exc:
         raise NodeInputError(
             node, input_name, str(exc), "use a plain file name such as 'my-style' (sub-folders with '/')"
         ) from None
+
+
+# ----- input checks ---------------------------------------------------------------------------------------------
+MAX_SIDE = 16384
+"""Largest image side accepted (ComfyUI's ``MAX_RESOLUTION``)."""
+MAX_ELEMENTS = 1 << 30
+"""Largest IMAGE/MASK batch accepted, in values (4 GiB as float32): larger ones are refused before any copy."""
+MAX_TEXT = 1_000_000
+"""Longest STRING accepted, in characters."""
+MAX_LINES = 1024
+"""Most lines a node turns into one batch (one image or one text each): more would exhaust memory."""
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MODEL_ATTRIBUTES = {  # ComfyUI's own types, checked by the attribute the pack uses (test doubles stay welcome)
+    "CLIP": ("cond_stage_model", "the CLIP output of a checkpoint loader"),
+    "MODEL": ("model", "the MODEL output of a checkpoint loader"),
+    "VAE": ("first_stage_model", "the VAE output of a checkpoint loader"),
+    "CLIP_VISION": ("encode_image", "Load CLIP Vision"),
+}
+
+
+def check_text(node: str, input_name: str, value: Any) -> str:
+    """A STRING or COMBO value: a ``str`` without NUL characters that UTF-8 can encode, of sane length."""
+    if not isinstance(value, str):
+        raise NodeInputError(node, input_name, f"expected text, got {type(value).__name__}", "connect a STRING")
+    if "\x00" in value:
+        raise NodeInputError(node, input_name, "the text contains a NUL character", "remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise NodeInputError(
+            node,
+            input_name,
+            f"the text is not valid Unicode ({exc.reason} at position {exc.start})",
+            "retype the text; it holds undecodable bytes or a lone surrogate",
+        ) from None
+    if len(value) > MAX_TEXT:
+        raise NodeInputError(node, input_name, f"the text has {len(value):,} characters", f"use at most {MAX_TEXT:,}")
+    return value
+
+
+def text_lines(node: str, input_name: str, text: str, limit: int = MAX_LINES) -> list[str]:
+    """The non-empty lines of ``text``, stripped; at most ``limit`` of them (each becomes a batch item)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if len(lines) > limit:
+        raise NodeInputError(
+            node, input_name, f"{len(lines):,} lines; one run takes at most {limit:,}", "split them over several runs"
+        )
+    return lines
+
+
+def check_number(node: str, input_name: str, value: Any, kind: str, low=None, high=None) -> int | float:
+    """An INT (a whole number, not a bool) or FLOAT (finite) value inside the widget's ``[low, high]``."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    real = whole or (isinstance(value, numbers.Real) and not isinstance(value, bool))
+    if (kind == "INT" and not whole) or not real:
+        what = "a whole number" if kind == "INT" else "a number"
+        raise NodeInputError(node, input_name, f"expected {what}, got {value!r}"[:200], f"set {what}")
+    if not whole and not math.isfinite(value):  # (a whole number may be too large for a float)
+        raise NodeInputError(node, input_name, f"{value} is not a finite number", "set a finite number")
+    if low is not None and value < low:
+        raise NodeInputError(node, input_name, f"must be at least {low}, got {value}", f"set {low} or more")
+    if high is not None and value > high:
+        raise NodeInputError(node, input_name, f"must be at most {high}, got {value}", f"set {high} or less")
+    return value
+
+
+def check_image(node: str, input_name: str, image: Any, kind: str = "IMAGE") -> torch.Tensor:
+    """A ComfyUI IMAGE ``[B, H, W, C]`` (C = 1..4) or MASK ``[B, H, W]`` / ``[H, W]``: a non-empty, finite float
+    tensor of bounded size (checked before anything copies it)."""
+    layout = "[B, H, W, C]" if kind == "IMAGE" else "[B, H, W]"
+    if not isinstance(image, torch.Tensor):
+        raise NodeInputError(
+            node,
+            input_name,
+            f"expected a {kind} batch {layout}, got {type(image).__name__}",
+            f"connect a {kind} output",
+        )
+    if image.layout != torch.strided or image.is_meta:
+        raise NodeInputError(
+            node, input_name, f"got a {'meta' if image.is_meta else 'sparse'} tensor", f"connect a {kind} output"
+        )
+    shape = tuple(image.shape)
+    if image.ndim not in ((4,) if kind == "IMAGE" else (2, 3)) or (kind == "IMAGE" and not 1 <= shape[-1] <= 4):
+        raise NodeInputError(
+            node,
+            input_name,
+            f"expected a {kind} batch {layout}, got shape {shape}",
+            f"connect a {kind} output (not a latent or a single channel)",
+        )
+    if image.numel() == 0:
+        raise NodeInputError(
+            node,
+            input_name,
+            f"the {kind.lower()} batch is empty: expected a non-empty {kind} batch {layout}, got shape {shape}",
+            "connect a node that outputs at least one",
+        )
+    height, width = shape[1:3] if kind == "IMAGE" else shape[-2:]
+    if max(height, width) > MAX_SIDE or image.numel() > MAX_ELEMENTS:
+        raise NodeInputError(
+            node,
+            input_name,
+            f"the batch {shape} is too large (at most {MAX_SIDE} pixels a side and {MAX_ELEMENTS:,} values)",
+            "resize the images or split the batch",
+        )
+    if image.dtype not in FLOAT_DTYPES:
+        raise NodeInputError(
+            node,
+            input_name,
+            f"expected float values in 0..1, got dtype {image.dtype}",
+            f"convert the {kind.lower()} to float (ComfyUI {kind} values lie in 0..1)",
+        )
+    if not bool(torch.isfinite(image).all()):
+        raise NodeInputError(
+            node, input_name, "it holds NaN or infinite values", "fix the node that made it (or clamp it to 0..1)"
+        )
+    return image
+
+
+def rgb_batch(node: str, input_name: str, image: Any, *, alpha: bool = True) -> torch.Tensor:
+    """A checked IMAGE as a float32 ``[B, 3, H, W]`` copy in ``0..1``; RGBA loses its alpha (``alpha=False``
+    refuses it), grayscale is refused."""
+    image = check_image(node, input_name, image)
+    channels = image.shape[-1]
+    if channels != 3 and not (channels == 4 and alpha):
+        what = {1: "grayscale", 2: "grayscale+alpha", 4: "RGBA"}.get(channels, f"{channels}-channel")
+        raise NodeInputError(
+            node,
+            input_name,
+            f"{what} images are not supported",
+            "convert the images to RGB (e.g. drop the alpha channel) before this node",
+        )
+    return image[..., :3].detach().float().clamp(0, 1).permute(0, 3, 1, 2).contiguous()
+
+
+def check_value(node: str, input_name: str, kind: str, value: Any, spec: Any = None) -> Any:
+    """One input value against its declared type (``kind`` is the io_type; ``spec`` the schema input)."""
+    if kind in ("STRING", "COMBO"):
+        return check_text(node, input_name, value)
+    if kind in ("INT", "FLOAT"):
+        return check_number(node, input_name, value, kind, getattr(spec, "min", None), getattr(spec, "max", None))
+    if kind == "BOOLEAN" and not isinstance(value, bool):
+        raise NodeInputError(node, input_name, f"expected true or false, got {value!r}"[:200], "set true or false")
+    if kind in ("IMAGE", "MASK"):
+        return check_image(node, input_name, value, kind)
+    if kind in MODEL_ATTRIBUTES:
+        attribute, source = MODEL_ATTRIBUTES[kind]
+        if not hasattr(value, attribute):
+            raise NodeInputError(node, input_name, f"got {type(value).__name__}, not a {kind}", f"connect {source}")
+    expected = expected_class(kind)
+    if expected is not None and not isinstance(value, expected[0]):
+        raise NodeInputError(
+            node, input_name, f"got {type(value).__name__}, not {expected[1]}", f"connect {expected[2]}"
+        )
+    return value
+
+
+def _source(spec: Any) -> str:
+    """Where a value for the input ``spec`` comes from, as the fix of an error."""
+    kind = str(spec.get_io_type())
+    expected = expected_class(kind)
+    if expected is not None:
+        return f"connect {expected[2]}"
+    if kind in MODEL_ATTRIBUTES:
+        return f"connect {MODEL_ATTRIBUTES[kind][1]}"
+    return f"connect a {kind} output, or set the widget"
+
+
+def check_inputs(execute: Callable) -> Callable:
+    """Decorate a node's ``execute`` (under ``@classmethod``) to check every input against the node's schema first.
+
+    ComfyUI checks widget values typed into the UI, but not values from links or API clients, nor what a node
+    calls directly: here INT/FLOAT must be finite numbers in the widget's range, BOOLEAN a bool, STRING/COMBO
+    valid text, IMAGE/MASK non-empty finite float tensors of bounded size, and models and PromptWeave objects of
+    their type. A missing required input or a wrong value is a :class:`NodeInputError` naming node and input;
+    ``None`` for an optional input means "not connected": the parameter's default is used. The node itself still
+    checks what depends on several inputs or on the model.
+    """
+    signature = inspect.signature(execute)
+    schema: dict[str, Any] = {}
+
+    @functools.wraps(execute)
+    def checked(cls, *args, **kwargs):
+        if not schema:
+            defined = cls.define_schema()
+            schema.update(node=defined.node_id, inputs={spec.id: spec for spec in defined.inputs})
+        node, specs = schema["node"], schema["inputs"]
+        bound = signature.bind_partial(cls, *args, **kwargs)
+        for name, value in list(bound.arguments.items()):
+            spec = specs.get(name)
+            if spec is None:
+                continue
+            if value is None:
+                if not spec.optional:
+                    raise NodeInputError(
+                        node, name, "no value (nothing connected, or the upstream node gave none)", _source(spec)
+                    )
+                if signature.parameters[name].default is not inspect.Parameter.empty:
+                    del bound.arguments[name]  # an optional input given as None: not connected, its default
+                continue
+            check_value(node, name, str(spec.get_io_type()), value, spec)
+        return execute(*bound.args, **bound.kwargs)
+
+    return checked

@@ -33,7 +33,7 @@ from ..prompt_modules.adaptation import (
 from ..prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
 from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._common import NodeInputError, check_inputs, model_files, output_model_path, resolve_model_file
 from ._types import LatentMapperType, VLMType
 
 CATEGORY = "PromptWeave/adaptation"
@@ -61,17 +61,7 @@ def _check_texts(node: str, source_text: str, target_text: str) -> tuple[str, st
     return source, target
 
 
-def _check_vlm(node: str, vlm) -> VisionLanguageModel:
-    if not isinstance(vlm, VisionLanguageModel):
-        raise NodeInputError(
-            node, "vlm", f"got {type(vlm).__name__}, not a VLM", "connect a VLM, e.g. WorldCLIP from Load World Models"
-        )
-    return vlm
-
-
 def _check_mapper(node: str, mapper, vlm: VisionLanguageModel) -> TrainedMapper:
-    if not isinstance(mapper, TrainedMapper):
-        raise NodeInputError(node, "mapper", f"got {type(mapper).__name__}", "connect Train/Load Latent Mapper")
     try:
         mapper.check_vlm(vlm)
     except BackboneMismatchError as exc:
@@ -315,6 +305,7 @@ class TrainLatentMapper(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(
         cls,
         model,
@@ -335,7 +326,6 @@ class TrainLatentMapper(io.ComfyNode):
     ) -> io.NodeOutput:
         node = "PWTrainLatentMapper"
         source, target = _check_texts(node, source_text, target_text)
-        vlm = _check_vlm(node, vlm)
         out_path = _writable_target(node, "save_name", save_name, "promptweave") if save_name.strip() else None
         config = _config(
             node,
@@ -403,6 +393,7 @@ class LoadLatentMapper(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, mapper_name: str) -> io.NodeOutput:
         path = resolve_model_file("PWLoadLatentMapper", "mapper_name", mapper_name)
         try:
@@ -496,6 +487,7 @@ class AdaptModel(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(
         cls,
         model,
@@ -525,9 +517,6 @@ class AdaptModel(io.ComfyNode):
         source, target = _check_texts(node, source_text, target_text)
         if method not in METHODS:
             raise NodeInputError(node, "method", f"unknown method '{method}'", f"use one of {METHODS}")
-        if rank < 1:
-            raise NodeInputError(node, "rank", f"the LoRA rank must be at least 1, got {rank}", "set rank to 1 or more")
-        vlm = _check_vlm(node, vlm)
         if mapper is not None and method == "ipl":
             mapper = _check_mapper(node, mapper, vlm)
         lora_path = _writable_target(node, "lora_name", lora_name, "loras")

@@ -27,7 +27,14 @@ from ..prompt_modules.diff_prompt import (
 from ..prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
 from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._common import (
+    NodeInputError,
+    check_inputs,
+    model_files,
+    output_model_path,
+    resolve_model_file,
+    rgb_batch,
+)
 from ._types import DiffPromptType, VLMType
 from .nodes_dual_prompt import _clone_vlm, clip_token_tables
 from .nodes_learned_prompt import tokens_with_learned_prompt
@@ -38,21 +45,7 @@ SOURCES = ["world", "folder", "inputs"]
 
 
 # ----- input checks ---------------------------------------------------------------------------------------------
-def _check_vlm(node: str, vlm) -> VisionLanguageModel:
-    if not isinstance(vlm, VisionLanguageModel):
-        raise NodeInputError(node, "vlm", f"got {type(vlm).__name__}", "connect a VLM, e.g. Load World Models")
-    return vlm
-
-
 def _check_model(node: str, model, vlm: VisionLanguageModel) -> DiffPrompt:
-    if not isinstance(model, DiffPrompt):
-        raise NodeInputError(
-            node,
-            "diff_prompt",
-            f"got {type(model).__name__} (an unfinished bundle?)",
-            "connect Load Diff-Prompt with a bundle of all three stages, or Train Diff-Prompt "
-            "with stage 'prompt' or 'all'",
-        )
     try:
         model.check_vlm(vlm)
     except ArtifactError as exc:
@@ -61,15 +54,7 @@ def _check_model(node: str, model, vlm: VisionLanguageModel) -> DiffPrompt:
 
 
 def _images(node: str, image, input_name: str = "image") -> torch.Tensor:
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] < 3:
-        shape = None if not isinstance(image, torch.Tensor) else tuple(image.shape)
-        raise NodeInputError(
-            node,
-            input_name,
-            f"expected a non-empty IMAGE batch [B, H, W, 3], got shape {shape}",
-            "connect a node that outputs images",
-        )
-    return image[..., :3].permute(0, 3, 1, 2).float().clone()
+    return rgb_batch(node, input_name, image)
 
 
 def expressions_for_batch(node: str, text: str, batch: int, input_name: str = "text") -> list[str]:
@@ -142,6 +127,7 @@ class LoadDiffPrompt(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, bundle_name: str) -> io.NodeOutput:
         node = "PWLoadDiffPrompt"
         path = resolve_model_file(node, "bundle_name", bundle_name)
@@ -207,10 +193,18 @@ class DiffPromptGround(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, vlm, diff_prompt, image, text: str, seed: int, threshold: float, ddim_steps: int) -> io.NodeOutput:
         node = "PWDiffPromptGround"
-        vlm = _check_vlm(node, vlm)
         model = _check_model(node, diff_prompt, vlm)
+        if 0 < ddim_steps < model.n_kept:
+            raise NodeInputError(
+                node,
+                "ddim_steps",
+                f"the bundle prompts {model.n_kept} layers, one generated mask each, so it needs at least "
+                f"{model.n_kept} DDIM steps (got {ddim_steps})",
+                f"use 0 (the bundle's setting) or at least {model.n_kept}",
+            )
         images = _images(node, image)
         b, _, h, w = images.shape
         texts = expressions_for_batch(node, text, b)
@@ -267,11 +261,9 @@ class DiffPromptConditioning(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, clip, vlm, diff_prompt, image, expression: str, text: str, seed: int) -> io.NodeOutput:
         node = "PWDiffPromptConditioning"
-        if clip is None:
-            raise NodeInputError(node, "clip", "no CLIP is connected", "connect the CLIP output of a checkpoint")
-        vlm = _check_vlm(node, vlm)
         model = _check_model(node, diff_prompt, vlm)
         images = _images(node, image)
         texts = expressions_for_batch(node, expression, images.shape[0], "expression")
@@ -361,6 +353,7 @@ class TrainDiffPrompt(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(
         cls,
         vlm,
@@ -382,7 +375,6 @@ class TrainDiffPrompt(io.ComfyNode):
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
             raise NodeInputError(node, "stage", f"unknown stage {stage!r}", f"use one of {STAGE_CHOICES}")
-        vlm = _check_vlm(node, vlm)
         data = cls._source(node, source, path, images, masks, expressions)
         target = output_model_path(node, "bundle_name", bundle_name.strip())
         stages = ["vae", "dit", "prompt"] if stage == "all" else [stage]
@@ -494,7 +486,7 @@ class TrainDiffPrompt(io.ComfyNode):
                 return TensorGroundingSource(batch, m.float().clone(), texts)
         except NodeInputError:
             raise
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
             if source == "folder":
                 fix = (
                     "make every mask the size of its image"

@@ -26,7 +26,15 @@ from ..prompt_modules.dual_prompt import (
 from ..prompt_modules.learned_prompt import COMFY_TO_TI_KEY
 from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, model_files, register_models_folder, resolve_model_file
+from ._common import (
+    NodeInputError,
+    check_inputs,
+    model_files,
+    output_model_path,
+    resolve_model_file,
+    rgb_batch,
+    text_lines,
+)
 from ._types import DualPromptType, VLMType
 from .nodes_learned_prompt import tokens_with_learned_prompt
 
@@ -34,15 +42,7 @@ CATEGORY = "PromptWeave/dual prompt"
 SOURCES = ["world", "fdrd_json", "folder"]
 
 
-def _check_vlm(node: str, vlm) -> VisionLanguageModel:
-    if not isinstance(vlm, VisionLanguageModel):
-        raise NodeInputError(node, "vlm", f"got {type(vlm).__name__}", "connect a VLM, e.g. Load World Models")
-    return vlm
-
-
 def _check_dual(node: str, dual, vlm: VisionLanguageModel | None = None) -> DualPrompt:
-    if not isinstance(dual, DualPrompt):
-        raise NodeInputError(node, "dual_prompt", f"got {type(dual).__name__}", "connect Load/Train Dual Prompt")
     if vlm is not None:
         try:
             dual.check_vlm(vlm)
@@ -52,11 +52,7 @@ def _check_dual(node: str, dual, vlm: VisionLanguageModel | None = None) -> Dual
 
 
 def _images_bchw(node: str, images: torch.Tensor, input_name: str = "images") -> torch.Tensor:
-    if images is None or images.ndim != 4 or images.shape[0] == 0:
-        shape = None if images is None else tuple(images.shape)
-        raise NodeInputError(node, input_name, f"the image batch is empty (shape {shape})",
-                             "connect a node that outputs at least one image")
-    return images[..., :3].permute(0, 3, 1, 2).float()
+    return rgb_batch(node, input_name, images)
 
 
 def _score_report(labels: list[str], scores: torch.Tensor, order: torch.Tensor) -> str:
@@ -79,6 +75,7 @@ class LoadDualPrompt(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, prompt_name: str) -> io.NodeOutput:
         path = resolve_model_file("PWLoadDualPrompt", "prompt_name", prompt_name)
         try:
@@ -134,6 +131,7 @@ class TrainDualPrompt(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, vlm, source: str, path: str, steps: int, batch_size: int, learning_rate: float, seed: int,
                 n_text: int, n_visual: int, depth: int, save_name: str) -> io.NodeOutput:
         import comfy.model_management
@@ -141,7 +139,6 @@ class TrainDualPrompt(io.ComfyNode):
         import folder_paths
 
         node = "PWTrainDualPrompt"
-        vlm = _check_vlm(node, vlm)
         try:
             config = DualPromptConfig(n_text=n_text, n_visual=n_visual, text_depth=min(depth, len(vlm.text_blocks)),
                                       visual_depth=min(depth, len(vlm.visual.transformer.resblocks)),
@@ -158,7 +155,7 @@ class TrainDualPrompt(io.ComfyNode):
                 data = FolderSource(path.strip(), size=size)
             else:
                 raise NodeInputError(node, "source", f"unknown source {source!r}", f"use one of {SOURCES}")
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
             if isinstance(exc, NodeInputError):
                 raise
             raise NodeInputError(node, "path", str(exc), "point 'path' at a valid FDRD JSON file or "
@@ -166,6 +163,7 @@ class TrainDualPrompt(io.ComfyNode):
         name = save_name.strip()
         if name and (os.sep in name or "/" in name or name.startswith(".")):
             raise NodeInputError(node, "save_name", f"'{name}' is not a plain file name", "use a name like dcar_cats")
+        target = output_model_path(node, "save_name", name) if name else None
         settings = json.dumps([vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()],
                               sort_keys=True)
         key = hashlib.sha1(settings.encode()).hexdigest()[:12]
@@ -184,10 +182,8 @@ class TrainDualPrompt(io.ComfyNode):
                                        lr=learning_rate, seed=seed, checkpoint_path=ckpt,
                                        checkpoint_every=max(10, steps // 10), callback=on_step, progress=False)
         dual = result.dual
-        if name:
-            folder = Path(register_models_folder())
-            folder.mkdir(parents=True, exist_ok=True)
-            save_dual_prompt(dual, folder / f"{name}.safetensors")
+        if target is not None:
+            save_dual_prompt(dual, target)
         return io.NodeOutput(dual, loss_curve_image(result.losses).unsqueeze(0))
 
 
@@ -218,9 +214,9 @@ class RankImages(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, vlm, images: torch.Tensor, text: str, top_k: int, dual_prompt=None) -> io.NodeOutput:
         node = "PWRankImages"
-        vlm = _check_vlm(node, vlm)
         dual = None if dual_prompt is None else _check_dual(node, dual_prompt, vlm)
         batch = _images_bchw(node, images)
         if not text.strip():
@@ -258,12 +254,12 @@ class RankTexts(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, vlm, images: torch.Tensor, texts: str, dual_prompt=None) -> io.NodeOutput:
         node = "PWRankTexts"
-        vlm = _check_vlm(node, vlm)
         dual = None if dual_prompt is None else _check_dual(node, dual_prompt, vlm)
         batch = _images_bchw(node, images)
-        lines = [line.strip() for line in texts.splitlines() if line.strip()]
+        lines = text_lines(node, "texts", texts)
         if not lines:
             raise NodeInputError(node, "texts", "there are no texts", "write one candidate description per line")
         scores, order = rank_texts(vlm, batch, lines, dual)
@@ -302,10 +298,9 @@ class DualPromptConditioning(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, clip, dual_prompt, text: str) -> io.NodeOutput:
         node = "PWDualPromptConditioning"
-        if clip is None:
-            raise NodeInputError(node, "clip", "no CLIP is connected", "connect the CLIP output of a checkpoint")
         dual = _check_dual(node, dual_prompt)
         tables = clip_token_tables(clip)
         if not tables:

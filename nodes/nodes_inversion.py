@@ -13,7 +13,6 @@ from ..prompt_modules.artifacts import ArtifactError, read_metadata
 from ..prompt_modules.inversion import (
     PIXELS,
     InverterConfig,
-    PromptInverter,
     VLMImageEncoder,
     Vocabulary,
     WorldGenEncoder,
@@ -25,7 +24,14 @@ from ..prompt_modules.inversion import (
     train_inverter,
 )
 from ..prompt_modules.inversion import targets as inversion_targets
-from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._common import (
+    NodeInputError,
+    check_inputs,
+    model_files,
+    output_model_path,
+    resolve_model_file,
+    rgb_batch,
+)
 from ._types import PromptEmbeddingType, PromptInverterType, VLMType, WorldGenType
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -47,17 +53,8 @@ def _inverter_files() -> list[str]:
 
 
 def _images_bchw(node: str, image, input_name: str = "image") -> torch.Tensor:
-    """ComfyUI IMAGE ``[B, H, W, C]`` -> float ``[B, 3, H, W]``, with clear errors for odd inputs."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        raise NodeInputError(node, input_name, "expected an IMAGE batch [B, H, W, C]", "connect an IMAGE output")
-    if image.shape[0] == 0:
-        raise NodeInputError(node, input_name, "the image batch is empty", "connect at least one image")
-    channels = image.shape[-1]
-    if channels != 3:
-        kind = {1: "grayscale", 2: "grayscale+alpha", 4: "RGBA"}.get(channels, f"{channels}-channel")
-        raise NodeInputError(node, input_name, f"{kind} images are not supported",
-                             "convert the images to RGB (e.g. drop the alpha channel) before this node")
-    return image.detach().clone().float().permute(0, 3, 1, 2).contiguous()
+    """ComfyUI IMAGE ``[B, H, W, 3]`` -> float ``[B, 3, H, W]``; RGBA and grayscale are refused."""
+    return rgb_batch(node, input_name, image, alpha=False)
 
 
 def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worldgen,
@@ -104,6 +101,7 @@ class LoadPromptInverter(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, inverter_name: str) -> io.NodeOutput:
         shipped = SHIPPED_DIR / inverter_name
         if inverter_name.startswith(SHIPPED_PREFIX) and shipped.is_file():
@@ -155,11 +153,10 @@ class PromptInversion(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, image, inverter, clip=None, vlm=None, clip_vision=None, worldgen=None, top_k: int = 8,
                 threshold: float = 0.5, use_dakl: bool = True) -> io.NodeOutput:
         node = "PWPromptInversion"
-        if not isinstance(inverter, PromptInverter):
-            raise NodeInputError(node, "inverter", f"got {type(inverter).__name__}", "connect Load Prompt Inverter")
         images = _images_bchw(node, image)
         name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen)
         if name != inverter.backbone:
@@ -236,6 +233,7 @@ class TrainPromptInverter(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, backbone: str, filename: str, dataset_folder: str = "", images=None, prompts: str = "",
                 vlm=None, clip_vision=None, worldgen=None, vocab_size: int = 1000, epochs: int = 20,
                 batch_size: int = 64, learning_rate: float = 1e-3, hidden_width: int = 512, curriculum: bool = True,
@@ -252,7 +250,7 @@ class TrainPromptInverter(io.ComfyNode):
         if folder:
             try:
                 pixels, texts = load_pair_folder(os.path.expanduser(folder))
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
                 raise NodeInputError(node, "dataset_folder", str(exc),
                                      "point it at a folder holding image.png + image.txt pairs") from None
         elif images is not None:
@@ -264,6 +262,12 @@ class TrainPromptInverter(io.ComfyNode):
         else:
             raise NodeInputError(node, "dataset_folder", "no training data", "set a dataset folder of image.png + "
                                  "image.txt pairs, or connect images and write their prompts")
+        if len(texts) < 2:  # the head's BatchNorm layers cannot train on a single sample
+            raise NodeInputError(node, "dataset_folder" if folder else "images", "there is only one training pair",
+                                 "give at least two image/prompt pairs")
+        if batch_size < 2:
+            raise NodeInputError(node, "batch_size", "the inverter's BatchNorm layers cannot train on batches of one",
+                                 "use a batch_size of 2 or more")
         try:
             vocab = Vocabulary.build(texts, size=vocab_size)
         except ValueError as exc:

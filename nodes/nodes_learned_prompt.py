@@ -11,7 +11,7 @@ from ..prompt_modules.learned_prompt import (
     isolate_placeholder,
     splice_into_token_chunk,
 )
-from ._common import NodeInputError, model_files, resolve_model_file
+from ._common import NodeInputError, check_inputs, model_files, resolve_model_file
 from ._types import LearnedPromptType
 
 
@@ -83,6 +83,7 @@ class LoadLearnedPrompt(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, prompt_name: str) -> io.NodeOutput:
         path = resolve_model_file("PWLoadLearnedPrompt", "prompt_name", prompt_name)
         try:
@@ -117,17 +118,8 @@ class ApplyLearnedPrompt(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, clip, learned_prompt: LearnedPrompt, text: str) -> io.NodeOutput:
-        if clip is None:
-            raise NodeInputError(
-                "PWApplyLearnedPrompt", "clip", "no CLIP is connected (the checkpoint has no text encoder?)",
-                "connect the CLIP output of a checkpoint loader",
-            )
-        if not isinstance(learned_prompt, LearnedPrompt):
-            raise NodeInputError(
-                "PWApplyLearnedPrompt", "learned_prompt", f"got {type(learned_prompt).__name__}",
-                "connect Load Learned Prompt",
-            )
         tokens = tokens_with_learned_prompt("PWApplyLearnedPrompt", clip, text, learned_prompt)
         return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens))
 

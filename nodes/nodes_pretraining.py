@@ -24,17 +24,11 @@ from ..prompt_modules.prompt_pretraining import (
     world_classes,
 )
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, model_files, output_model_path, resolve_model_file
+from ._common import NodeInputError, check_inputs, model_files, output_model_path, resolve_model_file
 from ._types import PretrainedPromptsType, VLMType
 
 CATEGORY = "PromptWeave/pretraining"
 SOURCES = ["world", "folder"]
-
-
-def _check_vlm(node: str, vlm) -> VisionLanguageModel:
-    if not isinstance(vlm, VisionLanguageModel):
-        raise NodeInputError(node, "vlm", f"got {type(vlm).__name__}", "connect a VLM, e.g. Load World Models")
-    return vlm
 
 
 def _clone_vlm(vlm: VisionLanguageModel) -> VisionLanguageModel:
@@ -131,6 +125,7 @@ class PretrainPrompts(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(
         cls,
         vlm,
@@ -154,7 +149,6 @@ class PretrainPrompts(io.ComfyNode):
         import folder_paths
 
         node = "PWPretrainPrompts"
-        vlm = _check_vlm(node, vlm)
         if qkv_prompts not in QKV_MODES:
             raise NodeInputError(node, "qkv_prompts", f"unknown mode {qkv_prompts!r}", f"use one of {QKV_MODES}")
         if (n_text == 0 and n_visual == 0) or depth == 0:
@@ -179,7 +173,7 @@ class PretrainPrompts(io.ComfyNode):
         elif source == "folder":
             try:
                 data = FolderClassSource(path.strip(), size=vlm.image_size)
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
                 raise NodeInputError(
                     node, "path", str(exc), "point 'path' at a folder with one sub-folder of images per class"
                 ) from None
@@ -248,6 +242,7 @@ class LoadPretrainedPrompts(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, prompt_name: str) -> io.NodeOutput:
         node = "PWLoadPretrainedPrompts"
         path = resolve_model_file(node, "prompt_name", prompt_name)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..prompt_modules.artifacts import ArtifactError
 from ..prompt_modules.world.models import load_world_models
-from ._common import NodeInputError
+from ._common import NodeInputError, check_inputs, text_lines
 from ._types import VLMType, WorldGenType
 
 
@@ -30,6 +30,7 @@ class LoadWorldModels(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls) -> io.NodeOutput:
         try:
             worldclip, worldgen = load_world_models()
@@ -66,8 +67,9 @@ class WorldGenSample(io.ComfyNode):
         )
 
     @classmethod
+    @check_inputs
     def execute(cls, worldgen, worldclip, text: str, seed: int, steps: int, guidance: float) -> io.NodeOutput:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts = text_lines("PWWorldGenSample", "text", text)
         if not prompts:
             raise NodeInputError("PWWorldGenSample", "text", "the text is empty", "write at least one prompt line")
         try:
