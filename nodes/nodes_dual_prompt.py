@@ -35,7 +35,7 @@ from ._common import (
     rgb_batch,
     text_lines,
 )
-from ._types import DualPromptType, VLMType
+from ._types import DualPromptType, PretrainedPromptsType, VLMType
 from .nodes_learned_prompt import tokens_with_learned_prompt
 
 CATEGORY = "PromptWeave/dual prompt"
@@ -94,6 +94,15 @@ def _clone_vlm(vlm: VisionLanguageModel) -> VisionLanguageModel:
     return copy.to(vlm.device).eval()
 
 
+def _tensors_key(tensors: dict[str, torch.Tensor]) -> str:
+    """A short digest of named tensors (so that a checkpoint of another initialisation is never resumed)."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 class TrainDualPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -123,6 +132,10 @@ class TrainDualPrompt(io.ComfyNode):
                              tooltip="Layers (from the first) that get their own prompt vectors in both towers."),
                 io.String.Input("save_name", default="dcar_prompt",
                                 tooltip="File name in models/promptweave (no extension); empty: do not save."),
+                PretrainedPromptsType.Input(
+                    "pretrained_prompts", optional=True,
+                    tooltip="Optional RPP pretrained prompts (Pretrain Prompts or Load Pretrained Prompts, made for "
+                    "this VLM) to start from instead of the plain initialisation."),
             ],
             outputs=[
                 DualPromptType.Output(display_name="dual_prompt", tooltip="The trained dual prompt."),
@@ -133,7 +146,7 @@ class TrainDualPrompt(io.ComfyNode):
     @classmethod
     @check_inputs
     def execute(cls, vlm, source: str, path: str, steps: int, batch_size: int, learning_rate: float, seed: int,
-                n_text: int, n_visual: int, depth: int, save_name: str) -> io.NodeOutput:
+                n_text: int, n_visual: int, depth: int, save_name: str, pretrained_prompts=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
         import folder_paths
@@ -164,7 +177,12 @@ class TrainDualPrompt(io.ComfyNode):
         if name and (os.sep in name or "/" in name or name.startswith(".")):
             raise NodeInputError(node, "save_name", f"'{name}' is not a plain file name", "use a name like dcar_cats")
         target = output_model_path(node, "save_name", name) if name else None
-        settings = json.dumps([vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()],
+        if pretrained_prompts is not None and pretrained_prompts.backbone != vlm.name:
+            raise NodeInputError(
+                node, "pretrained_prompts", f"they were pretrained for the VLM '{pretrained_prompts.backbone}', "
+                f"not '{vlm.name}'", "pretrain prompts on this VLM, or disconnect them")
+        init_key = None if pretrained_prompts is None else _tensors_key(pretrained_prompts.rpp.state_dict())
+        settings = json.dumps([vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key],
                               sort_keys=True)
         key = hashlib.sha1(settings.encode()).hexdigest()[:12]
         ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
@@ -180,7 +198,8 @@ class TrainDualPrompt(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             result = train_dual_prompt(trainable, data, config, steps=steps, batch_size=batch_size,
                                        lr=learning_rate, seed=seed, checkpoint_path=ckpt,
-                                       checkpoint_every=max(10, steps // 10), callback=on_step, progress=False)
+                                       checkpoint_every=max(10, steps // 10), callback=on_step, progress=False,
+                                       init_prompts=pretrained_prompts)
         dual = result.dual
         if target is not None:
             save_dual_prompt(dual, target)

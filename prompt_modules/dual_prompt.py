@@ -621,8 +621,12 @@ def train_dual_prompt(
     callback: Callable[[int, int, float], bool | None] | None = None,
     progress: bool = True,
     bank_batches: int = 4,
+    init_prompts: Any = None,
 ) -> TrainResult:
     """Train DCAR prompts on a frozen ``vlm``; batches come from ``source.batch(seed, step, batch_size)``.
+
+    ``init_prompts``: a pretrained prompt bundle (RPP, :mod:`.prompt_pretraining`; an object or a path) to start
+    from, like ``config.init_from`` but also for a bundle held in memory (e.g. a ComfyUI node's input).
 
     Deterministic for a seed. With ``checkpoint_path`` the state is saved every ``checkpoint_every`` steps,
     on interruption and at the end, and an existing checkpoint is resumed (same result as an uninterrupted
@@ -635,14 +639,18 @@ def train_dual_prompt(
     with torch.inference_mode(False), torch.enable_grad():
         return _train(vlm, source, config, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                       checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, callback=callback,
-                      progress=progress, bank_batches=bank_batches)
+                      progress=progress, bank_batches=bank_batches, init_prompts=init_prompts)
 
 
 def _train(vlm, source, config, *, steps, batch_size, lr, seed, checkpoint_path, checkpoint_every, callback,
-           progress, bank_batches) -> TrainResult:
+           progress, bank_batches, init_prompts) -> TrainResult:
     config = config or DualPromptConfig()
     sample = source.batch(seed, 20_000_000, min(batch_size, 32))
     dual = DualPrompt.for_vlm(vlm, config, seed=seed, sample=sample)
+    if init_prompts is not None:
+        from .prompt_pretraining import init_dual_prompt_from_bundle
+
+        init_dual_prompt_from_bundle(dual, init_prompts, vlm)
     params = [p for p in dual.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     frozen = [(p, p.requires_grad) for p in vlm.parameters()]

@@ -149,3 +149,19 @@ def test_bad_inputs_name_node_input_and_fix(comfy, mods, inference_vlm, tmp_path
     mods.dp.save_dual_prompt(mods.dp.DualPrompt.for_vlm(vlm, mods.dp.DualPromptConfig(bank_size=0)), dcar)
     with pytest.raises(ValueError, match=r"PWLoadPretrainedPrompts: input 'prompt_name': .*expected a 'rpp'"):
         _node(comfy, "PWLoadPretrainedPrompts").execute(prompt_name=dcar.name)
+
+
+def test_train_dual_prompt_node_starts_from_pretrained_prompts(comfy, mods, inference_vlm, saved_bundle):
+    """PWTrainDualPrompt's optional pretrained_prompts input: the dual prompt starts from the bundle (one step at a
+    negligible learning rate keeps it there), and a bundle of another VLM is refused naming the input."""
+    args = {"vlm": inference_vlm, "source": "world", "path": "", "steps": 1, "batch_size": 4, "learning_rate": 1e-6,
+            "seed": 0, "n_text": 2, "n_visual": 2, "depth": 2, "save_name": ""}
+    with torch.inference_mode():
+        plain, _ = _node(comfy, "PWTrainDualPrompt").execute(**args)
+        started, _ = _node(comfy, "PWTrainDualPrompt").execute(**args, pretrained_prompts=saved_bundle.bundle)
+    expected = saved_bundle.bundle.deep_prompt_tensors("text")[0]
+    assert torch.allclose(started.prompts.text_ctx("text").detach(), expected, atol=1e-4)
+    assert not torch.allclose(plain.prompts.text_ctx("text").detach(), expected, atol=1e-4)
+    other = mods.vlm.VisionLanguageModel(mods.vlm.VLMConfig(name="other"), seed=1)
+    with pytest.raises(ValueError, match=r"PWTrainDualPrompt: input 'pretrained_prompts': .*'other'"):
+        _node(comfy, "PWTrainDualPrompt").execute(**{**args, "vlm": other}, pretrained_prompts=saved_bundle.bundle)
