@@ -16,7 +16,12 @@ import asyncio
 import importlib
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -161,6 +166,177 @@ class HeadlessComfyUI:
                 folder = Path(self.folder_paths.get_directory_by_type(root) or self.base_dir / root)
                 files.append(folder / image.get("subfolder", "") / image["filename"])
         return files
+
+
+class ServerStartError(RuntimeError):
+    """The ComfyUI server process exited or did not answer in time; the message points at its log."""
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory (``VmRSS`` of ``/proc/<pid>/status``) of a process and all its descendants, in MiB."""
+
+    def children(p: int) -> list[int]:
+        found: list[int] = []
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+        return found
+
+    total_kb, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+                    break
+        except OSError:  # exited meanwhile
+            continue
+        todo += children(p)
+    return total_kb / 1024.0
+
+
+class ComfyUIServer:
+    """A real ComfyUI server (``main.py``) as a child process on loopback, with ``base_dir`` as its base directory.
+
+    Use as a context manager (or ``start()`` / ``stop()``); ``stop()`` terminates the process, then kills it after
+    ``stop_timeout`` seconds. ``run(prompt)`` queues an API workflow with ``POST /prompt`` and polls
+    ``GET /history/{id}`` until ComfyUI reports it finished. The server's output goes to ``log_path``.
+    """
+
+    def __init__(
+        self,
+        comfyui_dir: str | os.PathLike[str],
+        base_dir: str | os.PathLike[str],
+        *,
+        log_path: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.comfyui_dir = Path(comfyui_dir).resolve()
+        self.base_dir = Path(base_dir).resolve()
+        self.log_path = Path(log_path) if log_path else self.base_dir / "user" / "comfyui-server.log"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = tuple(extra_args)
+        self.env = env
+        self.client_id = f"promptweave-{uuid.uuid4().hex[:8]}"
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("the ComfyUI server is not started")
+        return self.process.pid
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process and its children, in MiB."""
+        return process_tree_rss_mb(self.pid)
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start the server and wait until ``/object_info/KSampler`` answers; returns its URL."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w")
+        command = [
+            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base_dir),
+            "--database-url", f"sqlite:///{self.base_dir}/user/comfyui.db", *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=self.comfyui_dir, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"ComfyUI server exited early; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/object_info/KSampler", timeout=2):
+                    return self.url
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ServerStartError(
+                        f"ComfyUI server did not answer within {timeout:.0f} s; see {self.log_path}"
+                    ) from None
+                time.sleep(0.5)
+
+    def stop(self, stop_timeout: float = 20.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ComfyUIServer:
+        """Starts the server unless ``start()`` was called already."""
+        try:
+            if self.process is None:
+                self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def get_json(self, path: str, timeout: float = 30.0) -> Any:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def queue(self, prompt: dict) -> str:
+        """``POST /prompt``; returns the prompt id, or raises :class:`WorkflowError` with ComfyUI's report."""
+        request = urllib.request.Request(
+            f"{self.url}/prompt",
+            data=json.dumps({"prompt": prompt, "client_id": self.client_id}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # ComfyUI answers 400 with its validation report
+            detail = exc.read().decode(errors="replace")[:4000]
+            raise WorkflowError(f"POST /prompt answered {exc.code}: {detail}") from None
+        if answer.get("node_errors"):
+            raise WorkflowError(f"workflow did not validate: {json.dumps(answer['node_errors'])[:4000]}")
+        return answer["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 120.0, poll: float = 0.05) -> dict:
+        """Poll ``GET /history/{id}`` until the run finished; returns its history entry (``status``, ``outputs``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            status = (entry or {}).get("status") or {}
+            if status.get("completed") or status.get("status_str") in ("success", "error"):
+                return entry
+            if self.process is not None and self.process.poll() is not None:
+                raise WorkflowError(f"ComfyUI server exited while running {prompt_id}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise WorkflowError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+            time.sleep(poll)
+
+    def run(self, prompt: dict, timeout: float = 120.0, poll: float = 0.05) -> dict:
+        """Queue ``prompt`` and wait for its history entry."""
+        return self.wait(self.queue(prompt), timeout=timeout, poll=poll)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,11 @@
 """Run the full benchmarks over 3 seeds and write BENCHMARKS.md tables and one plot per task.
 
-    python -m promptweave.bench.report world [TASK ...] [--seeds 0 1 2] [--splits test compositional]
+    python -m promptweave.bench.report world [TASK ...] [--seeds 0 1 2] [--splits test compositional] [--reuse]
 
 Each task's section in BENCHMARKS.md sits between ``<!-- bench:TASK:start -->`` and ``<!-- bench:TASK:end -->``
-markers and is replaced as a whole; the prose around it is left alone. Raw records go to ``out/bench/``.
+markers and is replaced as a whole; the prose around it is left alone (the file is read again just before
+it is written, so edits made while the benchmarks ran are kept). Raw records go to ``out/bench/``;
+``--reuse`` takes a full (not ``--quick``) record already there instead of running that seed again.
 """
 
 from __future__ import annotations
@@ -82,23 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tasks", nargs="+")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--splits", nargs="+", default=["test", "compositional"])
+    parser.add_argument("--reuse", action="store_true", help="use full records already in out/bench/")
     ns = parser.parse_args(argv)
     out = ROOT / "out" / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     for task in ns.tasks:
         by_split: dict[str, list[dict]] = {}
         for split in ns.splits:
             for seed in ns.seeds:
-                record = run_task(task, seed=seed, split=split, quick=False)
-                atomic_write_bytes(out / f"{task}-{split}-{seed}.json", json.dumps(record, indent=1).encode())
+                path = out / f"{task}-{split}-{seed}.json"
+                record = reusable(path, task, split, seed) if ns.reuse else None
+                if record is None:
+                    record = run_task(task, seed=seed, split=split, quick=False)
+                    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
                 by_split.setdefault(split, []).append(record)
                 print(json.dumps(record))
         command = f"python -m promptweave.bench {task} --split SPLIT --seed SEED --json out.json"
-        text = replace_section(text, task, section(task, by_split, command))
-    atomic_write_bytes(BENCHMARKS, text.encode())
-    print(f"updated {BENCHMARKS}")
+        text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+        atomic_write_bytes(BENCHMARKS, replace_section(text, task, section(task, by_split, command)).encode())
+        print(f"updated {BENCHMARKS} ({task})")
     return 0
+
+
+def reusable(path: Path, task: str, split: str, seed: int) -> dict | None:
+    """The stored record of this task, split and seed when it is a full run, else ``None``."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    same = (record.get("task"), record.get("split"), record.get("seed")) == (task, split, seed)
+    return record if same and not record.get("quick", True) else None
 
 
 if __name__ == "__main__":

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from promptweave.defaults import CACHE_DIR, TINY_SD15_NAME, install_default_models
-from promptweave.headless import PACK_DIR, find_comfyui_dir, prepare_base_directory
+from promptweave.headless import (
+    PACK_DIR,
+    ComfyUIServer,
+    ServerStartError,
+    find_comfyui_dir,
+    prepare_base_directory,
+)
 
 ARTIFACTS = PACK_DIR / "out" / "test-artifacts"
 # Node types that generate images (64x64 in the example workflows); a workflow without one (e.g. RPP pretraining)
@@ -78,42 +81,15 @@ def load_api_workflow(name: str) -> dict:
     return json.loads((PACK_DIR / "workflows" / "api" / name).read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_dir, comfy_base, artifacts_dir):
     """The real ComfyUI server on loopback (its own process), with the pack and the tiny models."""
-    port = _free_port()
-    log_path = artifacts_dir / "comfyui-server.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(comfy_base),
-         "--database-url", f"sqlite:///{comfy_base}/user/comfyui.db"],
-        cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    server = ComfyUIServer(comfyui_dir, comfy_base, log_path=artifacts_dir / "comfyui-server.log")
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI server exited early; see {log_path}")
-            try:
-                with urllib.request.urlopen(f"{url}/object_info/KSampler", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI server did not answer within 120 s; see {log_path}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            server.start(timeout=120)
+        except ServerStartError as exc:
+            pytest.fail(str(exc))
+        yield server.url
+    finally:
+        server.stop()
