@@ -79,6 +79,25 @@ def output_model_path(node: str, input_name: str, name: str, folder_key: str = M
         ) from None
 
 
+class TrainingProgress:
+    """The ``callback(step, total, loss)`` of a training loop inside a node: drives ComfyUI's progress bar (UI)
+    and stops the run when the user presses Cancel (ComfyUI's interrupt exception; the loops save a checkpoint
+    first). ``total=None`` takes the loop's own total; ``offset`` shifts the bar for multi-stage runs."""
+
+    def __init__(self, total: int | None = None) -> None:
+        import comfy.utils
+
+        self.total = None if total is None else max(int(total), 1)
+        self.offset = 0
+        self.bar = comfy.utils.ProgressBar(self.total or 1)
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        import comfy.model_management
+
+        self.bar.update_absolute(self.offset + step, self.total or total)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 # ----- input checks ---------------------------------------------------------------------------------------------
 MAX_SIDE = 16384
 """Largest image side accepted (ComfyUI's ``MAX_RESOLUTION``)."""

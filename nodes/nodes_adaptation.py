@@ -33,7 +33,14 @@ from ..prompt_modules.adaptation import (
 from ..prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
 from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, check_inputs, model_files, output_model_path, resolve_model_file
+from ._common import (
+    NodeInputError,
+    TrainingProgress,
+    check_inputs,
+    model_files,
+    output_model_path,
+    resolve_model_file,
+)
 from ._types import LatentMapperType, VLMType
 
 CATEGORY = "PromptWeave/adaptation"
@@ -211,18 +218,15 @@ def _plots(*curves: list[float]) -> torch.Tensor:
 
 
 def _progress(total: int):
-    import comfy.model_management
-    import comfy.utils
-
-    bar = comfy.utils.ProgressBar(max(total, 1))
-    state = {"offset": 0, "stage": None}
+    """``callback(stage, step, stage_total, loss)`` of run_adaptation: one bar over both stages."""
+    progress = TrainingProgress(total)
+    state = {"stage": None, "last_total": 0}
 
     def on_step(stage: str, step: int, stage_total: int, loss: float) -> None:
         if state["stage"] not in (None, stage):
-            state["offset"] = state.get("last_total", 0)
+            progress.offset = state["last_total"]
         state["stage"], state["last_total"] = stage, stage_total
-        bar.update_absolute(state["offset"] + step, max(total, 1))
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress(step, stage_total, loss)
 
     return on_step
 

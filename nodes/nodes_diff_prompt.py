@@ -29,6 +29,7 @@ from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import (
     NodeInputError,
+    TrainingProgress,
     check_inputs,
     model_files,
     output_model_path,
@@ -368,8 +369,6 @@ class TrainDiffPrompt(io.ComfyNode):
         masks=None,
         expressions: str = "",
     ) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
         import folder_paths
 
         node = "PWTrainDiffPrompt"
@@ -410,13 +409,7 @@ class TrainDiffPrompt(io.ComfyNode):
                 [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
             ).encode()
         ).hexdigest()[:12]
-        bar = comfy.utils.ProgressBar(steps * len(stages))
-        offset = [0]
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            bar.update_absolute(offset[0] + step, steps * len(stages))
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
+        on_step = TrainingProgress(steps * len(stages))
         trainable = _clone_vlm(vlm)
         losses: list[float] = []
         vae = existing.vae if existing is not None else None
@@ -446,7 +439,7 @@ class TrainDiffPrompt(io.ComfyNode):
                     model = result.model
                     save_bundle(target, model=model)
                 losses += result.losses
-                offset[0] += steps
+                on_step.offset += steps
         if model is not None:
             model = model.to(vlm.device).eval()
         return io.NodeOutput(model, str(target), loss_curve_image(losses).unsqueeze(0))

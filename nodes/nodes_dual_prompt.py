@@ -28,6 +28,7 @@ from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import (
     NodeInputError,
+    TrainingProgress,
     check_inputs,
     model_files,
     output_model_path,
@@ -147,8 +148,6 @@ class TrainDualPrompt(io.ComfyNode):
     @check_inputs
     def execute(cls, vlm, source: str, path: str, steps: int, batch_size: int, learning_rate: float, seed: int,
                 n_text: int, n_visual: int, depth: int, save_name: str, pretrained_prompts=None) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
         import folder_paths
 
         node = "PWTrainDualPrompt"
@@ -188,12 +187,7 @@ class TrainDualPrompt(io.ComfyNode):
         ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt = ckpt_dir / f"{name or 'dcar'}-{key}.state.safetensors"
-        bar = comfy.utils.ProgressBar(steps)
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            bar.update_absolute(step, total)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
+        on_step = TrainingProgress(steps)
         trainable = _clone_vlm(vlm)
         with torch.inference_mode(False), torch.enable_grad():
             result = train_dual_prompt(trainable, data, config, steps=steps, batch_size=batch_size,

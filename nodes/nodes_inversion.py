@@ -26,6 +26,7 @@ from ..prompt_modules.inversion import (
 from ..prompt_modules.inversion import targets as inversion_targets
 from ._common import (
     NodeInputError,
+    TrainingProgress,
     check_inputs,
     model_files,
     output_model_path,
@@ -238,8 +239,6 @@ class TrainPromptInverter(io.ComfyNode):
                 vlm=None, clip_vision=None, worldgen=None, vocab_size: int = 1000, epochs: int = 20,
                 batch_size: int = 64, learning_rate: float = 1e-3, hidden_width: int = 512, curriculum: bool = True,
                 checkpoint_every: int = 200, seed: int = 0) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
         import folder_paths
 
         node = "PWTrainPromptInverter"
@@ -287,12 +286,7 @@ class TrainPromptInverter(io.ComfyNode):
         ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave_checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt = ckpt_dir / f"{stem}.state.safetensors"
-        pbar = comfy.utils.ProgressBar(1)
-
-        def callback(step: int, total: int, loss: float) -> None:
-            pbar.update_absolute(step, total)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
+        callback = TrainingProgress()
         with torch.inference_mode(False), torch.enable_grad():
             inputs_t, targets_t, labels_t = inputs.clone(), targets.clone(), labels.clone()
             try:

@@ -24,7 +24,7 @@ from ..prompt_modules.prompt_pretraining import (
     world_classes,
 )
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, check_inputs, model_files, output_model_path, resolve_model_file
+from ._common import NodeInputError, TrainingProgress, check_inputs, model_files, output_model_path, resolve_model_file
 from ._types import PretrainedPromptsType, VLMType
 
 CATEGORY = "PromptWeave/pretraining"
@@ -144,8 +144,6 @@ class PretrainPrompts(io.ComfyNode):
         classes_per_step: int,
         save_name: str,
     ) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
         import folder_paths
 
         node = "PWPretrainPrompts"
@@ -189,12 +187,7 @@ class PretrainPrompts(io.ComfyNode):
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         stem = (name or "rpp").replace("/", "_").replace(os.sep, "_")
         ckpt = ckpt_dir / f"{stem}-{key}.state.safetensors"
-        bar = comfy.utils.ProgressBar(steps)
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            bar.update_absolute(step, total)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
+        on_step = TrainingProgress(steps)
         trainable = _clone_vlm(vlm)
         with torch.inference_mode(False), torch.enable_grad():
             result = pretrain_prompts(
