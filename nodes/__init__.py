@@ -6,28 +6,57 @@ subpackage of the pack: ComfyUI owns the top-level name ``nodes``.
 
 from __future__ import annotations
 
+import importlib
+import logging
+
 from comfy_api.latest import ComfyExtension, io
 
-from . import (
-    nodes_adaptation,
-    nodes_diff_prompt,
-    nodes_dual_prompt,
-    nodes_inversion,
-    nodes_learned_prompt,
-    nodes_pretraining,
-    nodes_world,
-)
 from ._common import register_models_folder
 
-NODE_MODULES = [
-    nodes_learned_prompt,
-    nodes_world,
-    nodes_inversion,
-    nodes_adaptation,
-    nodes_dual_prompt,
-    nodes_diff_prompt,
-    nodes_pretraining,
-]
+#: The capability modules, in menu order. Each is imported on its own, so that a missing optional dependency
+#: disables that capability's nodes (with an install hint in the log) instead of the whole pack.
+NODE_MODULE_NAMES = (
+    "nodes_learned_prompt",
+    "nodes_world",
+    "nodes_inversion",
+    "nodes_adaptation",
+    "nodes_dual_prompt",
+    "nodes_diff_prompt",
+    "nodes_pretraining",
+)
+#: import name -> pip package of the dependencies (requirements.txt) that ComfyUI itself does not install.
+OPTIONAL_DEPENDENCIES = {
+    "diffusers": "diffusers",
+    "einops": "einops",
+    "open_clip": "open_clip_torch",
+    "peft": "peft",
+    "safetensors": "safetensors",
+    "sentence_transformers": "sentence-transformers",
+}
+LOG = logging.getLogger("promptweave")
+
+
+def _import_node_modules() -> tuple[list, dict[str, str]]:
+    """``(modules, unavailable)``: the capability modules that import, and for the others the install hint."""
+    modules, unavailable = [], {}
+    for name in NODE_MODULE_NAMES:
+        try:
+            modules.append(importlib.import_module(f".{name}", __name__))
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if missing not in OPTIONAL_DEPENDENCIES:
+                raise
+            hint = (
+                f"the Python package '{OPTIONAL_DEPENDENCIES[missing]}' is not installed. Fix: run "
+                f"`pip install {OPTIONAL_DEPENDENCIES[missing]}` (or `pip install -r requirements.txt` in the "
+                "PromptWeave folder) in ComfyUI's Python environment, then restart ComfyUI"
+            )
+            unavailable[name] = hint
+            LOG.warning("PromptWeave: the %s nodes are unavailable: %s.", name.removeprefix("nodes_"), hint)
+    return modules, unavailable
+
+
+NODE_MODULES, UNAVAILABLE = _import_node_modules()
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

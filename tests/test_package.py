@@ -64,3 +64,33 @@ print(module.__version__)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == __version__
+
+
+def test_a_missing_optional_dependency_disables_its_nodes_not_the_pack(comfyui_dir):
+    """With ``peft`` (or ``open_clip``) not installed, ComfyUI still loads the pack: the capabilities that need it
+    are left out with an install hint in the log, every other node registers."""
+    code = f"""
+import asyncio, importlib.abc, importlib.util, sys
+missing = sys.argv[1]
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == missing:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.path.insert(0, {str(comfyui_dir)!r})
+sys.meta_path.insert(0, Missing())
+spec = importlib.util.spec_from_file_location("pw_pack", {str(PACK_DIR / "__init__.py")!r},
+                                              submodule_search_locations=[{str(PACK_DIR)!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["pw_pack"] = pack
+spec.loader.exec_module(pack)
+extension = asyncio.run(pack.comfy_entrypoint())
+print(" ".join(node.define_schema().node_id for node in asyncio.run(extension.get_node_list())))
+"""
+    for missing, gone, kept in (("peft", "PWAdaptModel", "PWTrainDualPrompt"),
+                                ("open_clip", "PWTrainDualPrompt", "PWApplyLearnedPrompt")):
+        result = subprocess.run([sys.executable, "-c", code, missing], capture_output=True, text=True, cwd="/")
+        assert result.returncode == 0, result.stderr[-2000:]
+        node_ids = result.stdout.split()
+        assert kept in node_ids and gone not in node_ids, (missing, node_ids)
+        package = {"peft": "peft", "open_clip": "open_clip_torch"}[missing]
+        assert f"pip install {package}" in result.stderr and "restart ComfyUI" in result.stderr
