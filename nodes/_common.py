@@ -271,7 +271,8 @@ def check_inputs(execute: Callable) -> Callable:
     valid text, IMAGE/MASK non-empty finite float tensors of bounded size, and models and PromptWeave objects of
     their type. A missing required input or a wrong value is a :class:`NodeInputError` naming node and input;
     ``None`` for an optional input means "not connected": the parameter's default is used. The node itself still
-    checks what depends on several inputs or on the model.
+    checks what depends on several inputs or on the model. Running out of memory while the node runs is reported
+    with the node's name and what to lower (:func:`out_of_memory_error`).
     """
     signature = inspect.signature(execute)
     schema: dict[str, Any] = {}
@@ -296,6 +297,35 @@ def check_inputs(execute: Callable) -> Callable:
                     del bound.arguments[name]  # an optional input given as None: not connected, its default
                 continue
             check_value(node, name, str(spec.get_io_type()), value, spec)
-        return execute(*bound.args, **bound.kwargs)
+        try:
+            return execute(*bound.args, **bound.kwargs)
+        except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as exc:
+            clear = out_of_memory_error(node, exc, specs)
+            if clear is None:
+                raise
+            raise clear from exc
 
     return checked
+
+
+#: Inputs that set how much memory a node needs, in the order to suggest lowering them.
+MEMORY_INPUTS = ("batch_size", "width", "height", "steps", "sample_steps", "images", "image", "texts", "text")
+
+
+def out_of_memory_error(node: str, exc: BaseException, specs: dict[str, Any]) -> BaseException | None:
+    """An out-of-memory error from ``exc`` that names the node and the inputs to lower, or ``None`` when ``exc``
+    is not about memory. A CUDA OOM stays a ``torch.cuda.OutOfMemoryError`` (ComfyUI then unloads its models);
+    a CPU allocation failure becomes a ``MemoryError``."""
+    text = str(exc)
+    gpu = isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in text
+    cpu = isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text
+    if not (gpu or cpu):
+        return None
+    lower = [name for name in MEMORY_INPUTS if name in specs]
+    fix = ("lower " + ", ".join(f"'{name}'" for name in lower[:3]) + ", or " if lower else "") + (
+        "free memory (close other jobs; ComfyUI unloads its models after a GPU out-of-memory error) and run again"
+    )
+    where = "GPU" if gpu else "CPU"
+    detail = text.splitlines()[0][:200] if text else type(exc).__name__
+    message = f"{node}: ran out of {where} memory ({detail}). Fix: {fix}"
+    return torch.cuda.OutOfMemoryError(message) if gpu else MemoryError(message)

@@ -178,3 +178,27 @@ def test_world_workflows(comfy, name):
         pytest.skip("the world models (PWLoadWorldModels, weights/) are not available yet")
     files = comfy.output_files(comfy.run(load_workflow(name)))
     assert files and all(f.is_file() for f in files)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), torch.cuda.OutOfMemoryError),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"), MemoryError),
+    ],
+)
+def test_out_of_memory_names_the_node_and_what_to_lower(comfy, tiny_vlm, world_images, monkeypatch, raised, expected):
+    """An out-of-memory error inside a node says which node and which inputs to lower (CUDA OOM keeps its type,
+    so ComfyUI still unloads its models); other errors pass through unchanged."""
+    module = comfy.pack_module("nodes.nodes_dual_prompt")
+
+    def boom(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(module, "rank_images", boom)
+    images = world_images["image"].permute(0, 2, 3, 1).contiguous()
+    with pytest.raises(expected, match=r"PWRankImages: ran out of [CG]PU memory .*Fix: lower 'images', 'text'"):
+        _node(comfy, "PWRankImages").execute(vlm=tiny_vlm, images=images, text="a star", top_k=1)
+    monkeypatch.setattr(module, "rank_images", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        _node(comfy, "PWRankImages").execute(vlm=tiny_vlm, images=images, text="a star", top_k=1)
