@@ -91,3 +91,56 @@ def test_shared_loop_interrupts_saves_and_resumes_like_an_uninterrupted_run(tmp_
     resumed_model, resumed = _loop_run(tmp_path / "b")  # a fresh model: everything comes from the checkpoint
     assert resumed.losses == full.losses and resumed.logs == full.logs and not resumed.interrupted
     assert torch.equal(resumed_model.weight, full_model.weight)
+
+
+KILLED_RUN = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, train_dual_prompt
+from promptweave.prompt_modules.vlm import VisionLanguageModel
+config = DualPromptConfig(n_text=2, n_visual=2, text_depth=1, visual_depth=1, bank_size=8)
+def slow(step, steps, loss):
+    print(step, flush=True)
+    time.sleep(0.3)
+train_dual_prompt(VisionLanguageModel("tiny", seed=0), WorldSource(config=config), config, steps=12, batch_size=4,
+                  seed=5, bank_batches=1, checkpoint_path=sys.argv[1], checkpoint_every=2, callback=slow,
+                  progress=False)
+"""
+
+
+def test_a_killed_training_process_leaves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """SIGKILL in the middle of training (no chance to clean up): the checkpoint under the real name is the last
+    good one, and resuming from it gives the uninterrupted run's result bit for bit."""
+    import subprocess
+    import sys
+
+    from promptweave.prompt_modules.artifacts import meta_field, read_metadata
+    from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, train_dual_prompt
+    from promptweave.prompt_modules.vlm import VisionLanguageModel
+
+    ckpt = tmp_path / "run.state.safetensors"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ckpt)], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if int(line) >= 7:  # checkpoints were written at steps 2, 4, 6; step 8's is next
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode != 0 and ckpt.is_file()
+    step = int(meta_field(read_metadata(ckpt), "step"))
+    assert step in (6, 8)
+
+    config = DualPromptConfig(n_text=2, n_visual=2, text_depth=1, visual_depth=1, bank_size=8)
+    kwargs = dict(steps=12, batch_size=4, seed=5, bank_batches=1, progress=False)
+    vlm = VisionLanguageModel("tiny", seed=0)
+    ran = []
+    resumed = train_dual_prompt(vlm, WorldSource(config=config), config, checkpoint_path=ckpt,
+                                callback=lambda s, n, loss: ran.append(s), **kwargs)
+    full = train_dual_prompt(vlm, WorldSource(config=config), config, **kwargs)
+    assert ran == list(range(step + 1, 13))  # it went on from the checkpoint, not from the start
+    assert resumed.steps_done == 12 and resumed.losses == full.losses
+    for a, b in zip(full.dual.parameters(), resumed.dual.parameters(), strict=True):
+        assert torch.equal(a, b)
+
