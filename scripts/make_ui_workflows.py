@@ -61,7 +61,7 @@ def _node_height(info: dict, inputs: list, widgets: list, class_type: str) -> in
     multiline = sum(1 for _, spec in _ordered_inputs(info)
                     if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline"))
     preview = 200 if class_type in {"SaveImage", "PreviewImage"} else 140 if class_type == "PreviewAny" else 0
-    return 36 + 24 * slots + 26 * (len(widgets) - multiline) + 110 * multiline + preview
+    return 36 + 24 * slots + 26 * (len(widgets) - multiline) + 130 * multiline + preview
 
 
 def _depths(prompt: dict) -> dict[str, int]:

@@ -176,6 +176,9 @@ def frontend(browser_available, comfy_server):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=2)  # sharp screenshots
+            # the frontend's one-off "Introducing Nodes 2.0" banner (dismissal kept in localStorage) would cover
+            # the top of every screenshot
+            page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
             log = ConsoleLog(comfy_server)
             page.on("console", log.on_console)
             page.on("pageerror", log.on_page_error)
