@@ -380,3 +380,16 @@ def test_bench_without_worldclip_is_a_clear_stop(monkeypatch):
         grounding.load_backbone()
     monkeypatch.setenv("PW_BENCH_VLM", "tiny")
     assert grounding.load_backbone()[0].name == "tiny"
+
+
+def test_a_scene_without_a_unique_expression_is_replaced_by_the_next_one():
+    """Scene 88939 holds two identical crimson circles, so no expression picks out one object: the batch takes
+    the next scene instead of failing (it stopped a full grounding benchmark run once)."""
+    from promptweave.prompt_modules.world.dataset import render_batch
+
+    assert not render_batch([88939])["scenes"][0].referring
+    batch = WorldGroundingSource("train").from_seeds([88939, 5])
+    substitute = render_batch([88940])
+    assert torch.equal(batch.images[0], substitute["image"][0])
+    assert batch.texts[0] in {text for _, text in substitute["scenes"][0].referring}
+    assert batch.masks.shape == (2, 64, 64) and batch.masks[0].sum() > 0

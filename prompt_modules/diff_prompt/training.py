@@ -119,10 +119,19 @@ class WorldGroundingSource:
         from ..world.dataset import render_batch
         from ..world.scene import is_held_out
 
-        data = render_batch(list(seeds), size=self.size, style=self.style)
+        seeds = list(seeds)
+        data = render_batch(seeds, size=self.size, style=self.style)
+        images, scenes = data["image"], list(data["scenes"])
+        for k, scene in enumerate(scenes):
+            probe = seeds[k]
+            while not scene.referring:  # rare: no object can be picked out uniquely; use the next scene that can
+                probe = self.range.start + (probe + 1 - self.range.start) % len(self.range)
+                substitute = render_batch([probe], size=self.size, style=self.style)
+                scene, images[k] = substitute["scenes"][0], substitute["image"][0]
+            scenes[k] = scene
         rng = random.Random(pick_seed)
         masks, boxes, texts = [], [], []
-        for scene in data["scenes"]:
+        for scene in scenes:
             options = scene.referring
             if prefer_held_out:
                 held = [(i, t) for i, t in options if is_held_out(scene.objects[i].category, scene.objects[i].colour)]
@@ -133,7 +142,7 @@ class WorldGroundingSource:
             s = scene.size
             boxes.append(torch.tensor([x0 / s, y0 / s, (x1 + 1) / s, (y1 + 1) / s]))
             texts.append(text)
-        return GroundingBatch(data["image"], torch.stack(masks), torch.stack(boxes), texts)
+        return GroundingBatch(images, torch.stack(masks), torch.stack(boxes), texts)
 
 
 def evaluation_set(split: str, n: int, size: int = 64) -> GroundingBatch:
