@@ -11,7 +11,7 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
-from ._common import register_models_folder
+from ._common import OPTIONAL_DEPENDENCIES, missing_dependency_hint, register_models_folder
 
 #: The capability modules, in menu order. Each is imported on its own, so that a missing optional dependency
 #: disables that capability's nodes (with an install hint in the log) instead of the whole pack.
@@ -24,15 +24,6 @@ NODE_MODULE_NAMES = (
     "nodes_diff_prompt",
     "nodes_pretraining",
 )
-#: import name -> pip package of the dependencies (requirements.txt) that ComfyUI itself does not install.
-OPTIONAL_DEPENDENCIES = {
-    "diffusers": "diffusers",
-    "einops": "einops",
-    "open_clip": "open_clip_torch",
-    "peft": "peft",
-    "safetensors": "safetensors",
-    "sentence_transformers": "sentence-transformers",
-}
 LOG = logging.getLogger("promptweave")
 
 
@@ -46,11 +37,7 @@ def _import_node_modules() -> tuple[list, dict[str, str]]:
             missing = (exc.name or "").split(".")[0]
             if missing not in OPTIONAL_DEPENDENCIES:
                 raise
-            hint = (
-                f"the Python package '{OPTIONAL_DEPENDENCIES[missing]}' is not installed. Fix: run "
-                f"`pip install {OPTIONAL_DEPENDENCIES[missing]}` (or `pip install -r requirements.txt` in the "
-                "PromptWeave folder) in ComfyUI's Python environment, then restart ComfyUI"
-            )
+            hint = missing_dependency_hint(missing)
             unavailable[name] = hint
             LOG.warning("PromptWeave: the %s nodes are unavailable: %s.", name.removeprefix("nodes_"), hint)
     return modules, unavailable

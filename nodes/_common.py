@@ -18,6 +18,15 @@ from ._types import expected_class
 
 MODELS_FOLDER = "promptweave"
 """``folder_paths`` key of ``ComfyUI/models/promptweave/``, where PromptWeave artifacts live."""
+#: import name -> pip package of the dependencies (requirements.txt) that ComfyUI itself does not install.
+OPTIONAL_DEPENDENCIES = {
+    "diffusers": "diffusers",
+    "einops": "einops",
+    "open_clip": "open_clip_torch",
+    "peft": "peft",
+    "safetensors": "safetensors",
+    "sentence_transformers": "sentence-transformers",
+}
 MAX_NAME_BYTES = 200
 """Longest file or sub-folder name a node may write (file systems allow 255 bytes; temp and checkpoint files add
 a suffix)."""
@@ -77,6 +86,15 @@ def output_model_path(node: str, input_name: str, name: str, folder_key: str = M
         raise NodeInputError(
             node, input_name, str(exc), "use a plain file name such as 'my-style' (sub-folders with '/')"
         ) from None
+
+
+def missing_dependency_hint(module: str) -> str:
+    """What to do about the missing optional dependency ``module`` (an import name of OPTIONAL_DEPENDENCIES)."""
+    package = OPTIONAL_DEPENDENCIES[module]
+    return (
+        f"the Python package '{package}' is not installed. Fix: run `pip install {package}` (or `pip install -r "
+        "requirements.txt` in the PromptWeave folder) in ComfyUI's Python environment, then restart ComfyUI"
+    )
 
 
 class TrainingProgress:
@@ -299,6 +317,11 @@ def check_inputs(execute: Callable) -> Callable:
             check_value(node, name, str(spec.get_io_type()), value, spec)
         try:
             return execute(*bound.args, **bound.kwargs)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if missing not in OPTIONAL_DEPENDENCIES:
+                raise
+            raise ModuleNotFoundError(f"{node}: {missing_dependency_hint(missing)}", name=exc.name) from exc
         except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as exc:
             clear = out_of_memory_error(node, exc, specs)
             if clear is None:

@@ -84,7 +84,13 @@ pack = importlib.util.module_from_spec(spec)
 sys.modules["pw_pack"] = pack
 spec.loader.exec_module(pack)
 extension = asyncio.run(pack.comfy_entrypoint())
-print(" ".join(node.define_schema().node_id for node in asyncio.run(extension.get_node_list())))
+nodes = {{node.define_schema().node_id: node for node in asyncio.run(extension.get_node_list())}}
+print(" ".join(nodes))
+if missing == "open_clip":  # the world loader registers (it imports open_clip when run) and says what to install
+    try:
+        nodes["PWLoadWorldModels"].execute()
+    except ModuleNotFoundError as exc:
+        print("RUN-ERROR", exc, file=sys.stderr)
 """
     for missing, gone, kept in (("peft", "PWAdaptModel", "PWTrainDualPrompt"),
                                 ("open_clip", "PWTrainDualPrompt", "PWApplyLearnedPrompt")):
@@ -94,3 +100,5 @@ print(" ".join(node.define_schema().node_id for node in asyncio.run(extension.ge
         assert kept in node_ids and gone not in node_ids, (missing, node_ids)
         package = {"peft": "peft", "open_clip": "open_clip_torch"}[missing]
         assert f"pip install {package}" in result.stderr and "restart ComfyUI" in result.stderr
+        if missing == "open_clip":
+            assert "RUN-ERROR PWLoadWorldModels: the Python package 'open_clip_torch' is not installed" in result.stderr
