@@ -236,6 +236,23 @@ class GroundingOutput:
     text_tokens: list[torch.Tensor] | None = None
     visual_tokens: list[torch.Tensor] | None = None
 
+    def masks_at(self, height: int, width: int, threshold: float = 0.5) -> torch.Tensor:
+        """Binary masks ``[B, height, width]`` (float 0/1, CPU): ``sigmoid(mask_logits)`` resized bilinearly to the
+        image's size, then ``> threshold``; e.g. the ``mask_image`` of a diffusers inpainting pipeline."""
+        prob = self.mask_logits.detach().float().cpu().sigmoid().unsqueeze(1)
+        if tuple(prob.shape[-2:]) != (height, width):
+            prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
+        return (prob[:, 0] > threshold).float()
+
+    def box_masks_at(self, height: int, width: int) -> torch.Tensor:
+        """The predicted boxes as filled masks ``[B, height, width]`` (float 0/1, CPU)."""
+        ys = (torch.arange(height).float() + 0.5) / height
+        xs = (torch.arange(width).float() + 0.5) / width
+        b = self.boxes.detach().float().cpu()
+        inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])
+        inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])
+        return (inside_y[:, :, None] & inside_x[:, None, :]).float()
+
 
 def _area(x: torch.Tensor) -> torch.Tensor:
     return (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)

@@ -1,0 +1,106 @@
+"""Prompt inversion -> diffusers: image -> prompt text and keywords -> ``prompt_embeds`` -> a new image.
+
+Reverse Stable Diffusion (Croitoru et al., CVPR 2023): an inverter predicts the prompt embedding (all-MiniLM-L6-v2
+space) of an image and the prompt's keywords (vocabulary head); decoding gives the nearest known prompt and a
+composed prompt. That text goes through the pipeline's own ``encode_prompt`` into ``prompt_embeds`` and the
+pipeline regenerates the image from it.
+
+The default inverter is the one shipped in ``weights/inverter-pixels-world.safetensors`` (a pixel CNN trained on
+the procedural world, so it reads world-like images); train your own with
+``promptweave.prompt_modules.inversion.train_inverter`` (see that package's docstring) and pass it with
+``--inverter``. Without ``--image`` a scene of the world's test split is the input.
+
+Run::
+
+    .venv/bin/python examples/diffusers_prompt_inversion.py --out out/examples/prompt_inversion
+    .venv/bin/python examples/diffusers_prompt_inversion.py --pipeline path/to/sd15 --image photo.png --size 512
+
+Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code
+path). Writes ``input.png``, ``prompt.txt`` (composed prompt, keywords, nearest prompts) and ``regenerated.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from promptweave.prompt_modules.inversion import load_inverter
+from promptweave.prompt_modules.world import render_batch, split_seed_range
+from promptweave.prompt_modules.world.models import WEIGHTS_DIR
+from promptweave.tiny import build_tiny_pipeline
+
+DEFAULT_INVERTER = WEIGHTS_DIR / "inverter-pixels-world.safetensors"
+
+
+def load_pipeline(path: str | None) -> StableDiffusionPipeline:
+    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
+    if path:
+        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
+        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+
+
+def load_image(path: str | None, seed: int) -> Image.Image:
+    """The RGB image at ``path``, or a 64 px scene of the world's test split."""
+    if path:
+        return Image.open(path).convert("RGB")
+    scene = render_batch([split_seed_range("test").start + seed])["image"][0]
+    return Image.fromarray((scene.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", default=None, help="diffusers SD1.x folder (default: the tiny test pipeline)")
+    parser.add_argument("--out", default="out/examples/prompt_inversion", help="output folder")
+    parser.add_argument("--inverter", default=str(DEFAULT_INVERTER), help="a prompt inverter .safetensors")
+    parser.add_argument("--image", default=None, help="input image (default: a world scene)")
+    parser.add_argument("--size", type=int, default=64, help="generated image side (512 for a real SD1.5)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Run the example; returns the paths it wrote."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.pipeline)
+    inverter = load_inverter(args.inverter)
+    if inverter.backbone != "pixels":
+        raise SystemExit(f"{args.inverter} reads '{inverter.backbone}' features; this example feeds pixels")
+
+    image = load_image(args.image, args.seed)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    result = inverter.invert(pixels)[0]  # {"prompt", "keywords", "nearest", "embedding"}
+    text = result["prompt"]
+    report = [f"prompt: {text}", "keywords: " + ", ".join(f"{w} ({s:.2f})" for w, s in result["keywords"])]
+    report += [f"nearest: {p} (cosine {c:.3f})" for p, c in result["nearest"]]
+
+    prompt_embeds, negative_embeds = pipe.encode_prompt(text, pipe.device, 1, True, "")
+    regenerated = pipe(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        num_inference_steps=args.steps,
+        height=args.size,
+        width=args.size,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).images[0]
+    paths = [out / "input.png", out / "prompt.txt", out / "regenerated.png"]
+    image.save(paths[0])
+    paths[1].write_text("\n".join(report) + "\n", encoding="utf-8")
+    regenerated.save(paths[2])
+    return paths
+
+
+if __name__ == "__main__":
+    for path in main():
+        print(path)
