@@ -35,6 +35,7 @@ def test_node_definitions_are_complete(comfy):
         assert docs.is_file(), f"{node_id} has no help page {docs}"
         text = docs.read_text()
         assert "## Inputs" in text and "## Outputs" in text and "## Example" in text, node_id
+        assert "## Paper" in text and "arxiv.org/abs/" in text, f"{node_id}'s help page does not name its paper"
 
 
 def test_learned_prompt_workflow_writes_a_finite_image(comfy):
