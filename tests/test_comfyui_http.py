@@ -179,3 +179,10 @@ def test_empty_text_is_an_execution_error_naming_node_and_input(comfy_server):
     error = errors[0]
     assert "PWApplyLearnedPrompt: input 'text'" in error["exception_message"], error["exception_message"]
     assert (error["node_id"], error["node_type"]) == (node_id, "PWApplyLearnedPrompt"), error
+
+
+def test_no_other_folder_shadows_the_workflow_templates():
+    """ComfyUI serves a pack's templates from the first of example_workflows/, example/, examples/, workflow/,
+    workflows/ that exists: a folder of another kind under one of the earlier names would hide workflows/."""
+    earlier = [name for name in ("example_workflows", "example", "examples", "workflow") if (PACK_DIR / name).exists()]
+    assert not earlier, f"rename {earlier}: ComfyUI would serve templates from it instead of workflows/"

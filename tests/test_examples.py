@@ -1,4 +1,4 @@
-"""The diffusers examples in ``examples/``: each ``main()`` runs on the tiny pipeline and writes what it says."""
+"""The diffusers examples in ``diffusers_examples/``: each ``main()`` runs on the tiny pipeline, writes what it says."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR, WORLDCLIP_FILE
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "diffusers_examples"
 SIZE = 64
 needs_worldclip = pytest.mark.skipif(
     not (WEIGHTS_DIR / WORLDCLIP_FILE).is_file(), reason="the shipped WorldCLIP weights are missing"
@@ -74,7 +74,7 @@ def test_every_example_has_a_docstring_and_the_common_options():
     }
     for name in names:
         module = load_example(name)
-        assert papers[name] in module.__doc__ and f"examples/{name}.py" in module.__doc__
+        assert papers[name] in module.__doc__ and f"diffusers_examples/{name}.py" in module.__doc__
         args = module.parse_args([])
         assert args.pipeline is None and args.out.startswith("out/examples/")
         assert module.main.__annotations__["return"] == "list[Path]"

@@ -12,8 +12,9 @@ the procedural world, so it reads world-like images); train your own with
 
 Run::
 
-    .venv/bin/python examples/diffusers_prompt_inversion.py --out out/examples/prompt_inversion
-    .venv/bin/python examples/diffusers_prompt_inversion.py --pipeline path/to/sd15 --image photo.png --size 512
+    .venv/bin/python diffusers_examples/diffusers_prompt_inversion.py --out out/examples/prompt_inversion
+    .venv/bin/python diffusers_examples/diffusers_prompt_inversion.py --pipeline path/to/sd15 \\
+        --image photo.png --size 512
 
 Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code
 path). Writes ``input.png``, ``prompt.txt`` (composed prompt, keywords, nearest prompts) and ``regenerated.png``.

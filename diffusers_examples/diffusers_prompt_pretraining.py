@@ -11,8 +11,8 @@ WorldCLIP.
 
 Run::
 
-    .venv/bin/python examples/diffusers_prompt_pretraining.py --out out/examples/prompt_pretraining
-    .venv/bin/python examples/diffusers_prompt_pretraining.py --pipeline path/to/sd15 --size 512 \\
+    .venv/bin/python diffusers_examples/diffusers_prompt_pretraining.py --out out/examples/prompt_pretraining
+    .venv/bin/python diffusers_examples/diffusers_prompt_pretraining.py --pipeline path/to/sd15 --size 512 \\
         --pretrain-steps 500 --train-steps 300
 
 Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code

@@ -14,8 +14,9 @@ A short run can predict an empty mask; the predicted box is then used as the mas
 
 Run::
 
-    .venv/bin/python examples/diffusers_diff_prompt.py --out out/examples/diff_prompt
-    .venv/bin/python examples/diffusers_diff_prompt.py --pipeline path/to/sd15-inpainting --bundle diff.safetensors \\
+    .venv/bin/python diffusers_examples/diffusers_diff_prompt.py --out out/examples/diff_prompt
+    .venv/bin/python diffusers_examples/diffusers_diff_prompt.py --pipeline path/to/sd15-inpainting \\
+        --bundle diff.safetensors \\
         --image photo.png --text "the red star" --size 512
 
 Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code

@@ -10,8 +10,8 @@ fine-grained retrieval (mutual-information token re-weighting, category-aware ha
 
 Run::
 
-    .venv/bin/python examples/diffusers_dual_prompt.py --out out/examples/dual_prompt
-    .venv/bin/python examples/diffusers_dual_prompt.py --pipeline path/to/sd15 --size 512 --train-steps 300
+    .venv/bin/python diffusers_examples/diffusers_dual_prompt.py --out out/examples/dual_prompt
+    .venv/bin/python diffusers_examples/diffusers_dual_prompt.py --pipeline path/to/sd15 --size 512 --train-steps 300
 
 Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code
 path). Writes ``dual_prompt.safetensors``, ``rank_<k>.png`` (the batch, best first), ``ranking.txt`` and

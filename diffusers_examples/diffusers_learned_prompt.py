@@ -11,8 +11,9 @@ initialisation); pass a learned prompt trained elsewhere (ComfyUI node, dual pro
 
 Run::
 
-    .venv/bin/python examples/diffusers_learned_prompt.py --out out/examples/learned_prompt
-    .venv/bin/python examples/diffusers_learned_prompt.py --pipeline path/to/sd15 --prompt-file my-style.safetensors
+    .venv/bin/python diffusers_examples/diffusers_learned_prompt.py --out out/examples/learned_prompt
+    .venv/bin/python diffusers_examples/diffusers_learned_prompt.py --pipeline path/to/sd15 \\
+        --prompt-file my-style.safetensors
 
 Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code
 path). Writes ``prompt.safetensors``, ``plain.png`` (the text alone), ``learned.png`` (with the vectors) and

@@ -10,8 +10,8 @@ diffusers/PEFT names (``save_lora(..., fmt="diffusers")``) and loaded back with 
 
 Run::
 
-    .venv/bin/python examples/diffusers_ipl_lora.py --out out/examples/ipl_lora
-    .venv/bin/python examples/diffusers_ipl_lora.py --pipeline path/to/sd15 --size 512 --adapt-steps 300
+    .venv/bin/python diffusers_examples/diffusers_ipl_lora.py --out out/examples/ipl_lora
+    .venv/bin/python diffusers_examples/diffusers_ipl_lora.py --pipeline path/to/sd15 --size 512 --adapt-steps 300
 
 Without ``--pipeline`` the tiny random-weight pipeline is built in a temporary folder (noise images, real code
 path; the run is far too short to change the domain visibly). Writes ``<target>.safetensors`` (the LoRA),
