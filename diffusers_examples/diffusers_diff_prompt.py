@@ -28,27 +28,16 @@ Writes ``diff_prompt.safetensors`` (when trained here), ``input.png``, ``mask.pn
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
-from promptweave.prompt_modules.diff_prompt import WorldGroundingSource, evaluation_set, load_diff_prompt, train_all
-from promptweave.prompt_modules.world.models import load_worldclip
-from promptweave.tiny import build_tiny_pipeline
-
-
-def load_pipeline(path: str | None) -> StableDiffusionPipeline:
-    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
-    if path:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+from promptweave import diffusers_api as pw
+from promptweave.prompt_modules.diff_prompt import WorldGroundingSource, evaluation_set, train_all
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
-    worldclip = load_worldclip()
+    pipe = pw.load_pipeline(args.pipeline)
+    worldclip = pw.load_worldclip()
     paths: list[Path] = []
 
     if args.bundle:
-        model = load_diff_prompt(args.bundle, worldclip)
+        model = pw.load_diff_prompt(args.bundle, worldclip)
     else:
         vae_steps, dit_steps, prompt_steps = args.train_steps
         bundle_path = out / "diff_prompt.safetensors"
@@ -106,17 +95,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         text = args.text or "the object"
     else:
         scene = evaluation_set("test", 1, size=args.size)
-        array = (scene.images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        image, text = Image.fromarray(array), args.text or scene.texts[0]
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        image, text = pw.to_pil(scene.images[0])[0], args.text or scene.texts[0]
 
-    with torch.no_grad():
-        grounded = model(worldclip, pixels, [text], generator=torch.Generator().manual_seed(args.seed))
-    mask = grounded.masks_at(args.size, args.size, args.threshold)[0]
-    source = "mask head"
-    if mask.sum() == 0:  # a very short run: use the predicted box
-        mask, source = grounded.box_masks_at(args.size, args.size)[0], "predicted box (the mask was empty)"
-    mask_image = Image.fromarray((mask.numpy() * 255).astype(np.uint8), mode="L")
+    # the mask of the referred object at the image size (the predicted box where the mask head finds nothing)
+    mask_image = pw.ground(model, worldclip, image, [text], threshold=args.threshold, seed=args.seed)[0]
 
     inpaint = StableDiffusionInpaintPipeline.from_pipe(pipe)
     inpainted = inpaint(
@@ -132,10 +114,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     for name, item in (("input.png", image), ("mask.png", mask_image), ("inpainted.png", inpainted)):
         item.save(out / name)
         paths.append(out / name)
+    masked = int((np.asarray(mask_image) > 0).sum())
     (out / "mask.txt").write_text(
-        f"expression: {text}\nmask from: {source}\nmasked pixels: {int(mask.sum())} of {mask.numel()}\n"
-        f"box (x0, y0, x1, y1, normalised): {[round(v, 3) for v in grounded.boxes[0].tolist()]}\n",
-        encoding="utf-8",
+        f"expression: {text}\nmasked pixels: {masked} of {args.size * args.size}\n", encoding="utf-8"
     )
     paths.append(out / "mask.txt")
     return paths

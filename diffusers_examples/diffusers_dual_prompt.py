@@ -21,40 +21,13 @@ path). Writes ``dual_prompt.safetensors``, ``rank_<k>.png`` (the batch, best fir
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
-from PIL import Image
 
-from promptweave.prompt_modules.dual_prompt import (
-    DualPromptConfig,
-    WorldSource,
-    load_dual_prompt,
-    rank_images,
-    save_dual_prompt,
-    train_dual_prompt,
-)
-from promptweave.prompt_modules.learned_prompt import encode_prompt_for_pipeline
-from promptweave.prompt_modules.world.models import load_worldclip
-from promptweave.tiny import build_tiny_pipeline
-
-
-def load_pipeline(path: str | None) -> StableDiffusionPipeline:
-    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
-    if path:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """``[3, H, W]`` in 0..1 -> PIL image."""
-    return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+from promptweave import diffusers_api as pw
+from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, save_dual_prompt, train_dual_prompt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
-    worldclip = load_worldclip()
+    pipe = pw.load_pipeline(args.pipeline)
+    worldclip = pw.load_worldclip()
 
     # 1. train DCAR prompts on the world (frozen WorldCLIP), save and reload them
     result = train_dual_prompt(
@@ -90,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         bank_batches=1,
     )
     dual_path = save_dual_prompt(result.dual, out / "dual_prompt.safetensors")
-    dual = load_dual_prompt(dual_path, worldclip)
+    dual = pw.load_dual_prompt(dual_path, worldclip)
 
     # 2. draw a batch with the pipeline and rank it by the dual prompt's image-text similarity
     images = (
@@ -106,30 +79,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         .images.float()
         .cpu()
     )  # [N, 3, H, W] in 0..1
-    scores, order = rank_images(worldclip, images, args.caption, dual)
+    scores, order = pw.rank_images(worldclip, images, args.caption, dual)
     paths = [dual_path]
     lines = [f"caption: {args.caption}"]
     for rank, index in enumerate(order.tolist()):
         path = out / f"rank_{rank}.png"
-        to_pil(images[index]).save(path)
+        pw.to_pil(images[index])[0].save(path)
         paths.append(path)
         lines.append(f"{rank}: image {index} score {float(scores[index]):.4f}")
     (out / "ranking.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     paths.append(out / "ranking.txt")
 
     # 3. the dual prompt's text context as a learned prompt for the pipeline's text encoder
-    tables = {"clip_l": pipe.text_encoder.get_input_embeddings().weight}
-    sd_prompt = dual.sd_learned_prompt(tables)
-    embeds = encode_prompt_for_pipeline(sd_prompt, args.caption, pipe.tokenizer, pipe.text_encoder)
-    negative, _ = pipe.encode_prompt("", pipe.device, 1, False)
-    conditioned = pipe(
-        prompt_embeds=embeds,
-        negative_prompt_embeds=negative,
-        num_inference_steps=args.steps,
-        height=args.size,
-        width=args.size,
-        generator=torch.Generator().manual_seed(args.seed),
-    ).images[0]
+    embeds = pw.dual_prompt_embeds(pipe, dual, args.caption)
+    conditioned = pw.generate(pipe, embeds, size=args.size, steps=args.steps, seed=args.seed)
     conditioned.save(out / "conditioned.png")
     paths.append(out / "conditioned.png")
     return paths

@@ -22,25 +22,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 
-from promptweave.prompt_modules.adaptation import IPLConfig, run_adaptation, save_lora, sd_generator_from_diffusers
-from promptweave.prompt_modules.world.models import load_worldclip
-from promptweave.tiny import build_tiny_pipeline
-
-
-def load_pipeline(path: str | None) -> StableDiffusionPipeline:
-    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
-    if path:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+from promptweave import diffusers_api as pw
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,15 +52,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
-    worldclip = load_worldclip()
+    pipe = pw.load_pipeline(args.pipeline)
+    worldclip = pw.load_worldclip()
 
-    # the adapted generator: a frozen copy of the pipeline's U-Net and VAE, conditioned on the source prompt
-    context, _ = pipe.encode_prompt(args.prompt, pipe.device, 1, False)
-    generator = sd_generator_from_diffusers(
-        pipe.unet, pipe.vae, context, image_size=args.size, sample_steps=args.sample_steps
-    )
-    config = IPLConfig(
+    # the LoRA is trained on a frozen copy of the pipeline's U-Net and VAE, conditioned on the source prompt
+    config = pw.IPLConfig(
         source_text=args.source,
         target_text=args.target,
         mapper_steps=args.mapper_steps,
@@ -83,9 +66,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         rank=args.rank,
         ema_decay=0.0 if args.adapt_steps < 100 else 0.99,  # an EMA over a handful of steps stays at the start
     )
-    result = run_adaptation(generator, worldclip, config)
     name = re.sub(r"[^A-Za-z0-9]+", "-", args.target).strip("-") or "lora"
-    lora_path = save_lora(result.lora, out / f"{name}.safetensors", fmt="diffusers")
+    lora_path = pw.adapt_to_domain(
+        pipe,
+        worldclip,
+        out / f"{name}.safetensors",
+        prompt=args.prompt,
+        source=args.source,
+        target=args.target,
+        config=config,
+        image_size=args.size,
+        sample_steps=args.sample_steps,
+    )
 
     common = dict(prompt=args.prompt, num_inference_steps=args.steps, height=args.size, width=args.size)
     before = pipe(generator=torch.Generator().manual_seed(args.seed), **common).images[0]

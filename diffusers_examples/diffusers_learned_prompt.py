@@ -23,33 +23,13 @@ path). Writes ``prompt.safetensors``, ``plain.png`` (the text alone), ``learned.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 
-from promptweave.prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
-from promptweave.tiny import build_tiny_pipeline
-
-
-def load_pipeline(path: str | None) -> StableDiffusionPipeline:
-    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
-    if path:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-
-
-def make_prompt(pipe: StableDiffusionPipeline, init: str, n_ctx: int) -> LearnedPrompt:
-    """A fresh :class:`LearnedPrompt` for the pipeline's text encoder, initialised from the tokens of ``init``."""
-    table = pipe.text_encoder.get_input_embeddings().weight
-    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=n_ctx, widths={"clip_l": int(table.shape[1])}, backbone="any"))
-    ids = pipe.tokenizer(init, add_special_tokens=False).input_ids
-    prompt.init_from_token_embeddings("clip_l", table.detach()[ids].float())
-    return prompt
+from promptweave import diffusers_api as pw
+from promptweave.prompt_modules.learned_prompt import LearnedPrompt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,28 +51,29 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline)
 
-    prompt = LearnedPrompt.load(args.prompt_file) if args.prompt_file else make_prompt(pipe, args.init, args.n_ctx)
+    if args.prompt_file:
+        prompt = LearnedPrompt.load(args.prompt_file)
+    else:
+        prompt = pw.new_learned_prompt(pipe, args.init, args.n_ctx)
     prompt_path = out / "prompt.safetensors"
     prompt.save(prompt_path)
-    prompt = LearnedPrompt.load(prompt_path)  # the file round-trips
 
-    embeds = encode_prompt_for_pipeline(prompt, args.text, pipe.tokenizer, pipe.text_encoder)
-    negative, _ = pipe.encode_prompt("", pipe.device, 1, False)
+    # the learned vectors spliced into the pipeline's text encoder (the file round-trips)
+    embeds = pw.learned_prompt_embeds(pipe, prompt_path, args.text)
+    learned = pw.generate(pipe, embeds, size=args.size, steps=args.steps, seed=args.seed)
     plain_text = args.text.replace(prompt.config.placeholder, "").strip(" ,")
-    common = dict(num_inference_steps=args.steps, height=args.size, width=args.size)
-    learned = pipe(
-        prompt_embeds=embeds,
-        negative_prompt_embeds=negative,
-        generator=torch.Generator().manual_seed(args.seed),
-        **common,
-    ).images[0]
-    plain = pipe(prompt=plain_text, generator=torch.Generator().manual_seed(args.seed), **common).images[0]
+    plain = pw.generate(pipe, *pw.encode_text(pipe, plain_text), size=args.size, steps=args.steps, seed=args.seed)
     # the same file is a textual-inversion embedding: diffusers' own loader gives the same prompt_embeds
     pipe.load_textual_inversion(str(prompt_path), token=prompt.config.placeholder)
     via_ti = pipe(
-        prompt=args.text, negative_prompt="", generator=torch.Generator().manual_seed(args.seed), **common
+        prompt=args.text,
+        negative_prompt="",
+        num_inference_steps=args.steps,
+        height=args.size,
+        width=args.size,
+        generator=torch.Generator().manual_seed(args.seed),
     ).images[0]
     paths = [prompt_path, out / "plain.png", out / "learned.png", out / "textual_inversion.png"]
     for image, path in zip((plain, learned, via_ti), paths[1:], strict=True):

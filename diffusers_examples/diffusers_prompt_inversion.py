@@ -1,6 +1,6 @@
 """Prompt inversion -> diffusers: image -> prompt text and keywords -> ``prompt_embeds`` -> a new image.
 
-Reverse Stable Diffusion (Croitoru et al., CVPR 2023): an inverter predicts the prompt embedding (all-MiniLM-L6-v2
+Reverse Stable Diffusion (Croitoru et al., CVIU 2024): an inverter predicts the prompt embedding (all-MiniLM-L6-v2
 space) of an image and the prompt's keywords (vocabulary head); decoding gives the nearest known prompt and a
 composed prompt. That text goes through the pipeline's own ``encode_prompt`` into ``prompt_embeds`` and the
 pipeline regenerates the image from it.
@@ -23,30 +23,16 @@ path). Writes ``input.png``, ``prompt.txt`` (composed prompt, keywords, nearest 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from promptweave.prompt_modules.inversion import load_inverter
+from promptweave import diffusers_api as pw
 from promptweave.prompt_modules.world import render_batch, split_seed_range
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR
-from promptweave.tiny import build_tiny_pipeline
 
 DEFAULT_INVERTER = WEIGHTS_DIR / "inverter-pixels-world.safetensors"
-
-
-def load_pipeline(path: str | None) -> StableDiffusionPipeline:
-    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
-    if path:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
 
 
 def load_image(path: str | None, seed: int) -> Image.Image:
@@ -54,7 +40,7 @@ def load_image(path: str | None, seed: int) -> Image.Image:
     if path:
         return Image.open(path).convert("RGB")
     scene = render_batch([split_seed_range("test").start + seed])["image"][0]
-    return Image.fromarray((scene.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    return pw.to_pil(scene)[0]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,27 +60,17 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
-    inverter = load_inverter(args.inverter)
-    if inverter.backbone != "pixels":
-        raise SystemExit(f"{args.inverter} reads '{inverter.backbone}' features; this example feeds pixels")
+    pipe = pw.load_pipeline(args.pipeline)
+    inverter = pw.load_inverter(args.inverter)
+    vlm = None if inverter.backbone == "pixels" else pw.load_worldclip()  # a vlm:* inverter reads its features
 
     image = load_image(args.image, args.seed)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    result = inverter.invert(pixels)[0]  # {"prompt", "keywords", "nearest", "embedding"}
+    result = pw.invert_images(inverter, image, vlm=vlm)[0]  # {"prompt", "keywords", "nearest", "embedding"}
     text = result["prompt"]
     report = [f"prompt: {text}", "keywords: " + ", ".join(f"{w} ({s:.2f})" for w, s in result["keywords"])]
     report += [f"nearest: {p} (cosine {c:.3f})" for p, c in result["nearest"]]
 
-    prompt_embeds, negative_embeds = pipe.encode_prompt(text, pipe.device, 1, True, "")
-    regenerated = pipe(
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        num_inference_steps=args.steps,
-        height=args.size,
-        width=args.size,
-        generator=torch.Generator().manual_seed(args.seed),
-    ).images[0]
+    regenerated = pw.generate(pipe, *pw.encode_text(pipe, text), size=args.size, steps=args.steps, seed=args.seed)
     paths = [out / "input.png", out / "prompt.txt", out / "regenerated.png"]
     image.save(paths[0])
     paths[1].write_text("\n".join(report) + "\n", encoding="utf-8")

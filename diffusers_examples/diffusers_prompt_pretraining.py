@@ -22,33 +22,12 @@ path). Writes ``rpp_bundle.safetensors``, ``dual_prompt.safetensors``, ``summary
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from diffusers import StableDiffusionPipeline
-
-from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, save_dual_prompt, train_dual_prompt
-from promptweave.prompt_modules.learned_prompt import encode_prompt_for_pipeline
-from promptweave.prompt_modules.prompt_pretraining import (
-    RPPConfig,
-    WorldClassSource,
-    load_pretrained_prompts,
-    pretrain_prompts,
-    save_pretrained_prompts,
-)
-from promptweave.prompt_modules.world.models import load_worldclip
-from promptweave.tiny import build_tiny_pipeline
-
-
-def load_pipeline(path: str | None) -> StableDiffusionPipeline:
-    """The diffusers pipeline at ``path`` (local files only), or the tiny random-weight one built in a temp folder."""
-    if path:
-        return StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=0)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+from promptweave import diffusers_api as pw
+from promptweave.prompt_modules.dual_prompt import WorldSource, save_dual_prompt, train_dual_prompt
+from promptweave.prompt_modules.prompt_pretraining import WorldClassSource, save_pretrained_prompts
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -70,15 +49,15 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
-    worldclip = load_worldclip()
+    pipe = pw.load_pipeline(args.pipeline)
+    worldclip = pw.load_worldclip()
 
     # 1. pretrain RPP prompts (unshared q/k/v, soft labels) over the world's colour x category classes
     source = WorldClassSource(shots=args.shots)
-    pretrained = pretrain_prompts(
+    pretrained = pw.pretrain_prompts(
         worldclip,
         source,
-        RPPConfig(classes_per_step=32),
+        pw.RPPConfig(classes_per_step=32),
         steps=args.pretrain_steps,
         batch_size=8,
         seed=args.seed,
@@ -88,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     bundle_path = save_pretrained_prompts(
         pretrained.rpp, out / "rpp_bundle.safetensors", worldclip, class_names=source.class_names, info=info
     )
-    bundle = load_pretrained_prompts(bundle_path, worldclip)
+    bundle = pw.load_pretrained_prompts(bundle_path, worldclip)
 
     # 2. a DCAR dual prompt that starts from the pretrained prompts (one config switch)
-    config = DualPromptConfig(init_from=str(bundle_path))
+    config = pw.DualPromptConfig(init_from=str(bundle_path))
     result = train_dual_prompt(
         worldclip,
         WorldSource("train"),
@@ -105,18 +84,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     dual_path = save_dual_prompt(result.dual, out / "dual_prompt.safetensors")
 
     # 3. its text context conditions the pipeline
-    tables = {"clip_l": pipe.text_encoder.get_input_embeddings().weight}
-    sd_prompt = result.dual.sd_learned_prompt(tables)
-    embeds = encode_prompt_for_pipeline(sd_prompt, args.caption, pipe.tokenizer, pipe.text_encoder)
-    negative, _ = pipe.encode_prompt("", pipe.device, 1, False)
-    image = pipe(
-        prompt_embeds=embeds,
-        negative_prompt_embeds=negative,
-        num_inference_steps=args.steps,
-        height=args.size,
-        width=args.size,
-        generator=torch.Generator().manual_seed(args.seed),
-    ).images[0]
+    embeds = pw.dual_prompt_embeds(pipe, result.dual, args.caption)
+    image = pw.generate(pipe, embeds, size=args.size, steps=args.steps, seed=args.seed)
     image.save(out / "conditioned.png")
     summary = [bundle.summary(), f"dual prompt: {result.steps_done} steps, final loss {result.losses[-1]:.4f}"]
     (out / "summary.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")

@@ -69,7 +69,7 @@ def test_every_example_has_a_docstring_and_the_common_options():
         "diffusers_dual_prompt": "Wang et al. 2025",
         "diffusers_ipl_lora": "Guo et al., CVPR 2023",
         "diffusers_learned_prompt": "Zhou et al. 2022",
-        "diffusers_prompt_inversion": "Croitoru et al., CVPR 2023",
+        "diffusers_prompt_inversion": "Croitoru et al., CVIU 2024",
         "diffusers_prompt_pretraining": "Chen et al. 2024",
     }
     for name in names:

@@ -1,0 +1,271 @@
+"""PromptWeave for diffusers users: the five capabilities as plain functions on a ``StableDiffusionPipeline``.
+
+The module is named ``diffusers_api`` (not ``diffusers``) so that it can never shadow the diffusers package when
+the repository root is the working directory. Each function is a few lines over :mod:`promptweave.prompt_modules`;
+read it to see which library call does the work. A session reads top to bottom::
+
+    from promptweave import diffusers_api as pw
+
+    pipe = pw.load_pipeline("path/to/stable-diffusion-v1-5")      # local files only; None: the tiny test pipeline
+    worldclip, worldgen = pw.load_world_models()                    # the backbones shipped with the pack
+
+    # 1. prompt inversion (Croitoru et al., CVIU 2024): image -> prompt text -> prompt_embeds -> a new image
+    result = pw.invert_images(pw.load_inverter("inverter.safetensors"), images, vlm=worldclip)[0]
+    image = pw.generate(pipe, *pw.encode_text(pipe, result["prompt"]))
+
+    # learned prompt vectors (CoOp / textual inversion) spliced into the pipeline's text encoder
+    image = pw.generate(pipe, pw.learned_prompt_embeds(pipe, "prompt.safetensors", "a photo of <pw-prompt>"))
+
+    # 3. DCAR dual prompts (Wang et al. 2025): rank images, then condition the pipeline
+    scores, order = pw.rank_images(worldclip, images, "a dotted crimson star", dual)
+    image = pw.generate(pipe, pw.dual_prompt_embeds(pipe, dual, "a dotted crimson star"))
+
+    # 2. IPL (Guo et al., CVPR 2023): adapt the pipeline's U-Net to a text-named domain, as a PEFT LoRA file
+    lora = pw.adapt_to_domain(pipe, worldclip, "out/neon.safetensors", prompt="a star",
+                              source="a flat drawing", target="a neon sign")
+    pipe.load_lora_weights(str(lora))
+
+    # 4. Diff-Prompt (Yan et al., ICLR 2025): referring expression -> mask at the image size -> inpainting
+    masks = pw.ground(model, worldclip, images, ["the red star left of the arrow"])
+
+    # 5. RPP (Chen et al. 2024): pretrained prompts initialise DCAR through DualPromptConfig(init_from=path)
+
+Images are PIL images or float tensors ``[B, 3, H, W]`` in 0..1 (:func:`to_tensor` / :func:`to_pil` convert).
+The runnable scripts in ``diffusers_examples/`` use these functions end to end, one per capability.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .prompt_modules.adaptation import IPLConfig, run_adaptation, save_lora, sd_generator_from_diffusers
+from .prompt_modules.diff_prompt import DiffPrompt, load_diff_prompt
+from .prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, rank_images, rank_texts
+from .prompt_modules.inversion import PIXELS, PromptInverter, VLMImageEncoder, load_inverter
+from .prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
+from .prompt_modules.prompt_pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
+from .prompt_modules.vlm import VisionLanguageModel
+from .prompt_modules.world.models import load_world_models, load_worldclip
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+ImagesLike = Image.Image | Sequence[Image.Image] | torch.Tensor
+
+__all__ = [
+    "DualPromptConfig",
+    "IPLConfig",
+    "RPPConfig",
+    "adapt_to_domain",
+    "dual_prompt_embeds",
+    "encode_text",
+    "generate",
+    "ground",
+    "invert_images",
+    "learned_prompt_embeds",
+    "load_diff_prompt",
+    "load_dual_prompt",
+    "load_inverter",
+    "load_pipeline",
+    "load_pretrained_prompts",
+    "load_world_models",
+    "load_worldclip",
+    "new_learned_prompt",
+    "pretrain_prompts",
+    "rank_images",
+    "rank_texts",
+    "to_pil",
+    "to_tensor",
+]
+
+
+# ----- pipeline and images ----------------------------------------------------------------------------------
+def load_pipeline(
+    path: str | os.PathLike[str] | None = None, *, seed: int = 0, torch_dtype: torch.dtype | None = None
+) -> StableDiffusionPipeline:
+    """The SD1.x diffusers pipeline in the local folder ``path`` (never downloads).
+
+    Without ``path``: the tiny random-weight pipeline of the tests (real code path, noise images), built from
+    configs in a temporary folder with ``seed``.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    if path is not None:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json"
+            )
+        return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
+    from .tiny import build_tiny_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=seed)
+        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch_dtype)
+
+
+def to_tensor(images: ImagesLike, size: int | None = None) -> torch.Tensor:
+    """PIL image(s) or a ``[B, 3, H, W]`` tensor -> float ``[B, 3, H, W]`` in 0..1 (RGB; resized to ``size``)."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
+        return images.float()
+    batch = [images] if isinstance(images, Image.Image) else list(images)
+    if not batch:
+        raise ValueError("no images given")
+    arrays = []
+    for image in batch:
+        image = image.convert("RGB")
+        if size is not None:
+            image = image.resize((size, size), Image.BICUBIC)
+        arrays.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(arrays)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """``[B, 3, H, W]`` (or ``[3, H, W]``) in 0..1 -> RGB PIL images."""
+    batch = images[None] if images.ndim == 3 else images
+    arrays = (batch.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round()
+    return [Image.fromarray(a.astype(np.uint8)) for a in arrays]
+
+
+def encode_text(pipe: StableDiffusionPipeline, text: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prompt_embeds, negative_prompt_embeds)`` of ``text`` from the pipeline's own text encoder."""
+    positive, negative_embeds = pipe.encode_prompt(text, pipe.device, 1, True, negative)
+    return positive, negative_embeds
+
+
+def generate(
+    pipe: StableDiffusionPipeline,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    *,
+    size: int | None = None,
+    steps: int = 25,
+    seed: int = 0,
+    **pipeline_kwargs: Any,
+) -> Image.Image:
+    """One image from ``prompt_embeds`` (negative: the empty prompt unless given); ``size`` defaults to the
+    pipeline's native side (512 for SD1.5)."""
+    if negative_prompt_embeds is None:
+        negative_prompt_embeds, _ = pipe.encode_prompt("", pipe.device, 1, False)
+    side = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return pipe(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_prompt_embeds,
+        num_inference_steps=steps,
+        height=side,
+        width=side,
+        generator=torch.Generator().manual_seed(seed),
+        **pipeline_kwargs,
+    ).images[0]
+
+
+# ----- learned prompts (CoOp-style vectors; the file is also a textual-inversion embedding) ----------------
+def new_learned_prompt(pipe: StableDiffusionPipeline, init: str, n_ctx: int = 4) -> LearnedPrompt:
+    """A fresh :class:`LearnedPrompt` for the pipeline's text encoder, initialised from the tokens of ``init``."""
+    table = pipe.text_encoder.get_input_embeddings().weight
+    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=n_ctx, widths={"clip_l": int(table.shape[1])}, backbone="any"))
+    ids = pipe.tokenizer(init, add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError("init must contain at least one token, e.g. 'a photo of'")
+    prompt.init_from_token_embeddings("clip_l", table.detach()[ids].float())
+    return prompt
+
+
+def learned_prompt_embeds(
+    pipe: StableDiffusionPipeline, prompt: LearnedPrompt | str | os.PathLike[str], text: str
+) -> torch.Tensor:
+    """``prompt_embeds`` of ``text`` with the learned vectors at the placeholder (or in front of the text)."""
+    if not isinstance(prompt, LearnedPrompt):
+        prompt = LearnedPrompt.load(prompt)
+    return encode_prompt_for_pipeline(prompt, text, pipe.tokenizer, pipe.text_encoder)
+
+
+# ----- 1. prompt inversion ----------------------------------------------------------------------------------
+def invert_images(
+    inverter: PromptInverter | str | os.PathLike[str], images: ImagesLike, *, vlm: VisionLanguageModel | None = None
+) -> list[dict[str, Any]]:
+    """Per image: ``prompt`` (composed text), ``keywords`` [(word, score)], ``nearest`` [(prompt, cosine)] and the
+    predicted MiniLM ``embedding`` (Croitoru et al., sec. 3). A ``vlm:*`` inverter needs the VLM it was trained on."""
+    if not isinstance(inverter, PromptInverter):
+        inverter = load_inverter(inverter)
+    pixels = to_tensor(images)
+    if inverter.backbone == PIXELS:
+        return inverter.invert(pixels)
+    if vlm is None:
+        raise ValueError(f"this inverter reads '{inverter.backbone}' features: pass vlm= (the model it was trained on)")
+    encoder = VLMImageEncoder(vlm)
+    inverter.check_backbone(encoder.name)
+    return inverter.invert(encoder(pixels))
+
+
+# ----- 3. DCAR dual prompts ---------------------------------------------------------------------------------
+def dual_prompt_embeds(
+    pipe: StableDiffusionPipeline,
+    dual: DualPrompt | str | os.PathLike[str],
+    text: str,
+    vlm: VisionLanguageModel | None = None,
+) -> torch.Tensor:
+    """``prompt_embeds`` of ``text`` with the dual prompt's text context mapped onto the pipeline's token table."""
+    if not isinstance(dual, DualPrompt):
+        dual = load_dual_prompt(dual, vlm)
+    tables = {"clip_l": pipe.text_encoder.get_input_embeddings().weight}
+    return encode_prompt_for_pipeline(dual.sd_learned_prompt(tables), text, pipe.tokenizer, pipe.text_encoder)
+
+
+# ----- 2. IPL domain adaptation -----------------------------------------------------------------------------
+def adapt_to_domain(
+    pipe: StableDiffusionPipeline,
+    vlm: VisionLanguageModel,
+    out: str | os.PathLike[str],
+    *,
+    prompt: str,
+    source: str,
+    target: str,
+    config: IPLConfig | None = None,
+    image_size: int | None = None,
+    sample_steps: int = 4,
+) -> Path:
+    """Adapt a frozen copy of the pipeline's U-Net from domain ``source`` to ``target`` with image-specific
+    prompts (IPL, Guo et al. 2023, eq. 3-5) and write the LoRA at ``out`` in diffusers format; load it with
+    ``pipe.load_lora_weights(path)``. The pipeline itself is left unchanged. ``config`` overrides the defaults
+    (its source/target texts are replaced by ``source``/``target``)."""
+    context, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
+    side = image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    generator = sd_generator_from_diffusers(pipe.unet, pipe.vae, context, image_size=side, sample_steps=sample_steps)
+    config = IPLConfig(**{**(config.to_dict() if config else {}), "source_text": source, "target_text": target})
+    result = run_adaptation(generator, vlm, config)
+    return save_lora(result.lora, out, fmt="diffusers")
+
+
+# ----- 4. Diff-Prompt grounding -----------------------------------------------------------------------------
+@torch.no_grad()
+def ground(
+    model: DiffPrompt | str | os.PathLike[str],
+    vlm: VisionLanguageModel,
+    images: ImagesLike,
+    texts: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> list[Image.Image]:
+    """One ``L`` mask per image (255 inside) at the image's size for its referring expression; where the mask head
+    finds nothing above ``threshold`` the predicted box is used instead (Diff-Prompt, Yan et al. 2025)."""
+    if not isinstance(model, DiffPrompt):
+        model = load_diff_prompt(model, vlm)
+    pixels = to_tensor(images)
+    if len(texts) != pixels.shape[0]:
+        raise ValueError(f"{pixels.shape[0]} images but {len(texts)} texts: give one expression per image")
+    out = model(vlm, pixels, list(texts), generator=torch.Generator().manual_seed(seed))
+    h, w = pixels.shape[-2:]
+    masks, boxes = out.masks_at(h, w, threshold), out.box_masks_at(h, w)
+    picked = [m if m.any() else b for m, b in zip(masks, boxes, strict=True)]
+    return [Image.fromarray((m.numpy() * 255).astype(np.uint8), mode="L") for m in picked]

@@ -1,0 +1,115 @@
+"""``promptweave.diffusers_api`` on the tiny pipeline (the examples in diffusers_examples/ run it end to end)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptweave import diffusers_api as pw
+from promptweave.prompt_modules.world.models import WEIGHTS_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(1)
+    return pw.load_pipeline(None, seed=0)
+
+
+def test_every_public_name_exists_and_every_function_is_documented_and_typed():
+    for name in pw.__all__:
+        obj = getattr(pw, name)
+        assert obj.__doc__, name
+        if inspect.isfunction(obj) and obj.__module__ == pw.__name__:
+            assert "return" in obj.__annotations__, name
+            assert all(p in obj.__annotations__ for p in inspect.signature(obj).parameters if p != "pipeline_kwargs")
+
+
+def test_the_module_never_shadows_the_diffusers_package():
+    # run from the repository root, where a file named diffusers.py would win over the installed package
+    code = "import diffusers, os; print(os.path.dirname(diffusers.__file__))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "site-packages" in out.stdout and not (ROOT / "diffusers.py").exists() and not (ROOT / "diffusers").exists()
+
+
+def test_load_pipeline_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        pw.load_pipeline(tmp_path / "nowhere")
+
+
+def test_image_conversions_round_trip_and_refuse_bad_input():
+    pixels = torch.rand(2, 3, 8, 8)
+    images = pw.to_pil(pixels)
+    assert [im.size for im in images] == [(8, 8), (8, 8)]
+    back = pw.to_tensor(images)
+    assert back.shape == (2, 3, 8, 8) and torch.allclose(back, pixels, atol=1 / 255)
+    grey = Image.fromarray(np.zeros((4, 6), dtype=np.uint8), mode="L")
+    assert pw.to_tensor(grey, size=16).shape == (1, 3, 16, 16)  # converted to RGB, resized
+    with pytest.raises(ValueError, match="no images"):
+        pw.to_tensor([])
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        pw.to_tensor(torch.rand(3, 8, 8))
+
+
+def test_learned_prompt_embeds_change_only_the_placeholder_positions(pipe, tmp_path):
+    prompt = pw.new_learned_prompt(pipe, "watercolour painting", n_ctx=2)
+    path = tmp_path / "p.safetensors"
+    prompt.save(path)
+    placeholder = prompt.config.placeholder
+    a = pw.learned_prompt_embeds(pipe, path, f"a red star, {placeholder}")
+    with torch.no_grad():
+        prompt.vectors["clip_l"].add_(1.0)
+    b = pw.learned_prompt_embeds(pipe, prompt, f"a red star, {placeholder}")
+    assert a.shape == b.shape == (1, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+    changed = (a - b).abs().amax(dim=-1)[0] > 1e-6
+    first = int(changed.nonzero()[0])
+    assert changed.any() and not changed[:first].any()  # tokens before the learned vectors are untouched
+    image = pw.generate(pipe, a, steps=2, seed=0)
+    assert image.size == (64, 64)  # the tiny pipeline's native side
+    with pytest.raises(ValueError, match="at least one token"):
+        pw.new_learned_prompt(pipe, "")
+
+
+def test_encode_text_matches_the_pipeline(pipe):
+    positive, negative = pw.encode_text(pipe, "a red star")
+    ref, _ = pipe.encode_prompt("a red star", pipe.device, 1, False)
+    assert torch.equal(positive, ref) and negative.shape == positive.shape
+
+
+def test_invert_images_with_the_shipped_pixel_inverter_and_a_clear_error_without_the_vlm():
+    path = WEIGHTS_DIR / "inverter-pixels-world.safetensors"
+    if not path.is_file():
+        pytest.skip("the shipped pixel inverter is missing")
+    from promptweave.prompt_modules.world import render_batch, split_seed_range
+
+    scenes = render_batch(range(split_seed_range("test").start, split_seed_range("test").start + 2))["image"]
+    results = pw.invert_images(path, pw.to_pil(scenes))
+    assert len(results) == 2 and all(r["prompt"] and r["keywords"] and r["embedding"].shape == (384,) for r in results)
+    vlm_inverters = sorted(WEIGHTS_DIR.glob("inverter-vlm*.safetensors"))
+    if vlm_inverters:
+        with pytest.raises(ValueError, match="pass vlm="):
+            pw.invert_images(vlm_inverters[0], scenes)
+
+
+def test_ground_needs_one_expression_per_image():
+    from promptweave.prompt_modules.diff_prompt import DiffPrompt
+
+    model = object.__new__(DiffPrompt)  # the check comes before the model runs
+    with pytest.raises(ValueError, match="one expression per image"):
+        pw.ground(model, None, torch.rand(2, 3, 8, 8), ["only one"])
+
+
+def test_the_readme_calls_only_functions_that_exist():
+    import re
+
+    names = set(re.findall(r"\bpw\.(\w+)", (ROOT / "README.md").read_text(encoding="utf-8")))
+    assert {"load_pipeline", "generate", "invert_images", "adapt_to_domain", "ground"} <= names
+    assert all(name in pw.__all__ for name in names), sorted(names - set(pw.__all__))
