@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..prompt_modules.artifacts import ArtifactError
@@ -82,20 +81,6 @@ def expressions_for_batch(node: str, text: str, batch: int, input_name: str = "t
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
-
-
-def _resize(x: torch.Tensor, h: int, w: int, mode: str = "bilinear") -> torch.Tensor:
-    return F.interpolate(x, size=(h, w), mode=mode, align_corners=False) if tuple(x.shape[-2:]) != (h, w) else x
-
-
-def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Filled rectangles ``[B, H, W]`` from normalised boxes ``[B, 4]``."""
-    ys = (torch.arange(h).float() + 0.5) / h
-    xs = (torch.arange(w).float() + 0.5) / w
-    b = boxes.float().cpu()
-    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])
-    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])
-    return (inside_y[:, :, None] & inside_x[:, None, :]).float()
 
 
 def preview_strip(generated: torch.Tensor, size: int) -> torch.Tensor:
@@ -211,8 +196,7 @@ class DiffPromptGround(io.ComfyNode):
         texts = expressions_for_batch(node, text, b)
         with torch.no_grad():
             out = model(vlm, images.to(vlm.device), texts, generator=_generator(seed), steps=ddim_steps or None)
-        prob = _resize(out.mask_logits.sigmoid().unsqueeze(1).float().cpu(), h, w)[:, 0]
-        mask = (prob > threshold).float()
+        mask = out.masks_at(h, w, threshold)
         boxes = out.boxes.float().cpu()
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         report = []
@@ -220,7 +204,7 @@ class DiffPromptGround(io.ComfyNode):
             x0, y0, x1, y1 = row
             report.append({"x0": x0, "y0": y0, "x1": x1, "y1": y1, "width": x1 - x0, "height": y1 - y0})
         preview = preview_strip(out.generated_masks.float().cpu(), model.mask_size)
-        return io.NodeOutput(mask, box_masks(boxes, h, w), json.dumps(report), preview)
+        return io.NodeOutput(mask, out.box_masks_at(h, w), json.dumps(report), preview)
 
 
 class DiffPromptConditioning(io.ComfyNode):
