@@ -60,8 +60,9 @@ class WorldGenSample(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Random seed; the same seed gives the same images."),
                 io.Int.Input("steps", default=20, min=1, max=200, tooltip="DDIM steps."),
-                io.Float.Input("guidance", default=3.0, min=0.0, max=20.0, step=0.1,
-                               tooltip="Classifier-free guidance scale (1 = none)."),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=20.0, step=0.1,
+                               tooltip="Classifier-free guidance scale (1 = none; 7.5 gave WorldGen's most "
+                               "recognisable shapes on the val split)."),
             ],
             outputs=[io.Image.Output(tooltip="The generated images, 64x64.")],
         )
