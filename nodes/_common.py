@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import json
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import folder_paths
@@ -352,3 +355,28 @@ def out_of_memory_error(node: str, exc: BaseException, specs: dict[str, Any]) ->
     detail = text.splitlines()[0][:200] if text else type(exc).__name__
     message = f"{node}: ran out of {where} memory ({detail}). Fix: {fix}"
     return torch.cuda.OutOfMemoryError(message) if gpu else MemoryError(message)
+
+
+# ----- resumable training state -----------------------------------------------------------------------------
+def tensors_key(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A short digest of named tensors (an initialisation, a training set), for :func:`run_checkpoint`."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def run_checkpoint(stem: str, settings: Sequence[Any], *, folder: bool = False) -> Path:
+    """Where a training node keeps its resumable state: ``output/promptweave/checkpoints/<stem>-<key>`` (a
+    ``.state.safetensors`` file, or with ``folder`` a directory for multi-stage runs), ``key`` being a digest of
+    the run's settings, so that changing any setting starts a fresh run instead of resuming another one."""
+    key = hashlib.sha1(json.dumps(list(settings), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
+    safe_stem = stem.replace("/", "_").replace(os.sep, "_")
+    if folder:
+        path = root / f"{safe_stem}-{key}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    return root / f"{safe_stem}-{key}.state.safetensors"

@@ -10,7 +10,6 @@ adapted MODEL is the incoming one with that file applied exactly as ``LoraLoader
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -40,6 +39,7 @@ from ._common import (
     model_files,
     output_model_path,
     resolve_model_file,
+    run_checkpoint,
 )
 from ._types import LatentMapperType, VLMType
 
@@ -203,15 +203,6 @@ def _trainable_vlm(vlm: VisionLanguageModel, device) -> VisionLanguageModel:
     return copy.to(device).eval()
 
 
-def _run_dir(kind: str, settings: list) -> Path:
-    import folder_paths
-
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    folder = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints" / f"{kind}-{key}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def _plots(*curves: list[float]) -> torch.Tensor:
     images = [loss_curve_image(c) for c in curves if c]
     return torch.cat(images or [loss_curve_image([])], dim=0).unsqueeze(0)
@@ -342,7 +333,8 @@ class TrainLatentMapper(io.ComfyNode):
             seed=seed,
         )
         generator = _sd_generator(node, model, clip, vae, source, width, height, sample_steps)
-        run = _run_dir("mapper", [generator.name, vlm.name, config.to_dict(), width, height, sample_steps])
+        settings = [generator.name, vlm.name, config.to_dict(), width, height, sample_steps]
+        run = run_checkpoint("mapper", settings, folder=True)
         ckpt = run / "mapper.state.safetensors"
         on_step = _progress(steps)
         with torch.inference_mode(False), torch.enable_grad():
@@ -559,7 +551,7 @@ class AdaptModel(io.ComfyNode):
                 b"".join(p.detach().cpu().numpy().tobytes() for p in mapper.mapper.parameters())
             ).hexdigest(),
         ]
-        run = _run_dir("adapt", settings)
+        run = run_checkpoint("adapt", settings, folder=True)
         total = steps + (mapper_steps if method == "ipl" and mapper is None else 0)
         on_step = _progress(total)
         with torch.inference_mode(False), torch.enable_grad():

@@ -3,7 +3,6 @@ train the three stages, load a bundle."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ._common import (
     output_model_path,
     resolve_model_file,
     rgb_batch,
+    run_checkpoint,
 )
 from ._types import DiffPromptType, VLMType
 from .nodes_dual_prompt import _clone_vlm, clip_token_tables
@@ -353,7 +353,6 @@ class TrainDiffPrompt(io.ComfyNode):
         masks=None,
         expressions: str = "",
     ) -> io.NodeOutput:
-        import folder_paths
 
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
@@ -386,13 +385,7 @@ class TrainDiffPrompt(io.ComfyNode):
                     f"the bundle's DiT was trained with the VLM '{existing.backbone}', not '{vlm.name}'",
                     "connect that VLM, or retrain stage 'dit'",
                 )
-        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha1(
-            json.dumps(
-                [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
-            ).encode()
-        ).hexdigest()[:12]
+        settings = [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
         on_step = TrainingProgress(steps * len(stages))
         trainable = _clone_vlm(vlm)
         losses: list[float] = []
@@ -409,7 +402,7 @@ class TrainDiffPrompt(io.ComfyNode):
         )
         with torch.inference_mode(False), torch.enable_grad():
             for name in stages:
-                ckpt = ckpt_dir / f"{Path(target).stem}-{name}-{key}.state.safetensors"
+                ckpt = run_checkpoint(f"{Path(target).stem}-{name}", settings)
                 if name == "vae":
                     result = train_mask_vae(data, checkpoint_path=ckpt, **common)
                     vae = result.model

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from pathlib import Path
 
 import torch
 from comfy_api.latest import io
@@ -34,6 +32,8 @@ from ._common import (
     output_model_path,
     resolve_model_file,
     rgb_batch,
+    run_checkpoint,
+    tensors_key,
     text_lines,
 )
 from ._types import DualPromptType, PretrainedPromptsType, VLMType
@@ -95,15 +95,6 @@ def _clone_vlm(vlm: VisionLanguageModel) -> VisionLanguageModel:
     return copy.to(vlm.device).eval()
 
 
-def _tensors_key(tensors: dict[str, torch.Tensor]) -> str:
-    """A short digest of named tensors (so that a checkpoint of another initialisation is never resumed)."""
-    digest = hashlib.sha1()
-    for name, tensor in sorted(tensors.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
 class TrainDualPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -148,7 +139,6 @@ class TrainDualPrompt(io.ComfyNode):
     @check_inputs
     def execute(cls, vlm, source: str, path: str, steps: int, batch_size: int, learning_rate: float, seed: int,
                 n_text: int, n_visual: int, depth: int, save_name: str, pretrained_prompts=None) -> io.NodeOutput:
-        import folder_paths
 
         node = "PWTrainDualPrompt"
         try:
@@ -180,13 +170,10 @@ class TrainDualPrompt(io.ComfyNode):
             raise NodeInputError(
                 node, "pretrained_prompts", f"they were pretrained for the VLM '{pretrained_prompts.backbone}', "
                 f"not '{vlm.name}'", "pretrain prompts on this VLM, or disconnect them")
-        init_key = None if pretrained_prompts is None else _tensors_key(pretrained_prompts.rpp.state_dict())
-        settings = json.dumps([vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key],
-                              sort_keys=True)
-        key = hashlib.sha1(settings.encode()).hexdigest()[:12]
-        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = ckpt_dir / f"{name or 'dcar'}-{key}.state.safetensors"
+        init_key = None if pretrained_prompts is None else tensors_key(pretrained_prompts.rpp.state_dict())
+        ckpt = run_checkpoint(
+            name or "dcar", [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key]
+        )
         on_step = TrainingProgress(steps)
         trainable = _clone_vlm(vlm)
         with torch.inference_mode(False), torch.enable_grad():

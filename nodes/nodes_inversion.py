@@ -32,6 +32,8 @@ from ._common import (
     output_model_path,
     resolve_model_file,
     rgb_batch,
+    run_checkpoint,
+    tensors_key,
 )
 from ._types import PromptEmbeddingType, PromptInverterType, VLMType, WorldGenType
 
@@ -198,7 +200,7 @@ class TrainPromptInverter(io.ComfyNode):
             description="Trains a prompt inverter on image/prompt pairs (a folder of name.png + name.txt, or images "
             "and prompts generated in the graph): MLP head on a frozen image encoder (or a pixel CNN), loss cosine "
             "+ 0.1 BCE(vocabulary) + Huber, curriculum learning against noisy pairs. Saves to "
-            "ComfyUI/models/promptweave; resumes from its checkpoint in output/promptweave_checkpoints.",
+            "ComfyUI/models/promptweave; resumes from its checkpoint in output/promptweave/checkpoints.",
             is_output_node=True,
             inputs=[
                 io.Combo.Input("backbone", options=list(BACKBONES), default="vlm",
@@ -239,7 +241,6 @@ class TrainPromptInverter(io.ComfyNode):
                 vlm=None, clip_vision=None, worldgen=None, vocab_size: int = 1000, epochs: int = 20,
                 batch_size: int = 64, learning_rate: float = 1e-3, hidden_width: int = 512, curriculum: bool = True,
                 checkpoint_every: int = 200, seed: int = 0) -> io.NodeOutput:
-        import folder_paths
 
         node = "PWTrainPromptInverter"
         stem = _safe_name(node, filename)
@@ -283,9 +284,8 @@ class TrainPromptInverter(io.ComfyNode):
             curriculum=curriculum, seed=seed, dropout=0.5 if name != PIXELS else 0.1,
         )
         target = output_model_path(node, "filename", stem)
-        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave_checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = ckpt_dir / f"{stem}.state.safetensors"
+        data_key = tensors_key({"inputs": inputs, "targets": targets})
+        ckpt = run_checkpoint(stem, [name, config.to_dict(), vocab.words, data_key])
         callback = TrainingProgress()
         with torch.inference_mode(False), torch.enable_grad():
             inputs_t, targets_t, labels_t = inputs.clone(), targets.clone(), labels.clone()

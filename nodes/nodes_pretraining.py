@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-
 import torch
 from comfy_api.latest import io
 
@@ -24,7 +19,15 @@ from ..prompt_modules.prompt_pretraining import (
     world_classes,
 )
 from ..prompt_modules.vlm import VisionLanguageModel
-from ._common import NodeInputError, TrainingProgress, check_inputs, model_files, output_model_path, resolve_model_file
+from ._common import (
+    NodeInputError,
+    TrainingProgress,
+    check_inputs,
+    model_files,
+    output_model_path,
+    resolve_model_file,
+    run_checkpoint,
+)
 from ._types import PretrainedPromptsType, VLMType
 
 CATEGORY = "PromptWeave/pretraining"
@@ -144,7 +147,6 @@ class PretrainPrompts(io.ComfyNode):
         classes_per_step: int,
         save_name: str,
     ) -> io.NodeOutput:
-        import folder_paths
 
         node = "PWPretrainPrompts"
         if qkv_prompts not in QKV_MODES:
@@ -179,14 +181,8 @@ class PretrainPrompts(io.ComfyNode):
             raise NodeInputError(node, "source", f"unknown source {source!r}", f"use one of {SOURCES}")
         name = save_name.strip()
         target = output_model_path(node, "save_name", name) if name else None
-        settings = json.dumps(
-            [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()], sort_keys=True
-        )
-        key = hashlib.sha1(settings.encode()).hexdigest()[:12]
-        ckpt_dir = Path(folder_paths.get_output_directory()) / "promptweave" / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stem = (name or "rpp").replace("/", "_").replace(os.sep, "_")
-        ckpt = ckpt_dir / f"{stem}-{key}.state.safetensors"
+        settings = [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()]
+        ckpt = run_checkpoint(name or "rpp", settings)
         on_step = TrainingProgress(steps)
         trainable = _clone_vlm(vlm)
         with torch.inference_mode(False), torch.enable_grad():

@@ -62,7 +62,7 @@ def test_train_load_and_invert_with_conditioning(comfy, comfy_base, fast_targets
     target = comfy_base / "models" / "promptweave" / "test-inverter.safetensors"
     assert path == str(target) and target.is_file()
     assert curve.shape == (1, 256, 512, 3)
-    assert not list((comfy_base / "output" / "promptweave_checkpoints").glob("test-inverter*"))
+    assert not list((comfy_base / "output" / "promptweave" / "checkpoints").glob("test-inverter-*"))
     loaded = _node(comfy, "PWLoadPromptInverter").execute(inverter_name="test-inverter.safetensors")[0]
     _, clip, _ = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(TINY_SD15_NAME)
     images, _ = _pairs(3)
@@ -116,8 +116,8 @@ def test_bad_training_inputs_write_nothing(comfy, comfy_base, tmp_path, fast_tar
         with pytest.raises(mm.InterruptProcessingException):
             _train(comfy, filename="never")
     assert set(folder.iterdir()) == before
-    ckpt = comfy_base / "output" / "promptweave_checkpoints" / "never.state.safetensors"
-    assert not ckpt.exists()  # interrupted at step 1, before the first checkpoint (every 3 steps)
+    # interrupted at step 1, before the first checkpoint (every 3 steps)
+    assert not list((comfy_base / "output" / "promptweave" / "checkpoints").glob("never-*"))
 
 
 def test_corrupt_inverter_file_is_a_clear_error(comfy, comfy_base):
@@ -160,3 +160,15 @@ def test_train_on_generated_images_workflow(comfy, comfy_base, fast_targets):
     files = comfy.output_files(history)
     assert len(files) == 1 + 4 and all(f.is_file() for f in files)  # loss curve + 4 regenerated images
     assert (comfy_base / "models" / "promptweave" / "inverter-from-generated.safetensors").is_file()
+
+
+def test_a_checkpoint_is_only_resumed_by_a_run_with_the_same_settings(comfy, comfy_base):
+    common = comfy.pack_module("nodes._common")
+    a = common.run_checkpoint("run", ["vlm:x", {"lr": 0.001}, [1, 2]])
+    assert a == common.run_checkpoint("run", ["vlm:x", {"lr": 0.001}, [1, 2]])
+    assert a != common.run_checkpoint("run", ["vlm:x", {"lr": 0.002}, [1, 2]])
+    assert a.parent == comfy_base / "output" / "promptweave" / "checkpoints" and a.name.startswith("run-")
+    folder = common.run_checkpoint("a/b", [1], folder=True)
+    assert folder.is_dir() and folder.name.startswith("a_b-")
+    key = common.tensors_key({"w": torch.ones(2)})
+    assert key == common.tensors_key({"w": torch.ones(2)}) != common.tensors_key({"w": torch.zeros(2)})
