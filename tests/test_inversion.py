@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,3 +298,27 @@ def test_bench_baselines_run_on_a_tiny_vlm():
     train_f, train_t = torch.randn(20, 8), F.normalize(torch.randn(20, 5), dim=-1)
     pred = knn_predict(train_f, train_t, train_f[:3], k=1)
     assert torch.allclose(pred, train_t[:3], atol=1e-5)
+
+
+SHIPPED_PIXELS = Path(__file__).resolve().parents[1] / "weights" / "inverter-pixels-world.safetensors"
+
+
+@pytest.mark.skipif(not SHIPPED_PIXELS.is_file(), reason="the shipped pixel inverter is not built")
+def test_the_shipped_pixel_inverter_reads_the_image_and_beats_the_mean_prompt():
+    """Guards against a collapsed head: an inverter that gives every image the same prompt scores like the mean
+    prompt embedding (the first shipped file did: mean cosine 0.699 vs the mean prompt's 0.697)."""
+    from promptweave.prompt_modules.inversion import default_embedder, mean_cosine
+    from promptweave.prompt_modules.world import render_batch, split_seed_range
+
+    torch.set_num_threads(1)
+    embed = default_embedder()
+    inverter = load_inverter(SHIPPED_PIXELS)
+    start = split_seed_range("test").start
+    test = render_batch(range(start, start + 200))
+    predicted, _ = inverter.predict(test["image"])
+    truth = embed(list(test["clean_caption"]))
+    train_start = split_seed_range("train").start + 5_000_000  # scenes the inverter was not trained on
+    train = [*render_batch(range(train_start, train_start + 500))["clean_caption"]]
+    mean_prompt = F.normalize(embed(train).mean(0), dim=0).expand_as(truth)
+    assert len({r["prompt"] for r in inverter.invert(test["image"][:20])}) >= 10  # not one prompt for all
+    assert mean_cosine(predicted, truth) > mean_cosine(mean_prompt, truth) + 0.03

@@ -102,3 +102,18 @@ if missing == "open_clip":  # the world loader registers (it imports open_clip w
         assert f"pip install {package}" in result.stderr and "restart ComfyUI" in result.stderr
         if missing == "open_clip":
             assert "RUN-ERROR PWLoadWorldModels: the Python package 'open_clip_torch' is not installed" in result.stderr
+
+
+def test_the_readme_overview_picture_is_drawn_by_its_script(tmp_path):
+    out = tmp_path / "overview.png"
+    code = (
+        f"import runpy, sys; sys.argv = ['x', '--out', {str(out)!r}]; "
+        "runpy.run_path('scripts/make_overview.py', run_name='__main__')"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=PACK_DIR, check=True, capture_output=True)
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.width == 1200 and image.height >= 640
+    assert "docs/overview.png" in (PACK_DIR / "README.md").read_text(encoding="utf-8")
+    assert (PACK_DIR / "docs" / "overview.png").is_file()
