@@ -138,8 +138,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 def encode_text(pipe: StableDiffusionPipeline, text: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """``(prompt_embeds, negative_prompt_embeds)`` of ``text`` from the pipeline's own text encoder."""
-    positive, negative_embeds = pipe.encode_prompt(text, pipe.device, 1, True, negative)
-    return positive, negative_embeds
+    return pipe.encode_prompt(text, pipe.device, 1, True, negative)
 
 
 def generate(

@@ -9,7 +9,6 @@ adapted MODEL is the incoming one with that file applied exactly as ``LoraLoader
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -40,6 +39,7 @@ from ._common import (
     output_model_path,
     resolve_model_file,
     run_checkpoint,
+    tensors_key,
 )
 from ._types import LatentMapperType, VLMType
 
@@ -545,11 +545,7 @@ class AdaptModel(io.ComfyNode):
             width,
             height,
             sample_steps,
-            None
-            if mapper is None
-            else hashlib.sha1(
-                b"".join(p.detach().cpu().numpy().tobytes() for p in mapper.mapper.parameters())
-            ).hexdigest(),
+            None if mapper is None else tensors_key(mapper.mapper.state_dict()),
         ]
         run = run_checkpoint("adapt", settings, folder=True)
         total = steps + (mapper_steps if method == "ipl" and mapper is None else 0)

@@ -353,7 +353,6 @@ class TrainDiffPrompt(io.ComfyNode):
         masks=None,
         expressions: str = "",
     ) -> io.NodeOutput:
-
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
             raise NodeInputError(node, "stage", f"unknown stage {stage!r}", f"use one of {STAGE_CHOICES}")

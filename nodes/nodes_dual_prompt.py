@@ -139,7 +139,6 @@ class TrainDualPrompt(io.ComfyNode):
     @check_inputs
     def execute(cls, vlm, source: str, path: str, steps: int, batch_size: int, learning_rate: float, seed: int,
                 n_text: int, n_visual: int, depth: int, save_name: str, pretrained_prompts=None) -> io.NodeOutput:
-
         node = "PWTrainDualPrompt"
         try:
             config = DualPromptConfig(n_text=n_text, n_visual=n_visual, text_depth=min(depth, len(vlm.text_blocks)),

@@ -241,7 +241,6 @@ class TrainPromptInverter(io.ComfyNode):
                 vlm=None, clip_vision=None, worldgen=None, vocab_size: int = 1000, epochs: int = 20,
                 batch_size: int = 64, learning_rate: float = 1e-3, hidden_width: int = 512, curriculum: bool = True,
                 checkpoint_every: int = 200, seed: int = 0) -> io.NodeOutput:
-
         node = "PWTrainPromptInverter"
         stem = _safe_name(node, filename)
         if backbone not in BACKBONES:

@@ -147,7 +147,6 @@ class PretrainPrompts(io.ComfyNode):
         classes_per_step: int,
         save_name: str,
     ) -> io.NodeOutput:
-
         node = "PWPretrainPrompts"
         if qkv_prompts not in QKV_MODES:
             raise NodeInputError(node, "qkv_prompts", f"unknown mode {qkv_prompts!r}", f"use one of {QKV_MODES}")
