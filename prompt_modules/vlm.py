@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ class VLMConfig:
 
     ``*_heads`` are attention head counts (open_clip's vision config uses ``head_width = width // heads``).
     ``quick_gelu`` is True for OpenAI-trained weights, False for models trained with open_clip defaults.
+    ``conv_stem`` replaces the ViT's patchify convolution by a convolutional stem (:class:`ConvStem`) with
+    these channel counts, one stride-2 3x3 convolution each (so ``2 ** len(conv_stem) == patch_size``):
+    the token grid, and so every prompt method, stays the same. ``()`` is open_clip's plain patch embedding,
+    the layout of every open_clip checkpoint a user brings. ``text_space`` names the model whose text tower
+    (weights included) this one carries, when it is another model's (``""``: its own): artifacts that read
+    text features only, such as WorldGen's conditioning, check it instead of ``name``.
     """
 
     name: str = "tiny"
@@ -67,8 +74,16 @@ class VLMConfig:
     text_heads: int = 2
     mlp_ratio: float = 4.0
     quick_gelu: bool = False
+    conv_stem: tuple[int, ...] = ()
+    text_space: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "conv_stem", tuple(int(c) for c in self.conv_stem))  # JSON gives a list
+        if self.conv_stem and (2 ** len(self.conv_stem) != self.patch_size or min(self.conv_stem) < 1):
+            raise ValueError(
+                f"conv_stem {self.conv_stem} needs one positive channel count per stride-2 convolution, "
+                f"{self.patch_size.bit_length() - 1} for patch_size {self.patch_size}"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, what in (
@@ -93,7 +108,8 @@ class VLMConfig:
         return config_from_dict(cls, data)
 
     def to_open_clip_cfg(self) -> dict[str, Any]:
-        """The open_clip model config (``{embed_dim, quick_gelu, vision_cfg, text_cfg}``) for this shape."""
+        """The open_clip model config (``{embed_dim, quick_gelu, vision_cfg, text_cfg}``) for this shape
+        (``conv_stem`` has no open_clip equivalent: :class:`VisionLanguageModel` swaps the stem in)."""
         return {
             "embed_dim": self.embed_dim,
             "quick_gelu": self.quick_gelu,
@@ -202,6 +218,33 @@ def clip_tokenizer(context_length: int = 77) -> SimpleTokenizer:
     return SimpleTokenizer(context_length=context_length)
 
 
+class ConvStem(nn.Sequential):
+    """Convolutional stem for a ViT (Xiao et al., "Early Convolutions Help Transformers See Better",
+    NeurIPS 2021): stride-2 3x3 convolutions, each followed by GroupNorm and ReLU, then a 1x1 convolution to
+    the transformer width. It takes the place of the ``patch_size`` x ``patch_size`` patchify convolution and
+    gives the same token grid. GroupNorm rather than the paper's BatchNorm: a frozen backbone must not
+    change when a prompt learner switches modules to training mode.
+    """
+
+    def __init__(self, channels: Sequence[int], width: int) -> None:
+        layers: list[nn.Module] = []
+        previous = 3
+        for c in channels:
+            layers += [
+                nn.Conv2d(previous, c, 3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(math.gcd(8, c), c),
+                nn.ReLU(inplace=True),
+            ]
+            previous = c
+        layers.append(nn.Conv2d(previous, width, 1))
+        super().__init__(*layers)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The last convolution's weight (its dtype is the stem's, as for the patchify convolution)."""
+        return self[-1].weight
+
+
 class VisionLanguageModel(nn.Module):
     """A CLIP model (``self.clip``, an ``open_clip.CLIP``) plus tokenizer and image preprocessing.
 
@@ -216,6 +259,8 @@ class VisionLanguageModel(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self.clip = open_clip.CLIP(oc["embed_dim"], oc["vision_cfg"], oc["text_cfg"], quick_gelu=oc["quick_gelu"])
+            if self.config.conv_stem:
+                self.clip.visual.conv1 = ConvStem(self.config.conv_stem, self.config.vision_width)
         self.register_buffer("image_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
         self.eval()
@@ -225,6 +270,11 @@ class VisionLanguageModel(nn.Module):
     def name(self) -> str:
         """Backbone name (stored in every artifact trained on this model)."""
         return self.config.name
+
+    @property
+    def text_space(self) -> str:
+        """Name of the text feature space (see :class:`VLMConfig`): ``config.text_space`` or ``name``."""
+        return self.config.text_space or self.config.name
 
     @property
     def embed_dim(self) -> int:

@@ -8,11 +8,13 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from promptweave.prompt_modules.artifacts import ArtifactError, read_safetensors
+from promptweave.prompt_modules.artifacts import ArtifactError, read_safetensors, save_safetensors_atomic
 from promptweave.prompt_modules.vlm import (
     VLM_PRESETS,
+    ConvStem,
     VisionLanguageModel,
     VLMConfig,
     get_config,
@@ -286,3 +288,50 @@ def test_build_tiny_vlm_is_deterministic(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["visual.proj"], c["visual.proj"])
     assert load_vlm(paths[0]).name == "tiny"
+
+
+# ----- convolutional stem ------------------------------------------------------------------------------------
+
+
+def test_conv_stem_keeps_the_token_grid_prompts_and_round_trips(tmp_path: Path) -> None:
+    config = VLMConfig(name="tiny-stem", conv_stem=(8, 16, 32))
+    model = VisionLanguageModel(config, seed=0)
+    assert isinstance(model.visual.conv1, ConvStem)
+    x = images(2)
+    with torch.no_grad():
+        tokens = model.visual.conv1(model.preprocess(x))
+        assert tokens.shape == (2, config.vision_width, 8, 8)  # 64 px / patch 8, as the patchify conv
+        plain = model.encode_image(x)
+        # open_clip's own forward runs the stem too: the same features as ours
+        assert torch.allclose(plain, F.normalize(model.visual(model.preprocess(x)), dim=-1), atol=1e-5)
+        prompted = model.encode_image_with_prompts(x, torch.randn(3, config.vision_width))
+    assert not torch.allclose(plain, prompted)
+    path = save_vlm(model, tmp_path / "stem.safetensors")
+    loaded = load_vlm(path)
+    assert loaded.config == config and loaded.config.conv_stem == (8, 16, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(x), plain)
+    # a file with a stem does not load into the plain config: the keys differ and the error says so
+    tensors, meta = read_safetensors(path)
+    meta["promptweave.config"] = json.dumps(VLMConfig(name="tiny-stem").to_dict())
+    broken = tmp_path / "plain.safetensors"
+    save_safetensors_atomic(broken, tensors, meta)
+    with pytest.raises(ArtifactError, match="does not fit"):
+        load_vlm(broken)
+
+
+def test_conv_stem_must_match_the_patch_size() -> None:
+    with pytest.raises(ValueError, match="3 for patch_size 8"):
+        VLMConfig(conv_stem=(8, 16))
+    with pytest.raises(ValueError, match="positive channel count"):
+        VLMConfig(conv_stem=(8, 0, 16))
+
+
+def test_conv_stem_has_no_running_statistics() -> None:
+    """A frozen backbone must give the same features in train and eval mode (no BatchNorm in the stem)."""
+    model = VisionLanguageModel(VLMConfig(name="tiny-stem", conv_stem=(8, 16, 32)), seed=0)
+    x = images(4)
+    with torch.no_grad():
+        evaluated = model.eval().encode_image(x)
+        trained = model.train().encode_image(x)
+    assert torch.allclose(evaluated, trained, atol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from promptweave.prompt_modules.artifacts import meta_field, read_metadata
-from promptweave.prompt_modules.vlm import VisionLanguageModel, load_vlm
+from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig, load_vlm, save_vlm
 from promptweave.prompt_modules.world import MAX_OBJECTS, clip_training
 from promptweave.prompt_modules.world.clip_training import (
     METRIC_KEYS,
@@ -172,3 +172,24 @@ def test_shipped_worldclip_weights():
     assert metrics["zero_shot_colour_acc"] >= 0.70, metrics
     assert metrics["zero_shot_style_acc"] >= 0.60, metrics  # styles can be named in text (adaptation)
     assert metrics["i2t_r1"] > 0.05 and metrics["t2i_r1"] > 0.05, metrics  # chance: 1/200
+
+
+def test_text_tower_from_trains_a_new_image_tower_for_a_locked_text_space(tmp_path):
+    donor = train_worldclip(_tiny(), None, progress=False, eval_n=0)
+    donor_path = save_vlm(donor, tmp_path / "donor.safetensors")
+    stem = VLMConfig(name="tiny-stem", conv_stem=(8, 16, 32)).to_dict()
+    config = _tiny(vlm=stem, text_tower_from=str(donor_path), image_tune_steps=2)
+    trained = train_worldclip(config, None, progress=False, eval_n=0)
+    fresh = VisionLanguageModel(config.vlm_config(), seed=config.seed)
+    donor_state, fresh_state = donor.clip.state_dict(), fresh.clip.state_dict()
+    for name, value in trained.clip.state_dict().items():
+        if name.startswith("visual."):
+            continue
+        assert torch.equal(value, donor_state[name]), name  # copied, then never trained
+    visual = {k: v for k, v in trained.clip.state_dict().items() if k.startswith("visual.")}
+    assert any(not torch.equal(v, fresh_state[k]) for k, v in visual.items())
+    with torch.no_grad():
+        assert torch.equal(trained.encode_text(["a red star."]), donor.encode_text(["a red star."]))
+    other = VLMConfig(name="wide", text_width=32, text_heads=2).to_dict()
+    with pytest.raises(ValueError, match="text_tower_from: 'tiny' has another text tower shape.*text_width"):
+        train_worldclip(_tiny(vlm=other, text_tower_from=str(donor_path)), None, progress=False, eval_n=0)

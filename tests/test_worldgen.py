@@ -137,6 +137,20 @@ def test_mismatched_vlm_is_refused(vlm: VisionLanguageModel, tmp_path: Path) -> 
         load_worldgen(not_gen)
 
 
+def test_a_vlm_carrying_the_same_text_space_is_accepted(vlm: VisionLanguageModel) -> None:
+    """WorldCLIP 2 keeps WorldCLIP's text tower: WorldGen checks the text space, not the model name."""
+    gen = tiny_gen(vlm)
+    carrier = VisionLanguageModel(VLMConfig(name="tiny-stem", conv_stem=(8, 16, 32), text_space="tiny"), seed=0)
+    carrier.clip.load_state_dict({k: v for k, v in vlm.clip.state_dict().items() if not k.startswith("visual.")},
+                                 strict=False)
+    gen.check_vlm(carrier)
+    assert torch.equal(gen.sample(["a red circle."], carrier, steps=2, seed=0),
+                       gen.sample(["a red circle."], vlm, steps=2, seed=0))
+    other_space = VisionLanguageModel(VLMConfig(name="tiny-stem", conv_stem=(8, 16, 32), text_space="x"), seed=0)
+    with pytest.raises(BackboneMismatchError, match="'tiny-stem' with 'x' text features"):
+        gen.check_vlm(other_space)
+
+
 def test_resume_equals_uninterrupted(vlm: VisionLanguageModel, tmp_path: Path) -> None:
     base = tiny_gen(vlm)
     pool = build_pool(base, vlm, size=16, progress=False)

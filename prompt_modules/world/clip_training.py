@@ -72,6 +72,15 @@ WORLDCLIP_CONFIG = VLMConfig(
     text_heads=4,
 )
 
+#: WorldCLIP 2: the same ViT behind a convolutional stem (:class:`~promptweave.prompt_modules.vlm.ConvStem`,
+#: 32-64-128 channels): the same 8x8 token grid, so every prompt method runs on it unchanged. Trained with the
+#: text tower of WorldCLIP (``text_tower_from``), so WorldGen's conditioning stays valid.
+WORLDCLIP2_CONFIG = dataclasses.replace(
+    WORLDCLIP_CONFIG, name="worldclip2", conv_stem=(32, 64, 128), text_space=WORLDCLIP_CONFIG.name
+)
+
+WORLD_VLM_CONFIGS = {c.name: c for c in (WORLDCLIP_CONFIG, WORLDCLIP2_CONFIG)}
+
 #: Keys of the dict :func:`evaluate_worldclip` returns.
 METRIC_KEYS = ("zero_shot_acc", "zero_shot_colour_acc", "zero_shot_style_acc", "i2t_r1", "t2i_r1")
 
@@ -111,6 +120,11 @@ class WorldCLIPTrainConfig:
     frozen text tower (LiT's locked tower, Zhai et al. 2022, the other way round), with their own cosine
     learning rate from ``image_tune_lr``: the text features, which WorldGen is conditioned on, stay as they
     were, while the image features align better with the category words.
+
+    ``text_tower_from`` names a WorldCLIP file whose text tower and temperature this run copies and keeps
+    locked from the first step to the last, so that only the image tower trains (LiT, Zhai et al. 2022): a
+    new image tower for an existing text space. WorldGen is conditioned on that text space, so it works
+    with the new model unchanged.
     """
 
     vlm: str | dict[str, Any] = "worldclip"
@@ -134,6 +148,7 @@ class WorldCLIPTrainConfig:
     colour_head: bool = True
     image_tune_steps: int = 1600
     image_tune_lr: float = 1e-3
+    text_tower_from: str = ""
     seed: int = 0
     styles: tuple[str, ...] = field(default_factory=lambda: tuple(STYLES))
     image_size: int = 64
@@ -159,8 +174,8 @@ class WorldCLIPTrainConfig:
         """The model shape this run trains."""
         if isinstance(self.vlm, dict):
             return VLMConfig.from_dict(self.vlm)
-        if self.vlm == WORLDCLIP_CONFIG.name:
-            return WORLDCLIP_CONFIG
+        if self.vlm in WORLD_VLM_CONFIGS:
+            return WORLD_VLM_CONFIGS[self.vlm]
         return get_config(self.vlm)
 
     def to_dict(self) -> dict[str, Any]:
@@ -415,6 +430,8 @@ def train_worldclip(
     if threads is not None:
         torch.set_num_threads(threads)
     vlm = VisionLanguageModel(config.vlm_config(), seed=config.seed)
+    if config.text_tower_from:
+        copy_text_tower(load_vlm(config.text_tower_from), vlm)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = nn.Linear(vlm.embed_dim, len(CATEGORY_NAMES))
@@ -446,7 +463,7 @@ def train_worldclip(
         bar = tqdm(total=total, initial=min(start, total), desc="WorldCLIP", dynamic_ncols=True)
     smoothed = None
     for step in range(start, total):
-        if step >= config.steps:  # image tuning: the text tower (and the temperature) stay as they are
+        if step >= config.steps or config.text_tower_from:  # the text tower and temperature stay as they are
             for name, param in vlm.clip.named_parameters():
                 if not name.startswith("visual."):
                     param.requires_grad_(False)
@@ -497,6 +514,28 @@ def train_worldclip(
     if out_path is not None:
         save_worldclip(vlm, out_path, config=config, eval_n=eval_n, fp16=fp16)
     return vlm
+
+
+TEXT_TOWER_FIELDS = ("embed_dim", "context_length", "vocab_size", "text_width", "text_layers", "text_heads",
+                     "mlp_ratio", "quick_gelu")
+
+
+def copy_text_tower(source: VisionLanguageModel, target: VisionLanguageModel) -> None:
+    """Copy ``source``'s text tower, text projection and temperature (every weight outside ``visual.``)
+    into ``target``; the two must have the same text-tower shape."""
+    differ = [f for f in TEXT_TOWER_FIELDS if getattr(source.config, f) != getattr(target.config, f)]
+    if differ:
+        raise ValueError(
+            f"text_tower_from: '{source.name}' has another text tower shape than '{target.name}' ({', '.join(differ)})"
+        )
+    if target.config.text_space and target.config.text_space != source.text_space:
+        raise ValueError(
+            f"text_tower_from: '{target.name}' carries the '{target.config.text_space}' text space, "
+            f"not '{source.text_space}'"
+        )
+    text_state = {k: v for k, v in source.clip.state_dict().items() if not k.startswith("visual.")}
+    missing, unexpected = target.clip.load_state_dict(text_state, strict=False)
+    assert not unexpected and all(k.startswith("visual.") for k in missing)
 
 
 def save_worldclip(
@@ -598,7 +637,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m promptweave.world train clip``."""
     defaults = WorldCLIPTrainConfig()
     parser.add_argument("--out", required=True, help="output weights (.safetensors), written when training ends")
-    parser.add_argument("--preset", default=defaults.vlm, help="model shape: 'worldclip' (default) or a VLM preset")
+    parser.add_argument(
+        "--preset", default=defaults.vlm, help="model shape: 'worldclip' (default), 'worldclip2' or a VLM preset"
+    )
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default {defaults.steps})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="image/caption pairs per step")
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
@@ -612,6 +653,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-colour-head", action="store_true", help="pre-train on categories only")
     parser.add_argument("--image-tune-steps", type=int, default=defaults.image_tune_steps, help="locked text")
     parser.add_argument("--image-tune-lr", type=float, default=defaults.image_tune_lr, help="their peak lr")
+    parser.add_argument("--text-tower-from", default="", help="WorldCLIP file whose text tower to copy and lock")
     parser.add_argument("--partial-captions", type=float, default=defaults.partial_captions, help="fraction")
     parser.add_argument("--style-captions", type=float, default=defaults.style_captions, help="fraction")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the init and of every batch")
@@ -641,6 +683,7 @@ def run_cli(args: argparse.Namespace) -> int:
         colour_head=not args.no_colour_head,
         image_tune_steps=args.image_tune_steps,
         image_tune_lr=args.image_tune_lr,
+        text_tower_from=args.text_tower_from,
         hard_negative_weight=args.hard_negative_weight,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,

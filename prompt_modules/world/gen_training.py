@@ -317,7 +317,7 @@ def train_diffusion(
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     start = 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        start, _ = load_training_state(checkpoint_path, unet, optimizer, backbone=vlm.name, ema=ema)
+        start, _ = load_training_state(checkpoint_path, unet, optimizer, backbone=vlm.text_space, ema=ema)
     n_pool, T = latents.shape[0], gen.config.num_train_timesteps
     log: dict[str, Any] = {"losses": [], "pool_seconds": pool_seconds}
     t1 = time.time()
@@ -345,7 +345,8 @@ def train_diffusion(
         done = step + 1
         if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
             save_training_state(
-                checkpoint_path, unet, optimizer, done, backbone=vlm.name, extra={"stage": DIFFUSION_STAGE}, ema=ema
+                checkpoint_path, unet, optimizer, done,
+                backbone=vlm.text_space, extra={"stage": DIFFUSION_STAGE}, ema=ema,
             )
     log["seconds"] = time.time() - t1
     log["steps_run"] = max(0, steps - start)
@@ -463,7 +464,7 @@ def with_trained_autoencoder(
         {
             **base,
             **{k: raw[k] for k in ae_keys if k in known and k in raw},
-            "backbone": vlm.name,
+            "backbone": vlm.text_space,  # WorldGen reads text features only
             "context_dim": vlm.token_width,
         }
     )
@@ -527,7 +528,7 @@ def run_cli(args: argparse.Namespace) -> int:
         config = WORLDGEN_PRESETS[args.preset]
         if vlm is not None:
             config = WorldGenConfig.from_dict(
-                {**config.to_dict(), "backbone": vlm.name, "context_dim": vlm.token_width}
+                {**config.to_dict(), "backbone": vlm.text_space, "context_dim": vlm.token_width}
             )
         gen = WorldGen(config, seed=args.seed)
         log = train_autoencoder(

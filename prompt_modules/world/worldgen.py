@@ -68,7 +68,8 @@ class WorldGenConfig:
 
     ``ae_channels``: autoencoder widths at 1/2, 1/4, ... of the image size; the latent side is
     ``image_size / 2**len(ae_channels)``. ``unet_channels``: denoiser widths per latent resolution level.
-    ``context_dim`` is the token width of the conditioning VLM; ``backbone`` its name. The noise schedule
+    ``context_dim`` is the token width of the conditioning VLM; ``backbone`` the name of its text space
+    (``VisionLanguageModel.text_space``: WorldCLIP 2 carries WorldCLIP's text tower). The noise schedule
     defaults to latent diffusion's ``scaled_linear`` betas 0.00085..0.012 over T = 1000 (Rombach et al. 2022);
     DDPM's ``linear`` 1e-4..0.02 (Ho et al. 2020) destroys an 8x8 latent long before t = T, wasting steps.
     ``scale_shift_norm``: the U-Net's ResBlocks use adaptive group norm (scale and shift from the timestep
@@ -541,11 +542,14 @@ class WorldGen(nn.Module):
         self.config = dataclasses.replace(self.config, latent_shift=float(shift), latent_scale=float(scale))
 
     def check_vlm(self, vlm: Any) -> None:
-        """Refuse a VLM of another name or token width than the one the denoiser was trained with."""
-        if vlm.name != self.config.backbone or vlm.token_width != self.config.context_dim:
+        """Refuse a VLM whose text space (its own name, or the model whose text tower it carries) or token
+        width differs from the one the denoiser was trained with."""
+        text_space = getattr(vlm, "text_space", vlm.name)
+        if text_space != self.config.backbone or vlm.token_width != self.config.context_dim:
             raise BackboneMismatchError(
                 f"this WorldGen is conditioned on '{self.config.backbone}' text features "
-                f"(token width {self.config.context_dim}); got VLM '{vlm.name}' (token width {vlm.token_width})"
+                f"(token width {self.config.context_dim}); got VLM '{vlm.name}' with '{text_space}' text features "
+                f"(token width {vlm.token_width})"
             )
 
     # ----- autoencoder -----------------------------------------------------------------------------------
