@@ -190,6 +190,12 @@ def test_text_tower_from_trains_a_new_image_tower_for_a_locked_text_space(tmp_pa
     assert any(not torch.equal(v, fresh_state[k]) for k, v in visual.items())
     with torch.no_grad():
         assert torch.equal(trained.encode_text(["a red star."]), donor.encode_text(["a red star."]))
+    assert trained.name == "tiny-stem" and trained.text_space == "tiny"  # WorldGen for 'tiny' accepts it
+    unlocked = train_worldclip(
+        _tiny(vlm=stem, text_tower_from=str(donor_path), lock_text_tower=False), None, progress=False, eval_n=0
+    )
+    assert unlocked.text_space == "tiny-stem"  # its own text space now
+    assert not torch.equal(unlocked.clip.token_embedding.weight, donor.clip.token_embedding.weight)
     other = VLMConfig(name="wide", text_width=32, text_heads=2).to_dict()
     with pytest.raises(ValueError, match="text_tower_from: 'tiny' has another text tower shape.*text_width"):
         train_worldclip(_tiny(vlm=other, text_tower_from=str(donor_path)), None, progress=False, eval_n=0)

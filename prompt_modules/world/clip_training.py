@@ -73,11 +73,8 @@ WORLDCLIP_CONFIG = VLMConfig(
 )
 
 #: WorldCLIP 2: the same ViT behind a convolutional stem (:class:`~promptweave.prompt_modules.vlm.ConvStem`,
-#: 32-64-128 channels): the same 8x8 token grid, so every prompt method runs on it unchanged. Trained with the
-#: text tower of WorldCLIP (``text_tower_from``), so WorldGen's conditioning stays valid.
-WORLDCLIP2_CONFIG = dataclasses.replace(
-    WORLDCLIP_CONFIG, name="worldclip2", conv_stem=(32, 64, 128), text_space=WORLDCLIP_CONFIG.name
-)
+#: 32-64-128 channels): the same 8x8 token grid, so every prompt method runs on it unchanged.
+WORLDCLIP2_CONFIG = dataclasses.replace(WORLDCLIP_CONFIG, name="worldclip2", conv_stem=(32, 64, 128))
 
 WORLD_VLM_CONFIGS = {c.name: c for c in (WORLDCLIP_CONFIG, WORLDCLIP2_CONFIG)}
 
@@ -121,10 +118,11 @@ class WorldCLIPTrainConfig:
     learning rate from ``image_tune_lr``: the text features, which WorldGen is conditioned on, stay as they
     were, while the image features align better with the category words.
 
-    ``text_tower_from`` names a WorldCLIP file whose text tower and temperature this run copies and keeps
-    locked from the first step to the last, so that only the image tower trains (LiT, Zhai et al. 2022): a
-    new image tower for an existing text space. WorldGen is conditioned on that text space, so it works
-    with the new model unchanged.
+    ``text_tower_from`` names a WorldCLIP file whose text tower and temperature this run starts from. With
+    ``lock_text_tower`` they stay locked from the first step to the last, so that only the image tower
+    trains (LiT, Zhai et al. 2022): a new image tower for an existing text space, recorded as the model's
+    ``text_space``; WorldGen is conditioned on that text space, so it works with the new model unchanged.
+    Without it the text tower is only initialised from the file and trains in the contrastive steps.
     """
 
     vlm: str | dict[str, Any] = "worldclip"
@@ -149,6 +147,7 @@ class WorldCLIPTrainConfig:
     image_tune_steps: int = 1600
     image_tune_lr: float = 1e-3
     text_tower_from: str = ""
+    lock_text_tower: bool = True
     seed: int = 0
     styles: tuple[str, ...] = field(default_factory=lambda: tuple(STYLES))
     image_size: int = 64
@@ -430,8 +429,12 @@ def train_worldclip(
     if threads is not None:
         torch.set_num_threads(threads)
     vlm = VisionLanguageModel(config.vlm_config(), seed=config.seed)
+    locked_text = bool(config.text_tower_from) and config.lock_text_tower
     if config.text_tower_from:
-        copy_text_tower(load_vlm(config.text_tower_from), vlm)
+        source = load_vlm(config.text_tower_from)
+        copy_text_tower(source, vlm)
+        if locked_text:
+            vlm.config = dataclasses.replace(vlm.config, text_space=source.text_space)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         head = nn.Linear(vlm.embed_dim, len(CATEGORY_NAMES))
@@ -463,7 +466,7 @@ def train_worldclip(
         bar = tqdm(total=total, initial=min(start, total), desc="WorldCLIP", dynamic_ncols=True)
     smoothed = None
     for step in range(start, total):
-        if step >= config.steps or config.text_tower_from:  # the text tower and temperature stay as they are
+        if step >= config.steps or locked_text:  # the text tower and temperature stay as they are
             for name, param in vlm.clip.named_parameters():
                 if not name.startswith("visual."):
                     param.requires_grad_(False)
@@ -527,11 +530,6 @@ def copy_text_tower(source: VisionLanguageModel, target: VisionLanguageModel) ->
     if differ:
         raise ValueError(
             f"text_tower_from: '{source.name}' has another text tower shape than '{target.name}' ({', '.join(differ)})"
-        )
-    if target.config.text_space and target.config.text_space != source.text_space:
-        raise ValueError(
-            f"text_tower_from: '{target.name}' carries the '{target.config.text_space}' text space, "
-            f"not '{source.text_space}'"
         )
     text_state = {k: v for k, v in source.clip.state_dict().items() if not k.startswith("visual.")}
     missing, unexpected = target.clip.load_state_dict(text_state, strict=False)
@@ -653,7 +651,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-colour-head", action="store_true", help="pre-train on categories only")
     parser.add_argument("--image-tune-steps", type=int, default=defaults.image_tune_steps, help="locked text")
     parser.add_argument("--image-tune-lr", type=float, default=defaults.image_tune_lr, help="their peak lr")
-    parser.add_argument("--text-tower-from", default="", help="WorldCLIP file whose text tower to copy and lock")
+    parser.add_argument("--text-tower-from", default="", help="WorldCLIP file whose text tower to start from")
+    parser.add_argument("--train-text-tower", action="store_true", help="train it too (default: locked)")
     parser.add_argument("--partial-captions", type=float, default=defaults.partial_captions, help="fraction")
     parser.add_argument("--style-captions", type=float, default=defaults.style_captions, help="fraction")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the init and of every batch")
@@ -684,6 +683,7 @@ def run_cli(args: argparse.Namespace) -> int:
         image_tune_steps=args.image_tune_steps,
         image_tune_lr=args.image_tune_lr,
         text_tower_from=args.text_tower_from,
+        lock_text_tower=not args.train_text_tower,
         hard_negative_weight=args.hard_negative_weight,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
