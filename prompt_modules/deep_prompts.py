@@ -367,11 +367,7 @@ def encode_image_prompted(
     layer_fn = layer_fn or default_layer_fn
     v = vlm.visual
     n = prompts.n_visual if prompts is not None else 0
-    x = vlm.preprocess(images)
-    x = v.conv1(x.to(v.conv1.weight.dtype)).flatten(2).transpose(1, 2)
-    cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-    x = v.patch_dropout(x)
+    x = vlm.image_tokens(images)
     if n:
         x = _insert(x, 1, prompts.visual_prompt(0))
     x = v.ln_pre(x)

@@ -239,11 +239,6 @@ class ConvStem(nn.Sequential):
         layers.append(nn.Conv2d(previous, width, 1))
         super().__init__(*layers)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The last convolution's weight (its dtype is the stem's, as for the patchify convolution)."""
-        return self[-1].weight
-
 
 class VisionLanguageModel(nn.Module):
     """A CLIP model (``self.clip``, an ``open_clip.CLIP``) plus tokenizer and image preprocessing.
@@ -428,6 +423,17 @@ class VisionLanguageModel(nn.Module):
             x = x[..., top : top + size, left : left + size]
         return (x - self.image_mean) / self.image_std
 
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images ``[B, 3, H, W]`` in 0..1 -> the ViT's input tokens ``[B, 1 + grid*grid, width]``:
+        the patch embedding (patchify convolution or :class:`ConvStem`) behind the class token, plus the
+        positional embedding, after patch dropout and before ``ln_pre``."""
+        v = self.clip.visual
+        x = self.preprocess(images).to(v.class_embedding.dtype)
+        x = v.conv1(x).flatten(2).transpose(1, 2)  # [B, grid*grid, width]
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.patch_dropout(x)
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image features for float images ``[B, 3, H, W]`` in 0..1."""
         return self.encode_image_with_prompts(images, None, normalize)
@@ -444,11 +450,7 @@ class VisionLanguageModel(nn.Module):
         only through attention and ``prompts=None`` (or ``n == 0``) gives exactly :meth:`encode_image`.
         """
         v = self.clip.visual
-        x = self.preprocess(images)
-        x = v.conv1(x.to(v.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid*grid, width]
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        x = v.patch_dropout(x)
+        x = self.image_tokens(images)
         if prompts is not None:
             if prompts.ndim == 2:
                 prompts = prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
