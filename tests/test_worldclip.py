@@ -85,6 +85,14 @@ def test_style_captions_name_the_render_style_of_the_image_and_of_its_negatives(
             assert negative.startswith(f"{STYLE_PHRASES[styles[i]]}. ") == is_named
     plain = training_batch(_tiny(style_captions=0.0, batch_size=32), step).captions
     assert not any(c.startswith(tuple(STYLE_PHRASES.values())) for c in plain)
+    # the image-tuning steps (from config.steps on) may name the style more often than the joint ones
+    tuned = _tiny(style_captions=0.0, image_tune_style_captions=1.0, image_tune_steps=2, batch_size=32)
+    assert training_batch(tuned, step).captions == plain
+    late = training_batch(tuned, tuned.steps)
+    late_styles = [style_for_seed(s) for s in clip_training.batch_seeds(tuned, tuned.steps)]
+    assert all(c.startswith(f"{STYLE_PHRASES[st]}. ") for c, st in zip(late.captions, late_styles, strict=True))
+    with pytest.raises(ValueError, match="fractions in"):
+        _tiny(image_tune_style_captions=1.5)
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
