@@ -61,7 +61,7 @@ class WorldGenSample(io.ComfyNode):
                              tooltip="Random seed; the same seed gives the same images."),
                 io.Int.Input("steps", default=20, min=1, max=200, tooltip="DDIM steps."),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=20.0, step=0.1,
-                               tooltip="Classifier-free guidance scale (1 = none; 7.5 gave WorldGen's most "
+                               tooltip="Classifier-free guidance scale (1 = none; 5 to 7.5 give WorldGen's most "
                                "recognisable shapes on the val split)."),
             ],
             outputs=[io.Image.Output(tooltip="The generated images, 64x64.")],

@@ -181,7 +181,7 @@ def test_prompt_pretraining_then_dual_prompt(pipeline, tmp_path, worldclip):
     assert bundle.config.qkv_mode == "unshared" and bundle.info["steps"] == 10
     dual = load_dual_prompt(paths[1], worldclip)
     assert dual.config.init_from == str(paths[0])
-    assert "RPP pretrained prompts for 'worldclip'" in paths[2].read_text(encoding="utf-8")
+    assert "RPP pretrained prompts for 'worldclip2'" in paths[2].read_text(encoding="utf-8")
     image(paths[3])
 
 

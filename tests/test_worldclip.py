@@ -170,11 +170,11 @@ def test_shipped_worldclip_weights():
     assert SHIPPED.stat().st_size <= 30 * 2**20
     metadata = read_metadata(SHIPPED)
     assert metadata["promptweave.method"] == "vlm"
-    assert metadata["promptweave.backbone"] == "worldclip"
+    assert metadata["promptweave.backbone"] == "worldclip2"
     assert set(METRIC_KEYS) <= set(meta_field(metadata, "metrics"))
-    assert WorldCLIPTrainConfig.from_dict(meta_field(metadata, "train_config")).vlm_config().name == "worldclip"
+    assert WorldCLIPTrainConfig.from_dict(meta_field(metadata, "train_config")).vlm_config().name == "worldclip2"
     vlm = load_vlm(SHIPPED)
-    assert vlm.name == "worldclip" and vlm.image_size == 64
+    assert vlm.name == "worldclip2" and vlm.config.conv_stem and vlm.image_size == 64
     metrics = evaluate_worldclip(vlm, split="test", n=200)
     assert 0.35 <= metrics["zero_shot_acc"] <= 0.80, metrics  # useful but not saturated (chance: 1/27)
     assert metrics["zero_shot_colour_acc"] >= 0.70, metrics
