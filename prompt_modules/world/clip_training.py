@@ -168,12 +168,19 @@ class WorldCLIPTrainConfig:
             raise ValueError("need steps >= 0, batch_size >= 2, warmup >= 0 and checkpoint_every >= 1")
         if not 0 <= self.pretrain_steps <= self.steps:
             raise ValueError(f"pretrain_steps ({self.pretrain_steps}) must be in 0..steps ({self.steps})")
-        tune_style = self.style_captions if self.image_tune_style_captions is None else self.image_tune_style_captions
-        if not all(0.0 <= f <= 1.0 for f in (self.partial_captions, self.style_captions, tune_style)):
+        fractions = (self.partial_captions, self.style_captions, self.style_caption_fraction(self.steps))
+        if not all(0.0 <= f <= 1.0 for f in fractions):
             raise ValueError("partial_captions, style_captions and image_tune_style_captions are fractions in [0, 1]")
         if not 0 <= self.hard_negatives <= NUM_HARD_NEGATIVES:
             raise ValueError(f"hard_negatives must be in 0..{NUM_HARD_NEGATIVES}")
         self.vlm_config()  # fail early on an unknown preset
+
+    def style_caption_fraction(self, step: int) -> float:
+        """The style-named fraction of batch ``step``'s captions (``image_tune_style_captions`` from ``steps`` on,
+        when set)."""
+        if step >= self.steps and self.image_tune_style_captions is not None:
+            return self.image_tune_style_captions
+        return self.style_captions
 
     def vlm_config(self) -> VLMConfig:
         """The model shape this run trains."""
@@ -253,10 +260,7 @@ def training_batch(config: WorldCLIPTrainConfig, step: int) -> TrainingBatch:
             for k in rng.permutation(len(edits))[: config.hard_negatives]:
                 edit = edits[int(k)]
                 negatives.append(partial_caption(scene, edit) if is_partial else edit.text)
-    style_fraction = config.style_captions
-    if step >= config.steps and config.image_tune_style_captions is not None:
-        style_fraction = config.image_tune_style_captions
-    named = np.random.default_rng([config.seed + step, 4]).random(len(scenes)) < style_fraction
+    named = np.random.default_rng([config.seed + step, 4]).random(len(scenes)) < config.style_caption_fraction(step)
     captions = [styled_caption(c, st) if n else c for c, st, n in zip(captions, styles, named, strict=True)]
     k = config.hard_negatives
     negatives = [styled_caption(c, styles[i // k]) if named[i // k] else c for i, c in enumerate(negatives)]
