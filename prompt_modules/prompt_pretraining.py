@@ -17,7 +17,9 @@ positions keep their shared token as residual stream), MLP. This is done through
 :mod:`.deep_prompts`, for the text and the image tower, at the first ``depth`` layers (those whose prompt
 tokens are replaced). ``Q_p, K_p, V_p`` start as the projections of the shared tokens, so an untrained
 unshared prompt gives exactly the shared prompt's features; training then moves them apart (3x the
-parameters per prompted layer).
+parameters per prompted layer). ``qkv_lr_scale`` multiplies their learning rate alone (the paper gives
+none); on the val split a larger step closes unshared prompts' seen-class fit gap to shared ones but did not
+improve transfer (BENCHMARKS.md, pretraining), so the default is 1.
 
 **Supervision (RPP sec. 3.3).** Hard labels plus soft labels: the zero-shot class probabilities of a frozen
 teacher (by default the same VLM without prompts, with the hand-written template ``teacher_template``), as
@@ -106,6 +108,7 @@ class RPPConfig:
     text_depth: int = 2
     visual_depth: int = 2
     qkv_mode: str = "unshared"
+    qkv_lr_scale: float = 1.0
     init_text: str = "a picture of a"
     init_std: float = 0.02
     keep_positions: bool = False
@@ -121,6 +124,8 @@ class RPPConfig:
         self.deep_config()  # validates the prompt shape
         if self.qkv_mode not in QKV_MODES:
             raise ValueError(f"qkv_mode must be one of {QKV_MODES}, got {self.qkv_mode!r}")
+        if self.qkv_lr_scale <= 0:
+            raise ValueError(f"qkv_lr_scale must be > 0, got {self.qkv_lr_scale}")
         if self.soft_weight < 0:
             raise ValueError(f"soft_weight must be >= 0, got {self.soft_weight}")
         if self.temperature <= 0:
@@ -676,8 +681,13 @@ def _pretrain(
     sample_texts = [config.class_template.format(names[int(c)]) for c in sample.labels]
     rpp = RPPPrompts.for_vlm(vlm, config, seed=seed, sample_texts=sample_texts, sample_images=sample.images)
     teacher_text = teacher_class_features(teacher, names, config.teacher_template) if config.soft_labels else None
-    params = [p for p in rpp.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    qkv_ids = {id(p) for p in [*rpp.text_qkv, *rpp.visual_qkv]}
+    trainable = [p for p in rpp.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in qkv_ids], "lr": lr},
+        {"params": [p for p in trainable if id(p) in qkv_ids], "lr": lr * config.qkv_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=0.0)
     frozen = [(p, p.requires_grad) for p in vlm.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)

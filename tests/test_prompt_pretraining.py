@@ -226,6 +226,23 @@ def test_pretraining_is_deterministic_resumable_and_interruptible(vlm, source, t
     assert ckpt2.is_file()
 
 
+def test_qkv_lr_scale_scales_only_the_unshared_qkv_step(vlm, source):
+    """One Adam step moves each parameter by about ``lr * sign(grad)``: scaling the q/k/v prompts' learning rate
+    scales their step and leaves every other prompt parameter's step as it was."""
+    kwargs = {"steps": 1, "batch_size": 4, "progress": False, "lr": 1e-3}
+    runs = {
+        scale: pretrain_prompts(vlm, source, RPPConfig(**{**SMALL.to_dict(), "qkv_lr_scale": scale}), **kwargs).rpp
+        for scale in (1.0, 3.0, 5.0)
+    }
+    qkv = {s: torch.cat([p.detach().flatten() for p in [*r.text_qkv, *r.visual_qkv]]) for s, r in runs.items()}
+    assert torch.allclose(qkv[5.0] - qkv[1.0], 2 * (qkv[3.0] - qkv[1.0]), atol=1e-6)
+    assert (qkv[3.0] - qkv[1.0]).abs().max() == pytest.approx(2e-3, rel=0.05)
+    shared = {s: r.prompts.state_dict() for s, r in runs.items()}
+    assert all(torch.equal(v, shared[5.0][k]) for k, v in shared[1.0].items())
+    with pytest.raises(ValueError, match="qkv_lr_scale"):
+        RPPConfig(qkv_lr_scale=0)
+
+
 class FixedBatch:
     """Always the same batch: prompts on a random tiny VLM can memorise it (they cannot learn classes)."""
 
