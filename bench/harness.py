@@ -16,7 +16,9 @@ from ..prompt_modules.artifacts import atomic_write_bytes
 SPLITS = ("test", "compositional")
 #: task name -> module in this package that defines ``run(seed, split, quick) -> TaskResult``.
 TASKS: dict[str, str] = {
-    task: task for task in ("world", "inversion", "retrieval", "adaptation", "grounding", "pretraining", "soak")
+    task: task for task in (
+        "world", "inversion", "retrieval", "adaptation", "grounding", "pretraining", "overhead", "soak"
+    )
 }
 
 

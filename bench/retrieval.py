@@ -94,38 +94,22 @@ def throughput(vlm, dual, images: torch.Tensor, texts: list[str]) -> dict[str, f
 @torch.no_grad()
 def conditioning_overhead(dual, reps: int = 5) -> dict[str, object]:
     """Time of the dual-prompt SD conditioning path over a plain CLIP-L encode (random CLIP-L weights)."""
-    from ..headless import find_comfyui_dir
     from ..prompt_modules.learned_prompt import encode_prompt_for_pipeline
+    from .sd_text_encoder import plain_encode, sd1_text_encoder, seconds_per_call
 
-    comfyui = find_comfyui_dir()
-    if comfyui is None or dual.prompts.text_ctx is None:
+    clip_l = sd1_text_encoder()
+    if clip_l is None or dual.prompts.text_ctx is None:
         return {"conditioning_overhead": None, "conditioning_note": "no ComfyUI tokenizer files or no text context"}
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(str(comfyui / "comfy" / "sd1_tokenizer"))
-    tokenizer.model_max_length = 77
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                                               num_hidden_layers=12, projection_dim=768)).eval()
+    tokenizer, encoder = clip_l
     text = "a picture of a large red five-point star on a white background"
     table = encoder.get_input_embeddings().weight
-
-    def plain() -> None:
-        ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        encoder(ids)
 
     def dual_path() -> None:
         prompt = dual.sd_learned_prompt({"clip_l": table})
         encode_prompt_for_pipeline(prompt, text, tokenizer, encoder)
 
-    timings = {}
-    for name, fn in (("plain", plain), ("dual", dual_path)):
-        fn()  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        timings[name] = (time.perf_counter() - t0) / reps
+    timings = {"plain": seconds_per_call(lambda: plain_encode(tokenizer, encoder, text), reps),
+               "dual": seconds_per_call(dual_path, reps)}
     return {"conditioning_overhead": timings["dual"] / timings["plain"],
             "conditioning_ms": {k: round(v * 1000, 2) for k, v in timings.items()}}
 
