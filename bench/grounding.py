@@ -153,7 +153,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
         "prompt_steps": prompt_steps,
         "batch_size": batch_size,
         "n_eval": n_eval,
-        "cache": str(folder),
+        "cache": str(folder.relative_to(PACK_DIR)) if folder.is_relative_to(PACK_DIR) else str(folder),
     }
     if note:
         notes["backbone_note"] = note
