@@ -40,14 +40,6 @@ INVERTER_FILE = "inverter-worldclip.safetensors"
 N_LEARNED = 8
 
 
-def hard_prompt(ids: torch.Tensor, table: torch.Tensor) -> LearnedPrompt:
-    """The CLIP-L embeddings of vocabulary token ``ids`` as a learned prompt (what the SD nodes splice in)."""
-    widths = {"clip_l": int(table.shape[1])}
-    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=len(ids), widths=widths, backbone="any"))
-    prompt.init_from_token_embeddings("clip_l", table.detach()[ids].float())
-    return prompt
-
-
 def run(seed: int, split: str, quick: bool) -> TaskResult:
     torch.set_num_threads(1)
     reps = 3 if quick else 20
@@ -80,7 +72,8 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
 
     def diff_prompt_path() -> None:
         ids = diff.text_prompt_token_ids(vlm, image, [expression], generator=torch.Generator().manual_seed(seed))
-        encode_prompt_for_pipeline(hard_prompt(ids[0], table), caption, tokenizer, encoder)
+        prompt = LearnedPrompt.from_token_ids(ids[0], {"clip_l": table})
+        encode_prompt_for_pipeline(prompt, caption, tokenizer, encoder)
 
     def inversion_path() -> None:
         prompt = inverter.invert(image_encoder(image), top_k=8)[0]["prompt"]

@@ -22,7 +22,7 @@ from ..prompt_modules.diff_prompt import (
     train_mask_vae,
     train_prompts,
 )
-from ..prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from ..prompt_modules.learned_prompt import LearnedPrompt
 from ..prompt_modules.plots import loss_curve_image
 from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import (
@@ -268,11 +268,7 @@ class DiffPromptConditioning(io.ComfyNode):
             ids = model.text_prompt_token_ids(vlm, images.to(vlm.device), texts, generator=_generator(seed))
         conds, pooled = [], []
         for row in ids:
-            widths = {k: int(t.shape[1]) for k, t in tables.items()}
-            prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=len(row), widths=widths, backbone="any"))
-            for key, table in tables.items():
-                prompt.init_from_token_embeddings(key, table.detach()[row.to(table.device)].float().cpu())
-            tokens = tokens_with_learned_prompt(node, clip, text, prompt)
+            tokens = tokens_with_learned_prompt(node, clip, text, LearnedPrompt.from_token_ids(row, tables))
             cond, pool = clip.encode_from_tokens(tokens, return_pooled=True)
             conds.append(cond)
             pooled.append(pool)

@@ -409,10 +409,7 @@ class DualPrompt(nn.Module):
         ids = self.text_token_ids
         if bool((ids < 0).any()):
             raise ValueError("the dual prompt's text context has no vocabulary projection: train it first")
-        prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=len(ids), widths=widths, backbone="any"))
-        for key, table in tables.items():
-            prompt.init_from_token_embeddings(key, table.detach()[ids.to(table.device)].float().cpu())
-        return prompt
+        return LearnedPrompt.from_token_ids(ids, tables)
 
 
 # ----- data -----------------------------------------------------------------------------------------------------

@@ -78,6 +78,16 @@ class LearnedPrompt(nn.Module):
             }
         )
 
+    @classmethod
+    def from_token_ids(cls, ids: torch.Tensor, tables: dict[str, torch.Tensor]) -> LearnedPrompt:
+        """A hard prompt (as in PEZ): each encoder's own embeddings of vocabulary token ``ids``, one vector per id;
+        ``tables`` maps encoder names (``clip_l``/``clip_g``) to their token-embedding tables."""
+        widths = {k: int(t.shape[1]) for k, t in tables.items()}
+        prompt = cls(LearnedPromptConfig(n_ctx=len(ids), widths=widths, backbone="any"))
+        for key, table in tables.items():
+            prompt.init_from_token_embeddings(key, table.detach()[ids.to(table.device)].float().cpu())
+        return prompt
+
     @property
     def n_ctx(self) -> int:
         return self.config.n_ctx

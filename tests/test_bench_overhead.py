@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from promptweave.bench import overhead, sd_text_encoder
 from promptweave.bench.harness import TASKS, run_task
 
 SMALL_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2,
               "projection_dim": 64}
-
-
-def test_hard_prompt_is_the_encoders_own_embeddings_of_the_ids():
-    table = torch.randn(50, 8)
-    prompt = overhead.hard_prompt(torch.tensor([3, 7, 7]), table)
-    assert torch.equal(prompt("clip_l").detach(), table[[3, 7, 7]])
 
 
 def test_overhead_record_times_every_path_against_clip_text_encode(monkeypatch):

@@ -226,3 +226,11 @@ def test_safe_names_stay_inside_and_symlinks_cannot_escape(tmp_path):
     (tmp_path / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(UnsafeNameError, match="outside"):
         safe_child_path(tmp_path, "link/x")
+
+
+def test_from_token_ids_is_each_encoders_own_embeddings_of_the_ids():
+    tables = {"clip_l": torch.randn(50, 8), "clip_g": torch.randn(50, 12)}
+    prompt = LearnedPrompt.from_token_ids(torch.tensor([3, 7, 7]), tables)
+    assert prompt.n_ctx == 3 and prompt.widths() == {"clip_l": 8, "clip_g": 12}
+    for key, table in tables.items():
+        assert torch.equal(prompt(key).detach(), table[[3, 7, 7]])
