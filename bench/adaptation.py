@@ -110,6 +110,17 @@ def style_prototypes(vlm, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def source_content(vlm, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What ``content_kept`` compares against: WorldCLIP's category and colour and the position cell of each
+    source sample."""
+    return {
+        "category": zero_shot_predict(vlm, images, category_prompts()),
+        "colour": zero_shot_predict(vlm, images, colour_prompts()),
+        "position": position_cells(images.cpu()),
+    }
+
+
+@torch.no_grad()
 def measure(vlm, images: torch.Tensor, source: dict, protos: torch.Tensor, style: str) -> dict[str, float]:
     feats = vlm.encode_image(images)
     style_pred = (feats @ protos.T).argmax(dim=1)
@@ -166,11 +177,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     base = WorldGenGenerator(gen, pool)
     with torch.no_grad():
         source_images = base.generate(eval_latents)
-    source = {
-        "category": zero_shot_predict(vlm, source_images, category_prompts()),
-        "colour": zero_shot_predict(vlm, source_images, colour_prompts()),
-        "position": position_cells(source_images.cpu()),
-    }
+    source = source_content(vlm, source_images)
     truth = {  # how well the source samples themselves show what their captions asked for (context only)
         "source_category_vs_caption": float(
             (source["category"] == torch.tensor([CATEGORY_IDS[sc.objects[0].category] for sc in eval_scenes]))

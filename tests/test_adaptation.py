@@ -145,6 +145,11 @@ def test_stage2_lora_on_the_worldgen_decoder(vlm, worldgen, pool):
         original = worldgen.decode(codes)
     assert torch.allclose(source, original, atol=1e-6)  # adapters off = the frozen source generator
     assert (adapted - source).abs().max() > 1e-4
+    # the toggle leaves the finished LoRA frozen and switched on again
+    assert not any(p.requires_grad for p in result.adapter.parameters())
+    assert not any(layer.disable_adapters for layer in result.adapter.layers.values())
+    with torch.no_grad():
+        assert torch.equal(gen.generate(codes), adapted)
     after = worldgen.autoencoder.decoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the user's model is never touched
     assert result.seconds_per_step > 0 and result.peak_memory_mb > 0

@@ -186,15 +186,22 @@ class LoRAAdapter:
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
-        """Run the base layers only (PEFT's ``disable_adapters`` flag, without touching ``requires_grad``)."""
-        old = {n: layer._disable_adapters for n, layer in self.layers.items()}
+        """Run the base layers only (PEFT's public ``enable_adapters(False)``), then restore each layer's state.
+
+        PEFT's toggle also switches ``requires_grad`` of the adapter weights (off, then on for the active
+        adapter); the flags from before the block are put back, so a frozen (finished) LoRA stays frozen.
+        """
+        was_disabled = {n: layer.disable_adapters for n, layer in self.layers.items()}
+        grads = [(p, p.requires_grad) for p in self.parameters()]
         for layer in self.layers.values():
-            layer._disable_adapters = True
+            layer.enable_adapters(False)
         try:
             yield
         finally:
             for n, layer in self.layers.items():
-                layer._disable_adapters = old[n]
+                layer.enable_adapters(not was_disabled[n])
+            for p, flag in grads:
+                p.requires_grad_(flag)
 
     def weights(self, state: dict[str, torch.Tensor] | None = None) -> tuple[dict, dict]:
         state = self.state() if state is None else state

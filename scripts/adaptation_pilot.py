@@ -1,0 +1,99 @@
+"""Val pilot for the ``adaptation`` benchmark: one style, one method, chosen stage-2 settings (BENCHMARKS.md).
+
+    .venv/bin/python scripts/adaptation_pilot.py METHOD STYLE [--lr LR] [--steps N] [--lambda-domain L] [--seed S]
+        [--mapper-file F]
+
+Same setting as ``python -m promptweave.bench adaptation`` (WorldGen's decoder, latents sampled from flat
+single-object train captions, NADA's layer selection on 2/3 of the layers, the bench's metrics and judge) but
+evaluated on the first 64 **val** scenes, so that settings can be chosen without touching the test split.
+For IPL it also prints how image-specific the stage-1 prompts are: the mean pairwise cosine distance of the
+normalised source and target prompt features of the evaluation latents, and the mean cosine between the
+image-specific text directions and NADA's fixed one (1.0 = IPL reduces to NADA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from promptweave.bench.adaptation import (
+    SOURCE_STYLE,
+    SOURCE_TEXT,
+    STYLE_TEXTS,
+    diversity,
+    measure,
+    source_content,
+    style_prototypes,
+)
+from promptweave.prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, sample_worldgen_latents
+from promptweave.prompt_modules.adaptation.mapper import load_mapper, save_mapper
+from promptweave.prompt_modules.adaptation.model import PromptEncoder, nada_direction, train_mapper
+from promptweave.prompt_modules.world.models import load_world_models
+from promptweave.prompt_modules.world.zero_shot import single_object_scenes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=["ipl", "nada"])
+    parser.add_argument("style", choices=sorted(STYLE_TEXTS))
+    parser.add_argument("--lr", type=float, default=0.0016)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--mapper-steps", type=int, default=300)
+    parser.add_argument("--lambda-domain", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mapper-file", default="", help="IPL: reuse this stage-1 mapper (trained, saved if absent)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    vlm, gen = load_world_models()
+    vlm.eval()
+    eval_scenes = list(single_object_scenes("val", 64, style=SOURCE_STYLE))
+    pool_scenes = list(single_object_scenes("train", 256, style=SOURCE_STYLE))
+    eval_latents = sample_worldgen_latents(gen, vlm, [s.caption for s in eval_scenes], steps=20, seed=0)
+    pool = sample_worldgen_latents(gen, vlm, [s.caption for s in pool_scenes], steps=20, seed=1)
+    protos = style_prototypes(vlm, 64)
+    generator = WorldGenGenerator(gen, pool)
+    with torch.no_grad():
+        source_images = generator.generate(eval_latents)
+    source = source_content(vlm, source_images)
+    config = IPLConfig(
+        method=args.method, source_text=SOURCE_TEXT, target_text=STYLE_TEXTS[args.style], ctx_init="a picture of a",
+        steps=args.steps, mapper_steps=args.mapper_steps, mapper_batch=32, batch_size=2, lr=args.lr,
+        lambda_domain=args.lambda_domain, auto_layer_k=max(1, round(2 * len(generator.lora_targets) / 3)),
+        seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    mapper = None
+    if args.method == "ipl" and args.mapper_file:
+        if os.path.isfile(args.mapper_file):
+            mapper = load_mapper(args.mapper_file, vlm)
+        else:
+            mapper = train_mapper(generator, vlm, config).trained
+            save_mapper(mapper, args.mapper_file)
+    result = run_adaptation(generator, vlm, config, mapper)
+    report: dict[str, object] = {"method": args.method, "style": args.style, "lr": args.lr, "steps": args.steps,
+                                 "lambda_domain": args.lambda_domain, "seed": args.seed,
+                                 "seconds": round(time.perf_counter() - t0, 1)}
+    with torch.no_grad():
+        adapted = generator.generate(eval_latents)
+        report["source"] = {k: round(v, 4) for k, v in measure(vlm, source_images, source, protos, args.style).items()}
+        report["adapted"] = {k: round(v, 4) for k, v in measure(vlm, adapted, source, protos, args.style).items()}
+        report["mean_abs_change"] = round(float((adapted - source_images).abs().mean()), 4)
+        if result.mapper is not None:
+            ctx = result.mapper.mapper(generator.latent_code(eval_latents))
+            f_src = F.normalize(PromptEncoder(vlm, config.source_text, config).features(ctx), dim=-1)
+            f_tgt = F.normalize(PromptEncoder(vlm, config.target_text, config).features(ctx), dim=-1)
+            d_text = F.normalize(f_tgt - f_src, dim=-1)
+            report["prompt_spread_source"] = round(diversity(f_src), 4)
+            report["prompt_spread_target"] = round(diversity(f_tgt), 4)
+            report["cos_to_nada_direction"] = round(float((d_text @ nada_direction(vlm, config).T).mean()), 4)
+            report["direction_spread"] = round(diversity(d_text), 4)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
