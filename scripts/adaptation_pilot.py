@@ -1,7 +1,7 @@
 """Val pilot for the ``adaptation`` benchmark: one style, one method, chosen stage-2 settings (BENCHMARKS.md).
 
     .venv/bin/python scripts/adaptation_pilot.py METHOD STYLE [--lr LR] [--steps N] [--lambda-domain L] [--seed S]
-        [--mapper-file F]
+        [--mapper-file F] [--png out.png]
 
 Same setting as ``python -m promptweave.bench adaptation`` (WorldGen's decoder, latents sampled from flat
 single-object train captions, NADA's layer selection on 2/3 of the layers, the bench's metrics and judge) but
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--mapper-steps", type=int, default=300)
     parser.add_argument("--lambda-domain", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png", default="", help="write 8 source samples above their adapted versions")
     parser.add_argument("--mapper-file", default="", help="IPL: reuse this stage-1 mapper (trained, saved if absent)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -93,6 +94,10 @@ def main() -> None:
             report["cos_to_nada_direction"] = round(float((d_text @ nada_direction(vlm, config).T).mean()), 4)
             report["direction_spread"] = round(diversity(d_text), 4)
     print(json.dumps(report))
+    if args.png:
+        from torchvision.utils import save_image
+
+        save_image(torch.cat([source_images[:8], adapted[:8]]), args.png, nrow=8)
 
 
 if __name__ == "__main__":
