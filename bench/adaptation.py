@@ -164,6 +164,11 @@ def settings(quick: bool) -> dict[str, int]:
     }
 
 
+def layer_selection_k(n_layers: int) -> int:
+    """How many LoRA layers NADA's adaptive layer selection trains per step: 2/3 of them (official ``auto_layer_k``)."""
+    return max(1, round(2 * n_layers / 3))
+
+
 def run(seed: int, split: str, quick: bool) -> TaskResult:
     torch.set_num_threads(1)
     s = settings(quick)
@@ -188,7 +193,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
             (source["colour"] == torch.tensor([COLOUR_IDS[sc.objects[0].colour] for sc in eval_scenes])).float().mean()
         ),
     }
-    k = max(1, round(2 * len(base.lora_targets) / 3))
+    k = layer_selection_k(len(base.lora_targets))
     per_style: dict[str, dict[str, dict[str, float]]] = {}
     costs: dict[str, dict[str, float]] = {"ipl": {}, "nada": {}}
     t_start = time.perf_counter()

@@ -26,7 +26,9 @@ from promptweave.bench.adaptation import (
     SOURCE_TEXT,
     STYLE_TEXTS,
     diversity,
+    layer_selection_k,
     measure,
+    settings,
     source_content,
     style_prototypes,
 )
@@ -52,19 +54,20 @@ def main() -> None:
     torch.set_num_threads(1)
     vlm, gen = load_world_models()
     vlm.eval()
-    eval_scenes = list(single_object_scenes("val", 64, style=SOURCE_STYLE))
-    pool_scenes = list(single_object_scenes("train", 256, style=SOURCE_STYLE))
-    eval_latents = sample_worldgen_latents(gen, vlm, [s.caption for s in eval_scenes], steps=20, seed=0)
-    pool = sample_worldgen_latents(gen, vlm, [s.caption for s in pool_scenes], steps=20, seed=1)
-    protos = style_prototypes(vlm, 64)
+    s = settings(quick=False)
+    eval_scenes = list(single_object_scenes("val", s["n_eval"], style=SOURCE_STYLE))
+    pool_scenes = list(single_object_scenes("train", s["n_pool"], style=SOURCE_STYLE))
+    eval_latents = sample_worldgen_latents(gen, vlm, [sc.caption for sc in eval_scenes], steps=s["gen_steps"], seed=0)
+    pool = sample_worldgen_latents(gen, vlm, [sc.caption for sc in pool_scenes], steps=s["gen_steps"], seed=1)
+    protos = style_prototypes(vlm, s["n_proto"])
     generator = WorldGenGenerator(gen, pool)
     with torch.no_grad():
         source_images = generator.generate(eval_latents)
     source = source_content(vlm, source_images)
     config = IPLConfig(
         method=args.method, source_text=SOURCE_TEXT, target_text=STYLE_TEXTS[args.style], ctx_init="a picture of a",
-        steps=args.steps, mapper_steps=args.mapper_steps, mapper_batch=32, batch_size=2, lr=args.lr,
-        lambda_domain=args.lambda_domain, auto_layer_k=max(1, round(2 * len(generator.lora_targets) / 3)),
+        steps=args.steps, mapper_steps=args.mapper_steps, mapper_batch=s["mapper_batch"], batch_size=s["batch_size"],
+        lr=args.lr, lambda_domain=args.lambda_domain, auto_layer_k=layer_selection_k(len(generator.lora_targets)),
         seed=args.seed,
     )
     t0 = time.perf_counter()
