@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from promptweave.bench.adaptation import (
     SOURCE_STYLE,
     SOURCE_TEXT,
+    STAGE2_LR,
     STYLE_TEXTS,
     diversity,
     layer_selection_k,
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("method", choices=["ipl", "nada"])
     parser.add_argument("style", choices=sorted(STYLE_TEXTS))
-    parser.add_argument("--lr", type=float, default=0.0016)
+    parser.add_argument("--lr", type=float, default=None, help="stage-2 lr (default: the bench's STAGE2_LR for METHOD)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--mapper-steps", type=int, default=300)
     parser.add_argument("--lambda-domain", type=float, default=1.0)
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--png", default="", help="write 8 source samples above their adapted versions")
     parser.add_argument("--mapper-file", default="", help="IPL: reuse this stage-1 mapper (trained, saved if absent)")
     args = parser.parse_args()
+    if args.lr is None:
+        args.lr = STAGE2_LR[args.method]
     torch.set_num_threads(1)
     vlm, gen = load_world_models()
     vlm.eval()

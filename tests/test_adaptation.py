@@ -346,3 +346,39 @@ def test_diffusers_export_loads_with_load_lora_weights(vlm, tiny_pipeline_dir, t
     assert len(wrapped) == len(result.lora.down)  # every tensor of the file reached a layer
     assert (loaded - base).abs().max() > 0
     assert torch.allclose(loaded, mine, atol=1e-5)  # alpha/rank scale survives the export
+
+
+def test_bench_metrics_position_cells_and_diversity():
+    from promptweave.bench.adaptation import STAGE2_LR, diversity, layer_selection_k, position_cells
+
+    images = torch.zeros(2, 3, 24, 24)
+    images[0, :, 1:5, 1:5] = 1.0  # top-left cell
+    images[1, :, 18:22, 10:14] = 1.0  # bottom-middle cell
+    assert position_cells(images).tolist() == [0, 7]
+    same = torch.nn.functional.normalize(torch.ones(3, 4), dim=-1)
+    assert diversity(same) == pytest.approx(0.0, abs=1e-6)
+    assert diversity(torch.eye(4)) == pytest.approx(1.0)
+    assert diversity(same[:1]) == 0.0
+    assert layer_selection_k(13) == 9 and layer_selection_k(1) == 1
+    # every method has its own stage-2 lr, and the same-lr baseline really shares IPL's
+    assert set(STAGE2_LR) == {"ipl", "nada", "nada_same_lr"}
+    assert STAGE2_LR["nada_same_lr"] == STAGE2_LR["ipl"]
+
+
+def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch):
+    from promptweave.bench.adaptation import METRICS, STAGE2_LR, STYLE_TEXTS, run
+
+    monkeypatch.setenv("PW_BENCH_VLM", "tiny")
+    result = run(seed=0, split="test", quick=True)
+    assert set(result.baselines) == {"nada", "nada_same_lr", "source"}
+    assert result.notes["stage2_lr"] == STAGE2_LR
+    assert set(result.notes["per_style"]) == set(STYLE_TEXTS)
+    for style, rows in result.notes["per_style"].items():
+        assert rows["source"]["content_kept"] == 1.0, style  # the source sample agrees with itself
+        for row in rows.values():
+            assert all(0.0 <= row[m] <= 1.0 + 1e-6 for m in METRICS)
+    for m in METRICS:
+        assert result.notes["margins_vs_nada"][m] == pytest.approx(result.metrics[m] - result.baselines["nada"][m])
+        same_lr = result.metrics[m] - result.baselines["nada_same_lr"][m]
+        assert result.notes["margins_vs_nada_same_lr"][m] == pytest.approx(same_lr)
+    assert result.metrics["seconds_per_step"] > 0 and result.metrics["peak_memory_mb"] > 0
