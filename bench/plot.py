@@ -10,12 +10,22 @@ PALETTE = [(46, 110, 190), (230, 140, 40), (90, 170, 90), (200, 70, 70), (140, 1
            (60, 170, 170), (190, 160, 40)]
 
 
+COST_MARKERS = ("seconds", "memory", "_mb", "per_s", "ms_per", "params", "time_rel")
+
+
+def charted_metrics(metrics: set[str]) -> list[str]:
+    """The metrics a chart shows: costs (time, memory, throughput, parameter counts) live on scales of their own
+    that would flatten every quality bar, so they stay in the table; a task of costs only is charted whole."""
+    quality = sorted(m for m in metrics if not any(marker in m for marker in COST_MARKERS))
+    return quality or sorted(metrics)
+
+
 def bar_chart(title: str, summary: dict[str, dict[str, tuple[float, float]]], width: int = 900,
               height: int = 420) -> bytes:
-    """PNG bytes: one group of bars per metric, one bar per row (method first), error bar = std."""
-    metrics = sorted({m for row in summary.values() for m in row})
+    """PNG bytes: one group of bars per charted metric, one bar per row (method first), error bar = std."""
+    metrics = charted_metrics({m for row in summary.values() for m in row})
     rows = list(summary)
-    top = max([v[0] + v[1] for row in summary.values() for v in row.values()] + [1e-9])
+    top = max([v[0] + v[1] for row in summary.values() for m, v in row.items() if m in metrics] + [1e-9])
     top = max(1.0, top) if top <= 1.0 else top * 1.1
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
