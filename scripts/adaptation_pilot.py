@@ -1,7 +1,7 @@
 """Val pilot for the ``adaptation`` benchmark: one style, one method, chosen stage-2 settings (BENCHMARKS.md).
 
-    .venv/bin/python scripts/adaptation_pilot.py METHOD STYLE [--lr LR] [--steps N] [--lambda-domain L] [--seed S]
-        [--mapper-file F] [--png out.png]
+    .venv/bin/python scripts/adaptation_pilot.py METHOD STYLE [--lr LR] [--steps N] [--batch-size B]
+        [--lambda-domain L] [--seed S] [--mapper-file F] [--png out.png]
 
 Same setting as ``python -m promptweave.bench adaptation`` (WorldGen's decoder, latents sampled from flat
 single-object train captions, NADA's layer selection on 2/3 of the layers, the bench's metrics and judge) but
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="stage-2 lr (default: the bench's STAGE2_LR for METHOD)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--mapper-steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=None, help="stage-2 batch (default: the bench's)")
     parser.add_argument("--lambda-domain", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default="", help="write 8 source samples above their adapted versions")
@@ -69,7 +70,8 @@ def main() -> None:
     source = source_content(vlm, source_images)
     config = IPLConfig(
         method=args.method, source_text=SOURCE_TEXT, target_text=STYLE_TEXTS[args.style], ctx_init="a picture of a",
-        steps=args.steps, mapper_steps=args.mapper_steps, mapper_batch=s["mapper_batch"], batch_size=s["batch_size"],
+        steps=args.steps, mapper_steps=args.mapper_steps, mapper_batch=s["mapper_batch"],
+        batch_size=args.batch_size or s["batch_size"],
         lr=args.lr, lambda_domain=args.lambda_domain, auto_layer_k=layer_selection_k(len(generator.lora_targets)),
         seed=args.seed,
     )
@@ -83,6 +85,7 @@ def main() -> None:
             save_mapper(mapper, args.mapper_file)
     result = run_adaptation(generator, vlm, config, mapper)
     report: dict[str, object] = {"method": args.method, "style": args.style, "lr": args.lr, "steps": args.steps,
+                                 "batch_size": config.batch_size,
                                  "lambda_domain": args.lambda_domain, "seed": args.seed,
                                  "seconds": round(time.perf_counter() - t0, 1)}
     with torch.no_grad():
