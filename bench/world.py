@@ -14,13 +14,11 @@ import torch
 
 from ..prompt_modules.vlm import VisionLanguageModel
 from ..prompt_modules.world.models import load_world_models
+from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from .harness import TaskResult
 
-#: Classifier-free guidance of the WorldGen samples, chosen on the val split (caption prompts, 20 DDIM steps,
-#: 200 single-object scenes, seed 0). WorldGen 2 judged by WorldCLIP 2, gen_category_agreement at guidance
-#: 3 / 5 / 7.5 / 10: 0.465 / 0.475 / 0.465 / 0.430, colour 0.865 / 0.860 / 0.860 / 0.800. (WorldGen 1 judged
-#: by WorldCLIP 1 at 1 / 3 / 5 / 7.5 / 10 / 15: 0.105 / 0.205 / 0.260 / 0.275 / 0.270 / 0.255.)
-GUIDANCE = 5.0
+#: Classifier-free guidance of the WorldGen samples (chosen on the val split; see ``DEFAULT_GUIDANCE``).
+GUIDANCE = DEFAULT_GUIDANCE
 
 
 def run(seed: int, split: str, quick: bool) -> TaskResult:

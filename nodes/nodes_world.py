@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..prompt_modules.artifacts import ArtifactError
 from ..prompt_modules.world.models import load_world_models
+from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from ._common import NodeInputError, check_inputs, text_lines
 from ._types import VLMType, WorldGenType
 
@@ -60,9 +61,9 @@ class WorldGenSample(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Random seed; the same seed gives the same images."),
                 io.Int.Input("steps", default=20, min=1, max=200, tooltip="DDIM steps."),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=20.0, step=0.1,
-                               tooltip="Classifier-free guidance scale (1 = none; 5 to 7.5 give WorldGen's most "
-                               "recognisable shapes on the val split)."),
+                io.Float.Input("guidance", default=DEFAULT_GUIDANCE, min=0.0, max=20.0, step=0.1,
+                               tooltip="Classifier-free guidance scale (1 = none; the default, chosen on the val "
+                               "split, gives WorldGen's most recognisable shapes)."),
             ],
             outputs=[io.Image.Output(tooltip="The generated images, 64x64.")],
         )

@@ -207,18 +207,20 @@ def test_interrupted_run_resumes_to_the_same_result(vlm, worldgen, pool, tmp_pat
                 callback=stop_at(stage, when),
             )
     assert (folder / "mapper.safetensors").is_file() and (folder / "lora.state.safetensors").is_file()
-    resumed = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, cfg, checkpoint_dir=folder, checkpoint_every=2)
-    assert resumed.losses == whole.losses and resumed.mapper_losses == whole.mapper_losses
-    assert _lora_close(resumed.lora, whole.lora)
+    assert not (folder / "mapper.state.safetensors").exists()  # stage 1 finished
     other = cfg.replace(rank=2)
     with pytest.raises(ArtifactError, match="another run"):
         adapt_generator(
             WorldGenGenerator(worldgen, pool),
             vlm,
             other,
-            resumed.mapper,
+            load_mapper(folder / "mapper.safetensors", vlm),
             checkpoint_path=folder / "lora.state.safetensors",
         )
+    resumed = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, cfg, checkpoint_dir=folder, checkpoint_every=2)
+    assert resumed.losses == whole.losses and resumed.mapper_losses == whole.mapper_losses
+    assert _lora_close(resumed.lora, whole.lora)
+    assert not (folder / "lora.state.safetensors").exists()  # stage 2 finished: no stale state left behind
 
 
 def test_native_export_roundtrip_and_merge(vlm, worldgen, pool, tmp_path):

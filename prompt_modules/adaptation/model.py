@@ -565,7 +565,8 @@ def run_adaptation(
 ) -> AdaptationResult:
     """Both stages (IPL) or stage 2 alone (NADA, or IPL with a given ``mapper``); ``callback(stage, step, total,
     loss)``. With ``checkpoint_dir``, stage checkpoints (``mapper.state.safetensors``, ``lora.state.safetensors``)
-    and the finished mapper (``mapper.safetensors``) go there so that a rerun resumes."""
+    and the finished mapper (``mapper.safetensors``) go there so that a rerun resumes; each stage's state file
+    is removed once that stage has finished (the LoRA is the caller's to save)."""
     from .mapper import load_mapper, save_mapper
 
     folder = Path(checkpoint_dir) if checkpoint_dir else None
@@ -599,5 +600,7 @@ def run_adaptation(
         checkpoint_every=checkpoint_every,
         callback=(lambda s, t, v: callback("lora", s, t, v)) if callback else None,
     )
+    if folder is not None:  # finished: a rerun starts stage 2 afresh (same seed, same result)
+        (folder / "lora.state.safetensors").unlink(missing_ok=True)
     result.mapper_losses, result.mapper_seconds_per_step = mapper_losses, mapper_sps
     return result

@@ -52,7 +52,7 @@ from ..checkpointing import load_training_state, save_training_state
 from .dataset import render_batch
 from .scene import sample_layout, split_seed_range
 from .vocabulary import CATEGORY_IDS, COLOUR_IDS
-from .worldgen import WORLDGEN_PRESETS, WorldGen, WorldGenConfig, copy_module, save_worldgen
+from .worldgen import DEFAULT_GUIDANCE, WORLDGEN_PRESETS, WorldGen, WorldGenConfig, copy_module, save_worldgen
 from .zero_shot import category_prompts, colour_prompts, scenes_to_images, single_object_scenes, zero_shot_predict
 
 AE_STAGE = "autoencoder"
@@ -376,7 +376,7 @@ def evaluate_worldgen(
     n: int = 200,
     seed: int = 0,
     steps: int = 20,
-    guidance: float = 3.0,
+    guidance: float = DEFAULT_GUIDANCE,
     prompts: str = "caption",
     batch_size: int = 50,
     return_images: bool = False,
@@ -499,7 +499,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", default=None, help="resumable training state goes here")
     parser.add_argument("--eval-n", type=int, default=200, help="single-object test scenes to evaluate (0: skip)")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for evaluation")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale for evaluation")
+    parser.add_argument(
+        "--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale for evaluation"
+    )
     parser.add_argument("--grid", default=None, help="also write a PNG grid of evaluation samples here")
     parser.add_argument("--no-progress", action="store_true")
 
