@@ -11,13 +11,17 @@ PALETTE = [(46, 110, 190), (230, 140, 40), (90, 170, 90), (200, 70, 70), (140, 1
 
 
 COST_MARKERS = ("seconds", "memory", "_mb", "per_s", "ms_per", "params", "time_rel")
+#: Sizes a run was configured with (e.g. soak's 200 executions): reported in the table, not results to chart.
+SETUP_METRICS = frozenset({"runs"})
 
 
 def charted_metrics(metrics: set[str]) -> list[str]:
-    """The metrics a chart shows: costs (time, memory, throughput, parameter counts) live on scales of their own
-    that would flatten every quality bar, so they stay in the table; a task of costs only is charted whole."""
-    quality = sorted(m for m in metrics if not any(marker in m for marker in COST_MARKERS))
-    return quality or sorted(metrics)
+    """The metrics a chart shows: costs (time, memory, throughput, parameter counts) and set-up sizes live on
+    scales of their own that would flatten every quality bar, so they stay in the table; a task of costs only is
+    charted whole."""
+    results = {m for m in metrics if m not in SETUP_METRICS}
+    quality = sorted(m for m in results if not any(marker in m for marker in COST_MARKERS))
+    return quality or sorted(results or metrics)
 
 
 def bar_chart(title: str, summary: dict[str, dict[str, tuple[float, float]]], width: int = 900,

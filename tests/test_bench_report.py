@@ -16,6 +16,8 @@ def test_charts_leave_costs_to_the_table():
                "trainable_params", "time_rel_coop", "ms_per_image"}
     assert charted_metrics(metrics) == ["diversity", "target_score"]
     assert charted_metrics({"ms_per_call"}) == ["ms_per_call"]  # a task of costs only is charted whole
+    soak = {"runs", "failures", "slowdown", "bound_met", "rss_growth_mb", "seconds_per_run_last"}
+    assert charted_metrics(soak) == ["bound_met", "failures", "slowdown"]  # 200 runs would flatten the rest
 
 
 def test_summary_table_and_chart_over_seeds():
