@@ -17,9 +17,6 @@ from ..prompt_modules.world.models import load_world_models
 from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from .harness import TaskResult
 
-#: Classifier-free guidance of the WorldGen samples (chosen on the val split; see ``DEFAULT_GUIDANCE``).
-GUIDANCE = DEFAULT_GUIDANCE
-
 
 def run(seed: int, split: str, quick: bool) -> TaskResult:
     from ..prompt_modules.world.clip_training import evaluate_worldclip
@@ -30,7 +27,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     n_clip, n_gen, steps = (200, 48, 10) if quick else (1000, 200, 20)
     clip_metrics = evaluate_worldclip(worldclip, split=split, n=n_clip)
     gen_metrics = evaluate_worldgen(
-        worldgen, worldclip, n=n_gen, seed=seed, steps=steps, guidance=GUIDANCE, split=split
+        worldgen, worldclip, n=n_gen, seed=seed, steps=steps, guidance=DEFAULT_GUIDANCE, split=split
     )
     metrics = {
         "zero_shot_acc": clip_metrics["zero_shot_acc"],
@@ -50,7 +47,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
             "n_clip": n_clip,
             "n_gen": n_gen,
             "ddim_steps": steps,
-            "guidance": GUIDANCE,
+            "guidance": DEFAULT_GUIDANCE,
             # WorldCLIP's agreement on the real rendered scenes and on their autoencoder reconstructions:
             # the ceilings the generated images are judged against.
             **{k: gen_metrics[k] for k in gen_metrics if k.startswith(("real_", "recon_"))},

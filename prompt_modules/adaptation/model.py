@@ -591,16 +591,17 @@ def run_adaptation(
                 mapper.config = {**mapper.config, "extra": {**config.extra, "losses": mapper_losses}}
                 save_mapper(mapper, folder / "mapper.safetensors")
                 (folder / "mapper.state.safetensors").unlink(missing_ok=True)
+    lora_state = folder / "lora.state.safetensors" if folder else None
     result = adapt_generator(
         generator,
         vlm,
         config,
         mapper if config.method == "ipl" else None,
-        checkpoint_path=folder / "lora.state.safetensors" if folder else None,
+        checkpoint_path=lora_state,
         checkpoint_every=checkpoint_every,
         callback=(lambda s, t, v: callback("lora", s, t, v)) if callback else None,
     )
-    if folder is not None:  # finished: a rerun starts stage 2 afresh (same seed, same result)
-        (folder / "lora.state.safetensors").unlink(missing_ok=True)
+    if lora_state is not None:  # finished: a rerun starts stage 2 afresh (same seed, same result)
+        lora_state.unlink(missing_ok=True)
     result.mapper_losses, result.mapper_seconds_per_step = mapper_losses, mapper_sps
     return result
