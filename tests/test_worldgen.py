@@ -13,6 +13,7 @@ from promptweave.prompt_modules.world.gen_training import (
     build_pool,
     diffusion_loss,
     evaluate_worldgen,
+    sample_timesteps,
     train_autoencoder,
     train_diffusion,
 )
@@ -89,6 +90,21 @@ def test_diffusion_loss_decreases_on_a_fixed_batch(vlm: VisionLanguageModel) -> 
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_timestep_sampling() -> None:
+    # "uniform" draws exactly what the loop drew before the option existed, so old checkpoints resume alike.
+    uniform = sample_timesteps(4096, 1000, "uniform", torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(3)))
+    mid = sample_timesteps(4096, 1000, "logit_normal", torch.Generator().manual_seed(3))
+    again = sample_timesteps(4096, 1000, "logit_normal", torch.Generator().manual_seed(3))
+    assert torch.equal(mid, again) and mid.dtype == torch.long
+    assert 0 <= int(mid.min()) and int(mid.max()) <= 999
+    # logit-normal: about 68% of the draws lie in sigmoid(-1)..sigmoid(1) = 269..731, against 46% uniformly
+    share = lambda t: float(((t >= 269) & (t <= 731)).float().mean())  # noqa: E731
+    assert share(mid) > 0.6 and share(uniform) < 0.52
+    with pytest.raises(ValueError, match="timestep sampling"):
+        sample_timesteps(4, 1000, "cosine", torch.Generator())
 
 
 def test_ddim_sampling_is_deterministic(vlm: VisionLanguageModel) -> None:

@@ -8,7 +8,9 @@ Two stages, as in latent diffusion (Rombach et al. 2022):
    N(0, I). The decoder sees posterior samples. Afterwards the latent shift/scale are measured on fresh
    scenes so that the diffusion latents have zero mean and unit variance.
 2. :func:`train_diffusion`: the epsilon-prediction denoiser (Ho et al. 2020; LDM's scaled-linear betas,
-   T = 1000; Min-SNR-5 loss weighting, Hang et al. 2023) on the (frozen) autoencoder's latents of flat train
+   T = 1000; Min-SNR-5 loss weighting, Hang et al. 2023; the command line samples training timesteps
+   logit-normally, Esser et al. 2024, which on val at 1,500 steps nearly doubled category agreement over
+   uniform timesteps) on the (frozen) autoencoder's latents of flat train
    scenes, conditioned on the frozen WorldCLIP's text token features of the scene captions; the caption is
    replaced by the empty caption 10% of the time for classifier-free guidance (Ho & Salimans 2022); an EMA
    of the weights is what gets shipped. Latents and text features are computed once for a pool of scenes
@@ -279,6 +281,23 @@ def diffusion_loss(
     return (err * snr.clamp(max=snr_gamma) / snr).mean()
 
 
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_timesteps(
+    n: int, num_train_timesteps: int, sampling: str, generator: torch.Generator
+) -> torch.Tensor:
+    """Training timesteps: ``"uniform"`` over 0..T-1 (Ho et al. 2020), or ``"logit_normal"``: t/T =
+    sigmoid(u), u ~ N(0, 1), which puts more of the steps at medium noise where layout is decided
+    (the logit-normal sampling of Esser et al. 2024, section 3.1)."""
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (n,), generator=generator)
+    if sampling == "logit_normal":
+        u = torch.sigmoid(torch.randn(n, generator=generator))
+        return (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+    raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLINGS}, got {sampling!r}")
+
+
 def train_diffusion(
     gen: WorldGen,
     vlm: Any,
@@ -292,6 +311,7 @@ def train_diffusion(
     pool_size: int = 20000,
     single_object_fraction: float = 0.5,
     snr_gamma: float | None = 5.0,
+    timestep_sampling: str = "uniform",
     seed: int = 0,
     checkpoint_path: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 250,
@@ -301,6 +321,8 @@ def train_diffusion(
 ) -> dict[str, Any]:
     """Train ``gen.unet`` (autoencoder frozen) on a pool of flat train scenes; ends with the EMA weights loaded."""
     gen.check_vlm(vlm)
+    if timestep_sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {timestep_sampling!r}")
     dtype = resolve_precision(precision)
     gen.autoencoder.eval().requires_grad_(False)
     t0 = time.time()
@@ -325,7 +347,7 @@ def train_diffusion(
     for step in bar:
         _, g = _step_rng(seed, step, 2)
         idx = torch.randint(0, n_pool, (batch_size,), generator=g)
-        t = torch.randint(0, T, (batch_size,), generator=g)
+        t = sample_timesteps(batch_size, T, timestep_sampling, g)
         noise = torch.randn((batch_size, *gen.config.latent_shape), generator=g)
         drop = torch.rand(batch_size, generator=g) < cond_drop
         ctx = torch.where(drop[:, None, None], null.to(context.dtype), context[idx]).float()
@@ -485,13 +507,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", choices=sorted(WORLDGEN_PRESETS))
     parser.add_argument("--steps", type=int, default=None, help="steps of the stage(s) run (overrides the two below)")
     parser.add_argument("--ae-steps", type=int, default=3000)
-    parser.add_argument("--diffusion-steps", type=int, default=5000)
+    parser.add_argument("--diffusion-steps", type=int, default=8000)
     parser.add_argument("--ae-batch-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64, help="diffusion batch size")
     parser.add_argument("--ae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-3, help="autoencoder KL weight (per-element mean)")
     parser.add_argument("--lr", type=float, default=1e-3, help="diffusion learning rate")
-    parser.add_argument("--pool-size", type=int, default=12000, help="flat train scenes in the diffusion pool")
+    parser.add_argument(
+        "--timestep-sampling", choices=TIMESTEP_SAMPLINGS, default="logit_normal", help="diffusion training timesteps"
+    )
+    parser.add_argument("--pool-size", type=int, default=20000, help="flat train scenes in the diffusion pool")
     parser.add_argument("--single-object-fraction", type=float, default=0.7, help="of the pool (rest: natural mix)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
@@ -560,6 +585,7 @@ def run_cli(args: argparse.Namespace) -> int:
             lr=args.lr,
             pool_size=args.pool_size,
             single_object_fraction=args.single_object_fraction,
+            timestep_sampling=args.timestep_sampling,
             seed=args.seed,
             checkpoint_path=_checkpoint(args, DIFFUSION_STAGE),
             precision=args.precision,
