@@ -284,18 +284,22 @@ def diffusion_loss(
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 
+def check_timestep_sampling(sampling: str) -> None:
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLINGS}, got {sampling!r}")
+
+
 def sample_timesteps(
     n: int, num_train_timesteps: int, sampling: str, generator: torch.Generator
 ) -> torch.Tensor:
     """Training timesteps: ``"uniform"`` over 0..T-1 (Ho et al. 2020), or ``"logit_normal"``: t/T =
     sigmoid(u), u ~ N(0, 1), which puts more of the steps at medium noise where layout is decided
     (the logit-normal sampling of Esser et al. 2024, section 3.1)."""
+    check_timestep_sampling(sampling)
     if sampling == "uniform":
         return torch.randint(0, num_train_timesteps, (n,), generator=generator)
-    if sampling == "logit_normal":
-        u = torch.sigmoid(torch.randn(n, generator=generator))
-        return (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
-    raise ValueError(f"timestep sampling must be one of {TIMESTEP_SAMPLINGS}, got {sampling!r}")
+    u = torch.sigmoid(torch.randn(n, generator=generator))
+    return (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
 
 
 def train_diffusion(
@@ -321,8 +325,7 @@ def train_diffusion(
 ) -> dict[str, Any]:
     """Train ``gen.unet`` (autoencoder frozen) on a pool of flat train scenes; ends with the EMA weights loaded."""
     gen.check_vlm(vlm)
-    if timestep_sampling not in TIMESTEP_SAMPLINGS:
-        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {timestep_sampling!r}")
+    check_timestep_sampling(timestep_sampling)  # before the pool is built
     dtype = resolve_precision(precision)
     gen.autoencoder.eval().requires_grad_(False)
     t0 = time.time()
