@@ -78,7 +78,7 @@ def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worl
         out = clip_vision.encode_image(images.permute(0, 2, 3, 1))
         feats = out["image_embeds"].float().cpu()
         return f"clip_vision:{feats.shape[1]}", feats
-    if kind == "worldgen":
+    if kind == "worldgen" or kind.startswith("worldgen:"):
         if worldgen is None or vlm is None:
             missing = "worldgen" if worldgen is None else "vlm"
             raise NodeInputError(node, missing, "the white-box 'worldgen' encoder needs WorldGen and WorldCLIP",
@@ -163,8 +163,11 @@ class PromptInversion(io.ComfyNode):
         images = _images_bchw(node, image)
         name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen)
         if name != inverter.backbone:
+            fix = "connect the encoder the inverter was trained on"
+            if inverter.backbone == "worldgen":  # saved before the WorldGen encoder's name held a weights fingerprint
+                fix = "retrain it (it does not record which WorldGen weights it was trained on)"
             raise NodeInputError(node, "inverter", f"the inverter was trained on '{inverter.backbone}', the "
-                                 f"connected encoder is '{name}'", "connect the encoder the inverter was trained on")
+                                 f"connected encoder is '{name}'", fix)
         results = inverter.invert(inputs, top_k=top_k, threshold=threshold, use_dakl=use_dakl)
         prompts = [r["prompt"] for r in results]
         kw_lines = [", ".join(f"{w}:{s:.2f}" for w, s in r["keywords"]) for r in results]

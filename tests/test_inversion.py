@@ -194,6 +194,14 @@ def test_vlm_unet_and_worldgen_encoders():
 
     wg = WorldGenEncoder(FakeGen(), vlm)
     assert wg.dim == 16 and wg(torch.rand(2, 3, 64, 64), ["a red star", "a ring"]).shape == (2, 16)
+    # the name carries the weights: same weights, same name; other weights (another WorldGen release), another
+    assert wg.name.startswith("worldgen:") and WorldGenEncoder(FakeGen(), vlm).name == wg.name
+    retrained = FakeGen()
+    retrained.unet = Denoiser()
+    with torch.no_grad():
+        retrained.unet.load_state_dict(FakeGen.unet.state_dict())
+        retrained.unet.mid.weight[0, 0, 0, 0] += 0.01
+    assert WorldGenEncoder(retrained, vlm).name != wg.name
 
 
 # ----- training, resume, files ----------------------------------------------------------------------------

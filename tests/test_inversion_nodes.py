@@ -96,6 +96,31 @@ def test_inverter_for_another_backbone_is_refused(comfy):
         node.execute(image=torch.rand(1, 16, 16, 3), inverter=world, vlm=vlm_mod.VisionLanguageModel("tiny", seed=0))
 
 
+def test_white_box_inverter_is_refused_for_other_worldgen_weights(comfy):
+    """WorldGen releases share one config: the encoder name's weights fingerprint tells them apart."""
+    inv_mod = comfy.pack_module("prompt_modules.inversion")
+    vlm = comfy.pack_module("prompt_modules.vlm").VisionLanguageModel("tiny", seed=0)
+    worldgen = comfy.pack_module("prompt_modules.world.worldgen")
+    config = worldgen.WorldGenConfig.from_dict({**worldgen.WORLDGEN_PRESETS["tiny"].to_dict(), "backbone": "tiny"})
+    release_a, release_b = worldgen.WorldGen(config, seed=0), worldgen.WorldGen(config, seed=1)
+    encoder = inv_mod.WorldGenEncoder(release_a, vlm)
+    vocab = inv_mod.Vocabulary(["red", "star"])
+
+    def inverter(backbone):
+        cfg = inv_mod.InverterConfig(backbone=backbone, feature_dim=encoder.dim, hidden=(8,))
+        return inv_mod.PromptInverter(cfg, vocab).eval()
+
+    node = _node(comfy, "PWPromptInversion")
+    image = torch.rand(2, 64, 64, 3)
+    prompt, _, emb, _ = node.execute(image=image, inverter=inverter(encoder.name), vlm=vlm, worldgen=release_a)
+    assert emb.shape == (2, 384) and len(prompt.splitlines()) == 2
+    other = inv_mod.WorldGenEncoder(release_b, vlm).name
+    with pytest.raises(ValueError, match=f"trained on '{encoder.name}', the connected encoder is '{other}'"):
+        node.execute(image=image, inverter=inverter(encoder.name), vlm=vlm, worldgen=release_b)
+    with pytest.raises(ValueError, match="trained on 'worldgen'.*retrain it"):  # saved before the fingerprint
+        node.execute(image=image, inverter=inverter("worldgen"), vlm=vlm, worldgen=release_a)
+
+
 def test_bad_training_inputs_write_nothing(comfy, comfy_base, tmp_path, fast_targets, monkeypatch):
     folder = comfy_base / "models" / "promptweave"
     before = set(folder.iterdir())

@@ -17,7 +17,8 @@ class InverterConfig:
     """Shape and training recipe of a :class:`~.model.PromptInverter`.
 
     ``backbone`` names the image encoder the head was trained on (``"vlm:<name>"``, ``"pixels"``,
-    ``"clip_vision:<dim>"``, ``"worldgen"``, ``"sd-unet:<shape>"``); an inverter is refused with any other.
+    ``"clip_vision:<dim>"``, ``"worldgen:<weights fingerprint>"``, ``"sd-unet:<shape>"``); an inverter is refused
+    with any other.
     ``hidden`` are the MLP widths (the paper uses 1024 -> 8192 -> 8192 -> 384 on CLIP features; the default is
     smaller for CPU training). Loss = cosine + ``vocab_weight`` * BCE(vocabulary) + ``huber_weight`` * Huber.
     Optimiser as the paper: AdamW ``lr`` with cosine decay to ``min_lr``, batch ``batch_size``.

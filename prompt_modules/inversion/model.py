@@ -11,7 +11,9 @@ Image encoders (``name`` is the inverter's ``backbone``; an inverter refuses any
   ``UNet2DConditionModel`` on the VAE latent of the image at t=0 with a caption embedding as cross-attention
   context; each block's output is average-pooled and concatenated.
 * :class:`WorldGenEncoder` -- white box for WorldGen: its denoiser on the image's latent code at t=0, context the
-  WorldCLIP text feature of a caption; the 4-D activations of the denoiser's top-level blocks are pooled.
+  WorldCLIP text feature of a caption; the 4-D activations of the denoiser's top-level blocks are pooled. Its
+  name carries a fingerprint of the weights (``worldgen:<sha256 prefix>``): WorldGen releases share one
+  config, so only the weights tell an inverter trained on WorldGen 2 from one for WorldGen 3.
 
 The white-box encoders are kept frozen here (CPU budget): the paper fine-tunes the U-Net encoder, we train
 only the head on its pooled multi-scale features; the features still come from the generator itself.
@@ -19,6 +21,7 @@ only the head on its pooled multi-scale features; the features still come from t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,10 +165,10 @@ class WorldGenEncoder:
     WorldCLIP token features of a caption as context (the empty caption when none is given); each activation is
     average-pooled over space and the results are concatenated."""
 
-    name = "worldgen"
-
     def __init__(self, worldgen, vlm, batch_size: int = 128) -> None:
         self.worldgen, self.vlm, self.batch_size = worldgen, vlm, batch_size
+        parts = [m for m in (getattr(worldgen, "autoencoder", None), worldgen.unet) if isinstance(m, nn.Module)]
+        self.name = f"worldgen:{state_fingerprint(*parts)}"
         self.dim = int(self(torch.zeros(1, 3, 64, 64)).shape[1])
 
     @torch.no_grad()
@@ -183,6 +186,17 @@ class WorldGenEncoder:
             feats = self.worldgen.unet.encode_features(z, t, context)
             out.append(torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1).float().cpu())
         return torch.cat(out)
+
+
+def state_fingerprint(*modules: nn.Module, length: int = 12) -> str:
+    """sha256 prefix of the modules' state dicts (names, shapes, fp16-rounded values): the same for every load of
+    one weights file, on any device."""
+    digest = hashlib.sha256()
+    for index, module in enumerate(modules):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{index}.{name}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:length]
 
 
 def _mlp(cfg: InverterConfig) -> nn.Sequential:
