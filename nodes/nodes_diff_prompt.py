@@ -34,8 +34,9 @@ from ._common import (
     resolve_model_file,
     rgb_batch,
     run_checkpoint,
+    tensors_key,
 )
-from ._types import DiffPromptType, VLMType
+from ._types import DiffPromptType, PretrainedPromptsType, VLMType
 from .nodes_dual_prompt import _clone_vlm, clip_token_tables
 from .nodes_learned_prompt import tokens_with_learned_prompt
 
@@ -322,6 +323,12 @@ class TrainDiffPrompt(io.ComfyNode):
                     optional=True,
                     tooltip="One referring expression per training image, one per line (source 'inputs').",
                 ),
+                PretrainedPromptsType.Input(
+                    "pretrained_prompts",
+                    optional=True,
+                    tooltip="Optional RPP pretrained prompts (Pretrain Prompts or Load Pretrained Prompts, made for "
+                    "this VLM): stage 'prompt' starts its global prompts from them.",
+                ),
             ],
             outputs=[
                 DiffPromptType.Output(
@@ -348,10 +355,18 @@ class TrainDiffPrompt(io.ComfyNode):
         images=None,
         masks=None,
         expressions: str = "",
+        pretrained_prompts=None,
     ) -> io.NodeOutput:
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
             raise NodeInputError(node, "stage", f"unknown stage {stage!r}", f"use one of {STAGE_CHOICES}")
+        if pretrained_prompts is not None and pretrained_prompts.backbone != vlm.name:
+            raise NodeInputError(
+                node, "pretrained_prompts", f"they were pretrained for the VLM '{pretrained_prompts.backbone}', "
+                f"not '{vlm.name}'", "pretrain prompts on this VLM, or disconnect them")
+        if pretrained_prompts is not None and stage in ("vae", "dit"):
+            raise NodeInputError(node, "pretrained_prompts", f"stage '{stage}' has no prompts to start from them",
+                                 "use stage 'prompt' or 'all', or disconnect them")
         data = cls._source(node, source, path, images, masks, expressions)
         target = output_model_path(node, "bundle_name", bundle_name.strip())
         stages = ["vae", "dit", "prompt"] if stage == "all" else [stage]
@@ -380,7 +395,10 @@ class TrainDiffPrompt(io.ComfyNode):
                     f"the bundle's DiT was trained with the VLM '{existing.backbone}', not '{vlm.name}'",
                     "connect that VLM, or retrain stage 'dit'",
                 )
+        init_key = None if pretrained_prompts is None else tensors_key(pretrained_prompts.rpp.state_dict())
         settings = [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
+        if init_key is not None:  # appended only when given, so earlier runs' checkpoints still resume
+            settings.append(init_key)
         on_step = TrainingProgress(steps * len(stages))
         trainable = _clone_vlm(vlm)
         losses: list[float] = []
@@ -407,7 +425,9 @@ class TrainDiffPrompt(io.ComfyNode):
                     dit = result.model
                     save_bundle(target, vae=vae, dit=dit, backbone=vlm.name)
                 else:
-                    result = train_prompts(trainable, vae, dit, data, checkpoint_path=ckpt, **common)
+                    result = train_prompts(
+                        trainable, vae, dit, data, checkpoint_path=ckpt, init_prompts=pretrained_prompts, **common
+                    )
                     model = result.model
                     save_bundle(target, model=model)
                 losses += result.losses

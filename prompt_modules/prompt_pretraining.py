@@ -3,8 +3,9 @@
 
 Deep prompts for both towers of a frozen :class:`~.vlm.VisionLanguageModel` are pretrained as a zero-shot
 classifier over a large class set, saved as a *pretrained prompt bundle*, and then used as the starting point
-of other capabilities' prompts (DCAR's dual prompt by one config switch, ``DualPromptConfig.init_from``; any
-deep-prompt module through :func:`copy_prompt_tensors`). The paper publishes no code; our reading:
+of other capabilities' prompts (by one config switch: DCAR's dual prompt with ``DualPromptConfig.init_from``,
+Diff-Prompt's global prompts with ``PromptConfig.init_from``; any deep-prompt module through
+:func:`copy_prompt_tensors`). The paper publishes no code; our reading:
 
 **Prompt structure (RPP sec. 3.2).** Classic deep prompting (VPT-deep / MaPLe, :mod:`.deep_prompts`) puts a
 learnable token ``p`` into the sequence of each prompted layer; the frozen attention projects it,
@@ -20,6 +21,13 @@ unshared prompt gives exactly the shared prompt's features; training then moves 
 parameters per prompted layer). ``qkv_lr_scale`` multiplies their learning rate alone (the paper gives
 none); on the val split a larger step closes unshared prompts' seen-class fit gap to shared ones but did not
 improve transfer (BENCHMARKS.md, pretraining), so the default is 1.
+
+``qkv_form`` says how the unshared prompts are stored. ``"absolute"``: ``Q_p, K_p, V_p`` are the parameters.
+``"offset"``: ``[Q_p; K_p; V_p] = [W_q; W_k; W_v] LN(p) + b + [dQ; dK; dV]`` with the shared token ``p`` and
+the offsets ``dQ, dK, dV`` (starting at zero) both trained, the reparametrisation prefix tuning uses for
+stability (Li & Liang 2021, sec. 4.3). Both represent the same prompts (every ``Q_p, K_p, V_p`` is reachable);
+they differ in how a step moves them: in the offset form a step on ``p`` moves all three together, as in
+shared mode, and the offsets add the individual part.
 
 **Supervision (RPP sec. 3.3).** Hard labels plus soft labels: the zero-shot class probabilities of a frozen
 teacher (by default the same VLM without prompts, with the hand-written template ``teacher_template``), as
@@ -94,6 +102,7 @@ from .vlm import VisionLanguageModel
 
 METHOD = "rpp"
 QKV_MODES = ("unshared", "shared")
+QKV_FORMS = ("absolute", "offset")
 TOWERS = ("text", "visual")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -108,6 +117,7 @@ class RPPConfig:
     text_depth: int = 2
     visual_depth: int = 2
     qkv_mode: str = "unshared"
+    qkv_form: str = "absolute"
     qkv_lr_scale: float = 1.0
     init_text: str = "a picture of a"
     init_std: float = 0.02
@@ -124,6 +134,8 @@ class RPPConfig:
         self.deep_config()  # validates the prompt shape
         if self.qkv_mode not in QKV_MODES:
             raise ValueError(f"qkv_mode must be one of {QKV_MODES}, got {self.qkv_mode!r}")
+        if self.qkv_form not in QKV_FORMS:
+            raise ValueError(f"qkv_form must be one of {QKV_FORMS}, got {self.qkv_form!r}")
         if self.qkv_lr_scale <= 0:
             raise ValueError(f"qkv_lr_scale must be > 0, got {self.qkv_lr_scale}")
         if self.soft_weight < 0:
@@ -139,6 +151,11 @@ class RPPConfig:
     @property
     def unshared(self) -> bool:
         return self.qkv_mode == "unshared"
+
+    @property
+    def offset(self) -> bool:
+        """Unshared q/k/v prompts stored as offsets from the shared token's projections."""
+        return self.unshared and self.qkv_form == "offset"
 
     @property
     def soft_labels(self) -> bool:
@@ -224,7 +241,8 @@ class LayerTokens(NamedTuple):
 class RPPPrompts(nn.Module):
     """Deep prompts for both towers (``prompts``, a :class:`~.deep_prompts.DeepPrompts` holding the shared
     tokens) plus, in unshared mode, learned ``[3, n, width]`` query/key/value prompts per prompted layer
-    (``text_qkv[i]``, ``visual_qkv[i]``)."""
+    (``text_qkv[i]``, ``visual_qkv[i]``; offsets from the shared tokens' projections with ``qkv_form="offset"``,
+    see :meth:`effective_qkv`)."""
 
     def __init__(
         self,
@@ -319,12 +337,22 @@ class RPPPrompts(nn.Module):
     # ----- forward --------------------------------------------------------------------------------------------
     def layer_fn(self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None, ctx: LayerContext):
         """The :mod:`.deep_prompts` layer hook: unshared q/k/v attention at prompted layers, else the block."""
-        qkv = self.qkv(ctx.tower, ctx.layer)
-        if qkv is None or ctx.prompt_slice.stop == ctx.prompt_slice.start:
+        learned = self.qkv(ctx.tower, ctx.layer)
+        if learned is None or ctx.prompt_slice.stop == ctx.prompt_slice.start:
             return default_layer_fn(block, x, attn_mask, ctx)
-        if not getattr(block.attn, "batch_first", True):  # the hook gets the block's own layout
-            return unshared_qkv_block(block, x.transpose(0, 1), attn_mask, qkv, ctx.prompt_slice).transpose(0, 1)
-        return unshared_qkv_block(block, x, attn_mask, qkv, ctx.prompt_slice)
+        batch_first = getattr(block.attn, "batch_first", True)  # the hook gets the block's own layout
+        rows = x if batch_first else x.transpose(0, 1)
+        qkv = self.effective_qkv(block, learned, rows[0, ctx.prompt_slice])
+        out = unshared_qkv_block(block, rows, attn_mask, qkv, ctx.prompt_slice)
+        return out if batch_first else out.transpose(0, 1)
+
+    def effective_qkv(self, block: nn.Module, learned: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The ``[3, n, width]`` query/key/value the prompt positions get: the learned prompts themselves
+        (``qkv_form="absolute"``) or the frozen block's projections of the shared tokens' hidden states
+        ``hidden`` ``[n, width]`` plus the learned offsets (``"offset"``)."""
+        if not self.config.offset:
+            return learned
+        return project_qkv(block, hidden).to(learned.dtype) + learned
 
     def encode_text(self, vlm: VisionLanguageModel, texts: str | Sequence[str], normalize: bool = True):
         return encode_text_prompted(vlm, texts, self.prompts, normalize=normalize, layer_fn=self.layer_fn)
@@ -368,8 +396,9 @@ class RPPPrompts(nn.Module):
 
     @torch.no_grad()
     def init_qkv_from_shared(self, vlm: VisionLanguageModel) -> None:
-        """Set the unshared q/k/v prompts to the shared tokens' projections (then both modes agree)."""
-        if not self.config.unshared:
+        """Set the unshared q/k/v prompts to the shared tokens' projections (then both modes agree); offsets
+        stay zero, which means the same."""
+        if not self.config.unshared or self.config.offset:
             return
         hidden = self.shared_hidden(vlm)
         for tower, params, blocks in (
@@ -390,10 +419,11 @@ class RPPPrompts(nn.Module):
         blocks = {"text": vlm.text_blocks, "visual": vlm.visual.transformer.resblocks}
         for tower in TOWERS:
             for i, ref in enumerate(hidden[tower]):
-                target = self.qkv(tower, i)
-                if target is None:
+                learned = self.qkv(tower, i)
+                if learned is None:
                     h, err = ref.float(), 0.0
                 else:
+                    target = self.effective_qkv(blocks[tower][i], learned, ref)
                     h, err = _shared_from_qkv(blocks[tower][i], target.float(), ref.float())
                 out[tower].append(self._to_storage(vlm, tower, i, h).cpu())
                 errors[tower].append(err)
@@ -408,6 +438,19 @@ class RPPPrompts(nn.Module):
             return hidden - vlm.positional_embedding[1 : 1 + n].detach().float().to(hidden.device)
         reference = self.prompts.visual_prompt(0).detach().float()  # layer 0 image: before ln_pre
         return _invert_layer_norm(vlm.visual.ln_pre, hidden, reference)
+
+
+def layer_input_from_storage(vlm: VisionLanguageModel, tower: str, layer: int, token: torch.Tensor) -> torch.Tensor:
+    """The inverse of the storage convention: a stored prompt token ``[n, width]`` -> the hidden state the
+    prompted layer's block sees at those positions (layer 0 text: plus the positional embedding of positions
+    ``1..n``; layer 0 image: through ``ln_pre``; deeper layers: unchanged). Modules that write prompts straight
+    into a block's input (Diff-Prompt's per-layer tokens) start from these."""
+    token = token.float().to(vlm.device)
+    if layer > 0:
+        return token
+    if tower == "text":
+        return token + vlm.positional_embedding[1 : 1 + token.shape[0]].detach().float()
+    return vlm.visual.ln_pre(token).detach().float()
 
 
 def _invert_layer_norm(ln: nn.Module, out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -797,8 +840,9 @@ class PretrainedPromptBundle:
 
     def summary(self) -> str:
         cfg = self.config
+        mode = f"{cfg.qkv_mode} (offset)" if cfg.offset else cfg.qkv_mode
         lines = [
-            f"RPP pretrained prompts for '{self.backbone}': {cfg.qkv_mode} q/k/v, text {cfg.n_text}x{cfg.text_depth}, "
+            f"RPP pretrained prompts for '{self.backbone}': {mode} q/k/v, text {cfg.n_text}x{cfg.text_depth}, "
             f"image {cfg.n_visual}x{cfg.visual_depth}, soft labels {cfg.soft_weight} (tau {cfg.temperature})",
             f"classes: {self.info.get('n_classes', '?')}, steps: {self.info.get('steps', '?')}, "
             f"final loss: {self.info.get('final_loss', '?')}",
@@ -844,7 +888,9 @@ def load_pretrained_prompts(
     tensors, metadata = read_safetensors(path)
     check_method(metadata, METHOD, path)
     try:
-        config = RPPConfig.from_dict(dict(meta_field(metadata, "config")))
+        saved = dict(meta_field(metadata, "config"))
+        saved.setdefault("qkv_form", "absolute")  # bundles from before qkv_form held absolute q/k/v prompts
+        config = RPPConfig.from_dict(saved)
         widths, layers = meta_field(metadata, "widths"), meta_field(metadata, "layers")
         rpp = RPPPrompts(
             config,
@@ -966,6 +1012,34 @@ def init_dual_prompt_from_bundle(
     return init_deep_prompts_from_bundle(dual.prompts, bundle)
 
 
+@torch.no_grad()
+def init_diff_prompt_from_bundle(
+    model, bundle: PretrainedPromptBundle | str | os.PathLike[str], vlm: VisionLanguageModel
+) -> dict[str, int]:
+    """Initialise a Diff-Prompt model's (:class:`~.diff_prompt.model.DiffPrompt`) learnable global prompts from a
+    pretrained bundle (what ``PromptConfig(init_from=path)`` does in ``train_prompts``): layer ``i``'s global
+    tokens of each tower start as the bundle's shared-token equivalents of layer ``i``, as the block sees them
+    (:func:`layer_input_from_storage`); overlapping tokens and layers only. The generated tokens come from the
+    mask adapters and keep their own initialisation. Returns the number of layers copied per tower."""
+    bundle = _as_bundle(bundle, vlm)
+    if bundle.backbone != model.backbone or vlm.name != model.backbone:
+        raise BackboneMismatchError(
+            f"the pretrained prompts were made for the VLM '{bundle.backbone}', the Diff-Prompt model is for "
+            f"'{model.backbone}' (VLM given: '{vlm.name}'): pretrain prompts on this model"
+        )
+    if model.config.n_global == 0:
+        raise ValueError(
+            "the Diff-Prompt model has no global prompts (n_global=0), so there is nothing to start from the "
+            "pretrained prompts: use n_global > 0 or leave init_from empty"
+        )
+    done = {}
+    for tower, targets in (("text", model.global_prompts.text), ("visual", model.global_prompts.visual)):
+        stored = getattr(bundle.layer_tokens, tower)
+        sources = [layer_input_from_storage(vlm, tower, i, t) for i, t in enumerate(stored)]
+        done[tower] = copy_prompt_tensors(list(targets), sources, f"{tower} global prompt")
+    return done
+
+
 __all__ = [
     "ClassBatch",
     "FolderClassSource",
@@ -980,7 +1054,9 @@ __all__ = [
     "classify",
     "copy_prompt_tensors",
     "init_deep_prompts_from_bundle",
+    "init_diff_prompt_from_bundle",
     "init_dual_prompt_from_bundle",
+    "layer_input_from_storage",
     "load_pretrained_prompts",
     "pretrain_prompts",
     "project_qkv",

@@ -393,3 +393,39 @@ def test_a_scene_without_a_unique_expression_is_replaced_by_the_next_one():
     assert torch.equal(batch.images[0], substitute["image"][0])
     assert batch.texts[0] in {text for _, text in substitute["scenes"][0].referring}
     assert batch.masks.shape == (2, 64, 64) and batch.masks[0].sum() > 0
+
+
+# ----- RPP pretrained prompts as the starting point --------------------------------------------------------------
+def test_global_prompts_start_from_pretrained_prompts_by_one_config_switch(vlm, small_set, stages, tmp_path):
+    from promptweave.prompt_modules.prompt_pretraining import (
+        RPPConfig,
+        RPPPrompts,
+        init_diff_prompt_from_bundle,
+        save_pretrained_prompts,
+    )
+
+    vae, dit = stages
+    rpp = RPPPrompts.for_vlm(vlm, RPPConfig(n_text=3, n_visual=3, text_depth=2, visual_depth=2), seed=3)
+    path = save_pretrained_prompts(rpp, tmp_path / "rpp.safetensors", vlm)
+    seen = rpp.shared_hidden(vlm)  # what the first two blocks of each tower see at the prompt positions
+    model = DiffPrompt.for_vlm(vlm, vae, dit, PROMPT_CFG)
+    plain = [p.detach().clone() for p in model.global_prompts.text]
+    assert init_diff_prompt_from_bundle(model, path, vlm) == {"text": 2, "visual": 2}
+    for tower in ("text", "visual"):
+        for layer in range(2):
+            copied = getattr(model.global_prompts, tower)[layer][:3].detach()
+            assert torch.allclose(copied, seen[tower][layer], atol=1e-4), (tower, layer)
+    assert torch.equal(model.global_prompts.text[0][3], plain[0][3])  # the bundle has 3 tokens, the model 4
+    assert all(torch.equal(model.global_prompts.text[i], plain[i]) for i in range(2, len(plain)))  # deeper layers
+    # the config switch: train_prompts starts there
+    result = train_prompts(vlm, vae, dit, small_set, dataclasses.replace(PROMPT_CFG, init_from=str(path)), steps=1,
+                           batch_size=4, progress=False)
+    scratch = train_prompts(vlm, vae, dit, small_set, PROMPT_CFG, steps=1, batch_size=4, progress=False)
+    gap = lambda m: float((m.global_prompts.text[1][:3].detach() - seen["text"][1]).norm())  # noqa: E731
+    assert gap(result.model) < 0.1 * gap(scratch.model)
+    with pytest.raises(ValueError, match="no global prompts"):
+        init_diff_prompt_from_bundle(DiffPrompt.for_vlm(vlm, vae, dit, dataclasses.replace(PROMPT_CFG, n_global=0)),
+                                     path, vlm)
+    other = VisionLanguageModel(VLMConfig(name="other"), seed=1)
+    with pytest.raises(BackboneMismatchError, match="made for the VLM 'tiny'"):
+        init_diff_prompt_from_bundle(model, path, other)

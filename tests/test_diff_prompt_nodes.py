@@ -4,6 +4,7 @@ and the ground-then-inpaint workflow."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -255,6 +256,27 @@ def test_train_node_input_errors(comfy, tiny_vlm, world, tmp_path):
         _train(comfy, tiny_vlm, "vae", world, source="folder", path=str(tmp_path))
     with pytest.raises(ValueError, match=r"PWTrainDiffPrompt: input 'bundle_name': .*unsafe"):
         _train(comfy, tiny_vlm, "vae", world, bundle_name="../escape")
+
+
+def test_train_node_starts_global_prompts_from_pretrained_prompts(comfy, comfy_base, tiny_vlm, bundle, world, tmp_path):
+    pp = comfy.pack_module("prompt_modules.prompt_pretraining")
+    folder = comfy_base / "models" / "promptweave"
+    shutil.copy(folder / f"{BUNDLE}.safetensors", folder / "pw-test-rpp-init.safetensors")
+    rpp = pp.RPPPrompts.for_vlm(tiny_vlm, pp.RPPConfig(n_text=4, n_visual=4), seed=5)
+    pretrained = pp.load_pretrained_prompts(pp.save_pretrained_prompts(rpp, tmp_path / "rpp.safetensors", tiny_vlm))
+    seen = rpp.shared_hidden(tiny_vlm)["text"][1]
+    started, _, _ = _train(comfy, tiny_vlm, "prompt", world, bundle_name="pw-test-rpp-init", steps=1,
+                           pretrained_prompts=pretrained)
+    plain, _, _ = _train(comfy, tiny_vlm, "prompt", world, bundle_name="pw-test-rpp-init", steps=1)
+    gap = lambda m: float((m.global_prompts.text[1].detach().cpu() - seen.cpu()).norm())  # noqa: E731
+    assert gap(started) < 0.1 * gap(plain)
+    with pytest.raises(ValueError, match=r"input 'pretrained_prompts': stage 'vae' has no prompts"):
+        _train(comfy, tiny_vlm, "vae", world, bundle_name="pw-test-rpp-init", pretrained_prompts=pretrained)
+    other = comfy.pack_module("prompt_modules.vlm").VisionLanguageModel(
+        comfy.pack_module("prompt_modules.vlm").VLMConfig(name="other"), seed=1
+    )
+    with pytest.raises(ValueError, match=r"input 'pretrained_prompts': they were pretrained for the VLM 'tiny'"):
+        _train(comfy, other, "prompt", world, bundle_name="pw-test-rpp-init", pretrained_prompts=pretrained)
 
 
 def test_ground_then_inpaint_workflow(comfy, comfy_base, tiny_vlm, bundle, world, monkeypatch):

@@ -38,6 +38,8 @@ from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.world.scene import HELD_OUT_COMBINATIONS
 
 SMALL = RPPConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, classes_per_step=4)
+ABSOLUTE = RPPConfig(**{**SMALL.to_dict(), "qkv_form": "absolute"})
+OFFSET = RPPConfig(**{**SMALL.to_dict(), "qkv_form": "offset"})
 FOUR = [
     WorldClass("circle", "red"),
     WorldClass("circle", "blue"),
@@ -101,6 +103,67 @@ def test_untrained_unshared_prompts_equal_shared_prompts_and_get_gradients(vlm, 
     assert len(shared.text_qkv) == 0 and len(shared.visual_qkv) == 0
 
 
+def test_offset_form_matches_absolute_prompts_and_trains_the_shared_tokens_too(vlm, images):
+    offset, absolute = fresh(vlm, OFFSET), fresh(vlm, ABSOLUTE)
+    assert all(not p.detach().any() for p in [*offset.text_qkv, *offset.visual_qkv])
+    texts = offset.class_texts(["red circle", "blue square"])
+    shared_text = encode_text_prompted(vlm, texts, offset.prompts)
+    assert torch.allclose(offset.encode_text(vlm, texts), shared_text, atol=1e-5)
+    shared_images = encode_image_prompted(vlm, images, offset.prompts)
+    assert torch.allclose(offset.encode_images(vlm, images), shared_images, atol=1e-5)
+    # moved offsets = absolute prompts at (projection of the shared token + offset): the same features
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mine, theirs in ((offset.text_qkv, absolute.text_qkv), (offset.visual_qkv, absolute.visual_qkv)):
+            for a, b in zip(mine, theirs, strict=True):
+                a.copy_(0.2 * torch.randn(a.shape, generator=generator))
+                b.add_(a)
+    assert torch.allclose(offset.encode_text(vlm, texts), absolute.encode_text(vlm, texts), atol=1e-5)
+    assert torch.allclose(offset.encode_images(vlm, images), absolute.encode_images(vlm, images), atol=1e-5)
+    errors, expected = offset.layer_tokens(vlm).errors, absolute.layer_tokens(vlm).errors
+    for tower in ("text", "visual"):
+        assert errors[tower] == pytest.approx(expected[tower], abs=1e-4) and min(errors[tower]) > 1e-3
+    assert not torch.allclose(offset.encode_text(vlm, texts), shared_text, atol=1e-4)
+    # a step reaches the offsets and, through the frozen projections, the layer-0 text context, which absolute
+    # q/k/v leave unused (its hidden state is replaced at layer 1 before anything reads it)
+    for rpp in (offset, absolute):
+        (rpp.encode_text(vlm, texts).sum() + rpp.encode_images(vlm, images).sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*offset.text_qkv, *offset.visual_qkv])
+    assert offset.prompts.text_ctx.vectors["text"].grad.abs().sum() > 0
+    context_grad = absolute.prompts.text_ctx.vectors["text"].grad
+    assert context_grad is None or not context_grad.any()
+    with pytest.raises(ValueError, match="qkv_form"):
+        RPPConfig(qkv_form="relative")
+
+
+def test_offset_bundle_roundtrip_and_older_bundles_read_as_absolute(vlm, source, tmp_path, images):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    rpp = pretrain_prompts(vlm, source, OFFSET, steps=2, batch_size=4, progress=False).rpp
+    path = save_pretrained_prompts(rpp, tmp_path / "offset.safetensors", vlm)
+    bundle = load_pretrained_prompts(path, vlm)
+    assert bundle.config.qkv_form == "offset" and "unshared (offset) q/k/v" in bundle.summary()
+    with torch.no_grad():
+        assert torch.allclose(bundle.rpp.encode_images(vlm, images), rpp.encode_images(vlm, images), atol=1e-6)
+    # a bundle written before qkv_form existed: its config has no such key and its q/k/v are absolute
+    absolute = fresh(vlm, ABSOLUTE)
+    old = save_pretrained_prompts(absolute, tmp_path / "absolute.safetensors", vlm)
+    with safe_open(str(old), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k in meta if k.endswith("config"))
+    saved = json.loads(meta[key])
+    del saved["qkv_form"]
+    meta[key] = json.dumps(saved)
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded = load_pretrained_prompts(tmp_path / "old.safetensors", vlm)
+    assert loaded.config.qkv_form == "absolute"
+    with torch.no_grad():
+        assert torch.allclose(loaded.rpp.encode_images(vlm, images), absolute.encode_images(vlm, images), atol=1e-6)
+
+
 def test_init_text_makes_the_untrained_text_prompt_read_like_the_template(vlm):
     rpp = fresh(vlm, RPPConfig(n_text=4, text_depth=1, n_visual=0, visual_depth=0))
     prompted = rpp.encode_text(vlm, rpp.class_texts(["red circle"]))
@@ -109,7 +172,7 @@ def test_init_text_makes_the_untrained_text_prompt_read_like_the_template(vlm):
 
 
 def test_layer_tokens_recover_shared_tokens_and_fit_learned_qkv(vlm):
-    rpp = fresh(vlm)
+    rpp = fresh(vlm, ABSOLUTE)
     tokens = rpp.layer_tokens(vlm)
     assert max(tokens.errors["text"] + tokens.errors["visual"]) < 1e-4
     assert torch.allclose(tokens.text[0], rpp.prompts.text_ctx("text").detach(), atol=1e-4)

@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -522,9 +522,13 @@ def train_prompts(
     checkpoint_every: int = 100,
     callback: Callback | None = None,
     progress: bool = True,
+    init_prompts: Any = None,
 ) -> TrainResult:
     """Stage 3: adapters, global prompts and head on the frozen VLM, Mask-VAE and DiT (``result.model`` is the
-    whole :class:`~.model.DiffPrompt`)."""
+    whole :class:`~.model.DiffPrompt`).
+
+    ``init_prompts``: a pretrained prompt bundle (RPP; an object or a path) whose prompts start the global
+    prompts, like ``config.init_from`` but also for a bundle held in memory (a ComfyUI node's input)."""
     config = config or PromptConfig()
     with torch.inference_mode(False):
         model = DiffPrompt.for_vlm(vlm, vae, dit, config, seed=seed)
@@ -532,6 +536,11 @@ def train_prompts(
         model.init_from_vlm(
             vlm, sample.texts, sample.images.to(vlm.device), generator=torch.Generator().manual_seed(seed)
         )
+        pretrained = init_prompts if init_prompts is not None else config.init_from
+        if pretrained:  # RPP pretrained prompts as the initialisation (prompt_pretraining.py)
+            from ..prompt_pretraining import init_diff_prompt_from_bundle
+
+            init_diff_prompt_from_bundle(model, pretrained, vlm)
     return train_grounder(
         model,
         vlm,
