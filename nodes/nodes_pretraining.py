@@ -52,7 +52,8 @@ class PretrainPrompts(io.ComfyNode):
             description="Pretrains deep prompts for both towers of a frozen VLM as a zero-shot classifier over a "
             "large class set (RPP, Chen et al. 2024): unshared query/key/value prompts, soft labels from the "
             "VLM's own zero-shot probabilities, POMP class sampling. The bundle initialises dual prompts "
-            "(DualPromptConfig.init_from). Resumes from its checkpoint when run again with the same settings.",
+            "(Train Dual Prompt) and Diff-Prompt's global prompts (Train Diff-Prompt). Resumes from its checkpoint "
+            "when run again with the same settings.",
             inputs=[
                 VLMType.Input("vlm", tooltip="The frozen VLM (e.g. WorldCLIP from Load World Models)."),
                 io.Combo.Input(
