@@ -13,7 +13,8 @@ without the compositional split's held-out (category, colour) pairs. Then, zero-
 * ``transfer_acc`` = the mean of the two (the headline); ``seen_acc``: test-split scenes of seen classes among
   the pretraining classes (fit, not transfer).
 
-The method is ``rpp`` (unshared q/k/v prompts + soft labels). Baselines from the same run: ``zero_shot``
+The method is ``rpp`` (``RPPConfig()``: unshared q/k/v prompts in the offset form + soft labels at weight
+0.1, both chosen on the val split, BENCHMARKS.md). Baselines from the same run: ``zero_shot``
 (WorldCLIP with the template "a picture of a {}."), ``shared_hard`` (shared prompt tokens, hard labels: the
 POMP recipe), ``unshared_hard`` (RPP's prompt structure alone) and ``shared_soft`` (RPP's soft labels alone).
 All trained variants share prompt shape, steps, batch, class subset size and learning rate.

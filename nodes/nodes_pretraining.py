@@ -93,7 +93,7 @@ class PretrainPrompts(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "soft_label_weight",
-                    default=1.0,
+                    default=0.1,
                     min=0.0,
                     max=100.0,
                     step=0.1,
