@@ -57,6 +57,8 @@ from .harness import TaskResult
 HELD_OUT_CATEGORIES: tuple[str, ...] = tuple(members[-1] for members in FAMILY_MEMBERS.values())
 SEEN_CATEGORIES: tuple[str, ...] = tuple(c for c in CATEGORY_NAMES if c not in HELD_OUT_CATEGORIES)
 ZERO_SHOT_TEMPLATE = "a picture of a {}."
+#: The RPPConfig fields the rows differ in, recorded per row in the notes.
+VARIANT_FIELDS: tuple[str, ...] = ("qkv_mode", "qkv_form", "soft_weight", "temperature")
 
 
 def variants() -> dict[str, RPPConfig | None]:
@@ -191,6 +193,11 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     }
     if note:
         notes["backbone_note"] = note
+    notes["variants"] = {
+        name: {key: getattr(config, key) for key in VARIANT_FIELDS}
+        for name, config in variants().items()
+        if config is not None
+    }
     source = WorldClassSource(train_classes, shots=shots)
     results: dict[str, dict[str, float]] = {}
     train_seconds, final_loss = {}, {}
