@@ -26,6 +26,7 @@ from .losses import inversion_loss
 from .model import (
     METHOD,
     PIXELS,
+    LDMUNetEncoder,
     PixelEncoder,
     PromptInverter,
     UNetEncoder,
@@ -40,10 +41,10 @@ from .train import TrainResult, finish, loss_curve_image, train_inverter
 from .vocabulary import STOP_WORDS, Vocabulary, content_words
 
 __all__ = [
-    "DAKL", "IVFIndex", "InverterConfig", "METHOD", "MiniLMEmbedder", "PIXELS", "PixelEncoder", "PromptBank",
-    "PromptInverter", "STOP_WORDS", "TARGET_DIM", "TrainResult", "UNetEncoder", "VLMImageEncoder", "Vocabulary",
-    "WorldGenEncoder", "check_images", "compose_prompt", "content_words", "cosine_kernel", "curriculum_subsets",
-    "default_embedder", "finish", "fit_calibration", "inversion_loss", "keywords", "kmeans", "load_inverter",
-    "load_pair_folder", "loss_curve_image", "mean_cosine", "prompt_targets", "save_inverter", "train_inverter",
-    "weighted_scores",
+    "DAKL", "IVFIndex", "InverterConfig", "LDMUNetEncoder", "METHOD", "MiniLMEmbedder", "PIXELS", "PixelEncoder",
+    "PromptBank", "PromptInverter", "STOP_WORDS", "TARGET_DIM", "TrainResult", "UNetEncoder", "VLMImageEncoder",
+    "Vocabulary", "WorldGenEncoder", "check_images", "compose_prompt", "content_words", "cosine_kernel",
+    "curriculum_subsets", "default_embedder", "finish", "fit_calibration", "inversion_loss", "keywords", "kmeans",
+    "load_inverter", "load_pair_folder", "loss_curve_image", "mean_cosine", "prompt_targets", "save_inverter",
+    "train_inverter", "weighted_scores",
 ]

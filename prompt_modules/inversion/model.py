@@ -10,6 +10,9 @@ Image encoders (``name`` is the inverter's ``backbone``; an inverter refuses any
 * :class:`UNetEncoder` -- white box: the encoder half (down blocks + mid block) of a diffusers
   ``UNet2DConditionModel`` on the VAE latent of the image at t=0 with a caption embedding as cross-attention
   context; each block's output is average-pooled and concatenated.
+* :class:`LDMUNetEncoder` -- the same white box on a U-Net in the original LDM layout (``input_blocks``,
+  ``middle_block``, ``time_embed``: ComfyUI's ``UNetModel``); it pools at the same points, so its name is the
+  same ``sd-unet:<context dim>:<widths>`` as :class:`UNetEncoder`'s.
 * :class:`WorldGenEncoder` -- white box for WorldGen: its denoiser on the image's latent code at t=0, context the
   WorldCLIP text feature of a caption; the 4-D activations of the denoiser's top-level blocks are pooled. Its
   name carries a fingerprint of the weights (``worldgen:<sha256 prefix>``): WorldGen releases share one
@@ -22,6 +25,7 @@ only the head on its pooled multi-scale features; the features still come from t
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +161,78 @@ class UNetEncoder:
 
     def __call__(self, images: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_latents(self.latents(images), context)
+
+
+class LDMUNetEncoder:
+    """White box for Stable Diffusion in the LDM layout (ComfyUI's ``UNetModel``): at t=0, with the ``context``
+    ``[1 or B, L, context_dim]`` as cross-attention input, the output of each resolution level (its res/attention
+    blocks and its downsampler, i.e. where a diffusers down block ends) and of the middle block, each averaged
+    over space and concatenated (Croitoru et al. 2023, sec. 3.2: the U-Net encoder as image encoder).
+
+    ``to_latents(images)`` maps RGB ``[B, 3, H, W]`` in 0..1 to the latents the U-Net sees (VAE mean times the
+    scale factor); ``None`` means :meth:`encode_latents` only. ``context`` defaults to zeros of one token.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        context_dim: int,
+        to_latents=None,
+        context: torch.Tensor | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        for attr in ("input_blocks", "middle_block", "time_embed", "model_channels", "channel_mult", "num_res_blocks"):
+            if not hasattr(unet, attr):
+                raise ValueError(f"{type(unet).__name__} is not an LDM-layout U-Net: it has no '{attr}'")
+        self.unet, self.to_latents, self.batch_size = unet, to_latents, batch_size
+        self.cross_dim = int(context_dim)
+        self.context = context
+        widths = [int(unet.model_channels) * int(m) for m in unet.channel_mult]
+        self.name = f"sd-unet:{self.cross_dim}:{'-'.join(str(w) for w in widths)}"
+        self.level_ends, index = [], 0  # input_blocks[0] is conv_in
+        for level, n_res in enumerate(unet.num_res_blocks):
+            index += int(n_res) + (level < len(widths) - 1)  # + the downsampler, except on the last level
+            self.level_ends.append(index)
+        if self.level_ends[-1] != len(unet.input_blocks) - 1:
+            raise ValueError(f"{len(unet.input_blocks)} input blocks do not match num_res_blocks {unet.num_res_blocks}")
+        self.dim = sum(widths) + widths[-1] * (unet.middle_block is not None)
+
+    def _time_embedding(self, b: int, device, dtype) -> torch.Tensor:
+        half = int(self.unet.model_channels) // 2  # sinusoidal [cos | sin] at t=0, as the U-Net's own
+        t = torch.zeros(b, 1, device=device)
+        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=device) / half)
+        return self.unet.time_embed(torch.cat([torch.cos(t * freqs), torch.sin(t * freqs)], dim=1).to(dtype))
+
+    @torch.no_grad()
+    def encode_latents(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        param = next(self.unet.parameters())
+        context = context if context is not None else self.context
+        out = []
+        for i in range(0, latents.shape[0], self.batch_size):
+            x = latents[i : i + self.batch_size].to(param.device, param.dtype)
+            b = x.shape[0]
+            ctx = context if context is not None else torch.zeros(1, 1, self.cross_dim)
+            ctx = ctx.to(param.device, param.dtype)
+            ctx = ctx.expand(b, -1, -1) if ctx.shape[0] == 1 else ctx[i : i + b]
+            emb = self._time_embedding(b, param.device, param.dtype)
+            feats = []
+            for index, block in enumerate(self.unet.input_blocks):
+                x = block(x, emb, ctx)
+                if index in self.level_ends:
+                    feats.append(x.mean(dim=(2, 3)))
+            if self.unet.middle_block is not None:
+                feats.append(self.unet.middle_block(x, emb, ctx).mean(dim=(2, 3)))
+            out.append(torch.cat(feats, dim=1).float().cpu())
+        return torch.cat(out)
+
+    def __call__(self, images: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        images = check_images(images)
+        if self.to_latents is None:
+            raise ValueError("LDMUNetEncoder without to_latents needs latents: call encode_latents()")
+        with torch.no_grad():
+            latents = torch.cat([self.to_latents(images[i : i + self.batch_size])
+                                 for i in range(0, images.shape[0], self.batch_size)])
+        return self.encode_latents(latents, context)
 
 
 class WorldGenEncoder:
