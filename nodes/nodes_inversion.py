@@ -13,6 +13,7 @@ from ..prompt_modules.artifacts import ArtifactError, read_metadata
 from ..prompt_modules.inversion import (
     PIXELS,
     InverterConfig,
+    LDMUNetEncoder,
     VLMImageEncoder,
     Vocabulary,
     WorldGenEncoder,
@@ -39,7 +40,7 @@ from ._types import PromptEmbeddingType, PromptInverterType, VLMType, WorldGenTy
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED_PREFIX = "inverter-"
-BACKBONES = ("vlm", "pixels", "clip_vision", "worldgen")
+BACKBONES = ("vlm", "pixels", "clip_vision", "worldgen", "sd_unet")
 
 
 def _inverter_files() -> list[str]:
@@ -60,8 +61,36 @@ def _images_bchw(node: str, image, input_name: str = "image") -> torch.Tensor:
     return rgb_batch(node, input_name, image, alpha=False)
 
 
+def _sd_unet_encoder(node: str, model, vae, clip) -> LDMUNetEncoder:
+    """The white-box encoder on a ComfyUI SD1.x/SD2.x checkpoint: its U-Net's encoder half on the VAE latent at
+    t=0, with the empty prompt's CLIP encoding as context (Prompt Inversion has no caption either)."""
+    import comfy.model_management
+
+    for name, value, output in (("model", model, "MODEL"), ("vae", vae, "VAE"), ("clip", clip, "CLIP")):
+        if value is None:
+            raise NodeInputError(node, name, f"the white-box 'sd_unet' encoder needs the checkpoint's {output}",
+                                 f"connect the {output} output of Load Checkpoint")
+    base = getattr(model, "model", None)
+    unet = getattr(base, "diffusion_model", None)
+    if unet is None or not hasattr(unet, "input_blocks"):
+        raise NodeInputError(node, "model", "not an SD-style U-Net", "use an SD1.x or SD2.x checkpoint")
+    if getattr(base, "adm_channels", 0):
+        raise NodeInputError(node, "model", "U-Nets with extra (ADM) conditioning such as SDXL are not supported "
+                             "yet", "use an SD1.x or SD2.x checkpoint")
+    comfy.model_management.load_models_gpu([model])  # applies any patches (LoRAs) to the weights
+    context = clip.encode_from_tokens_scheduled(clip.tokenize(""))[0][0]
+
+    def to_latents(images: torch.Tensor) -> torch.Tensor:
+        return base.process_latent_in(vae.encode(images.permute(0, 2, 3, 1)).float())
+
+    try:
+        return LDMUNetEncoder(unet, int(context.shape[-1]), to_latents=to_latents, context=context)
+    except ValueError as exc:
+        raise NodeInputError(node, "model", str(exc), "use an SD1.x or SD2.x checkpoint") from None
+
+
 def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worldgen,
-              captions: list[str] | None = None) -> tuple[str, torch.Tensor]:
+              captions: list[str] | None = None, model=None, vae=None, clip=None) -> tuple[str, torch.Tensor]:
     """``(backbone name, features or pixels)`` for the image encoder ``kind``."""
     if kind == PIXELS:
         return PIXELS, images
@@ -85,8 +114,11 @@ def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worl
                                  "connect both outputs of Load World Models")
         enc = WorldGenEncoder(worldgen, vlm)
         return enc.name, enc(images, captions)
+    if kind == "sd_unet" or kind.startswith("sd-unet:"):
+        enc = _sd_unet_encoder(node, model, vae, clip)
+        return enc.name, enc(images)
     raise NodeInputError(node, "inverter", f"image encoder '{kind}' is not available in ComfyUI",
-                         "use an inverter trained on pixels, a VLM, CLIP vision or WorldGen (or the library)")
+                         "use an inverter trained on pixels, a VLM, CLIP vision, WorldGen or an SD U-Net")
 
 
 class LoadPromptInverter(io.ComfyNode):
@@ -144,6 +176,10 @@ class PromptInversion(io.ComfyNode):
                                tooltip="Keywords scoring at least this are added to the composed prompt."),
                 io.Boolean.Input("use_dakl", default=True,
                                  tooltip="Apply the kernel refinement (DAKL) if the inverter has one."),
+                io.Model.Input("model", optional=True,
+                               tooltip="For white-box inverters trained on an SD checkpoint's U-Net (with vae and "
+                               "clip)."),
+                io.Vae.Input("vae", optional=True, tooltip="The checkpoint's VAE, for white-box SD inverters."),
             ],
             outputs=[
                 io.String.Output(display_name="prompt", tooltip="Composed prompt per image, one per line."),
@@ -158,10 +194,11 @@ class PromptInversion(io.ComfyNode):
     @classmethod
     @check_inputs
     def execute(cls, image, inverter, clip=None, vlm=None, clip_vision=None, worldgen=None, top_k: int = 8,
-                threshold: float = 0.5, use_dakl: bool = True) -> io.NodeOutput:
+                threshold: float = 0.5, use_dakl: bool = True, model=None, vae=None) -> io.NodeOutput:
         node = "PWPromptInversion"
         images = _images_bchw(node, image)
-        name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen)
+        name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen,
+                                 model=model, vae=vae, clip=clip)
         if name != inverter.backbone:
             fix = "connect the encoder the inverter was trained on"
             if inverter.backbone == "worldgen":  # saved before the WorldGen encoder's name held a weights fingerprint
@@ -208,7 +245,8 @@ class TrainPromptInverter(io.ComfyNode):
             inputs=[
                 io.Combo.Input("backbone", options=list(BACKBONES), default="vlm",
                                tooltip="Image encoder: vlm (connect vlm), pixels (trainable CNN), clip_vision "
-                               "(connect clip_vision) or worldgen (white box: connect worldgen and vlm)."),
+                               "(connect clip_vision), worldgen (white box: connect worldgen and vlm) or sd_unet "
+                               "(white box: connect the checkpoint's model, vae and clip)."),
                 io.String.Input("filename", default="my-inverter",
                                 tooltip="Name of the .safetensors written to models/promptweave."),
                 io.String.Input("dataset_folder", default="", optional=True,
@@ -230,6 +268,11 @@ class TrainPromptInverter(io.ComfyNode):
                 io.Int.Input("checkpoint_every", default=200, min=1, max=100000,
                              tooltip="Steps between resumable checkpoints."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Random seed."),
+                io.Model.Input("model", optional=True,
+                               tooltip="SD1.x/SD2.x checkpoint MODEL, for the white-box sd_unet encoder."),
+                io.Vae.Input("vae", optional=True, tooltip="The checkpoint's VAE, for the sd_unet encoder."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The checkpoint's CLIP (the empty prompt as context), for the sd_unet encoder."),
             ],
             outputs=[
                 PromptInverterType.Output(display_name="inverter", tooltip="The trained prompt inverter."),
@@ -243,7 +286,7 @@ class TrainPromptInverter(io.ComfyNode):
     def execute(cls, backbone: str, filename: str, dataset_folder: str = "", images=None, prompts: str = "",
                 vlm=None, clip_vision=None, worldgen=None, vocab_size: int = 1000, epochs: int = 20,
                 batch_size: int = 64, learning_rate: float = 1e-3, hidden_width: int = 512, curriculum: bool = True,
-                checkpoint_every: int = 200, seed: int = 0) -> io.NodeOutput:
+                checkpoint_every: int = 200, seed: int = 0, model=None, vae=None, clip=None) -> io.NodeOutput:
         node = "PWTrainPromptInverter"
         stem = _safe_name(node, filename)
         if backbone not in BACKBONES:
@@ -275,7 +318,7 @@ class TrainPromptInverter(io.ComfyNode):
         except ValueError as exc:
             raise NodeInputError(node, "prompts", str(exc), "use descriptive prompts") from None
         # no captions as WorldGen context: Prompt Inversion has none at inference either (empty caption both ways)
-        name, inputs = _features(node, backbone, pixels, vlm, clip_vision, worldgen)
+        name, inputs = _features(node, backbone, pixels, vlm, clip_vision, worldgen, model=model, vae=vae, clip=clip)
         try:
             targets, labels = prompt_targets(texts, vocab, inversion_targets.default_embedder())
         except ImportError as exc:

@@ -197,3 +197,62 @@ def test_a_checkpoint_is_only_resumed_by_a_run_with_the_same_settings(comfy, com
     assert folder.is_dir() and folder.name.startswith("a_b-")
     key = common.tensors_key({"w": torch.ones(2)})
     assert key == common.tensors_key({"w": torch.ones(2)}) != common.tensors_key({"w": torch.zeros(2)})
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy):
+    with torch.inference_mode():  # as ComfyUI's executor loads it
+        return _node(comfy, "CheckpointLoaderSimple")().load_checkpoint(TINY_SD15_NAME)
+
+
+def test_sd_unet_white_box_trains_inverts_and_names_missing_inputs(comfy, comfy_base, sd15, fast_targets):
+    model, clip, vae = sd15
+    with torch.inference_mode():
+        inverter, _, path = _train(comfy, backbone="sd_unet", filename="sd-white-box", model=model, vae=vae,
+                                   clip=clip)
+        assert inverter.backbone == "sd-unet:768:320" and inverter.config.feature_dim == 320 + 320
+        loaded = _node(comfy, "PWLoadPromptInverter").execute(inverter_name="sd-white-box.safetensors")[0]
+        images, _ = _pairs(3)
+        node = _node(comfy, "PWPromptInversion")
+        prompt, _, emb, cond = node.execute(image=images, inverter=loaded, clip=clip, model=model, vae=vae)
+        assert len(prompt.splitlines()) == 3 and emb.shape == (3, 384) and cond[0][0].shape[0] == 3
+        with pytest.raises(ValueError, match="PWPromptInversion: input 'model': .*'sd_unet' encoder needs the "
+                                             "checkpoint's MODEL.*Fix: connect the MODEL output"):
+            node.execute(image=images, inverter=loaded, clip=clip, vae=vae)
+        with pytest.raises(ValueError, match="PWTrainPromptInverter: input 'vae': .*needs the checkpoint's VAE"):
+            _train(comfy, backbone="sd_unet", filename="sd-no-vae", model=model, clip=clip)
+    assert not (comfy_base / "models" / "promptweave" / "sd-no-vae.safetensors").exists()
+
+
+def test_sd_unet_features_in_comfyui_equal_the_diffusers_white_box(comfy, sd15):
+    """ComfyUI's LDM-layout U-Net and the same weights in diffusers give the same pooled features (so the same
+    backbone name is honest): the tiny SD15 checkpoint (one level) and a two-level U-Net with a downsampler."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.ops import disable_weight_init
+    from diffusers import UNet2DConditionModel
+
+    inv_mod, tiny = comfy.pack_module("prompt_modules.inversion"), comfy.pack_module("tiny")
+    latents, context = torch.randn(3, 4, 8, 8), torch.randn(1, 5, 768)
+    ldm = inv_mod.LDMUNetEncoder(sd15[0].model.diffusion_model, 768)
+    with tiny._seeded(0):  # the diffusers U-Net the checkpoint was written from (fp16 there)
+        reference = UNet2DConditionModel(**tiny.SD15_UNET_CONFIG).half().float().eval()
+    diffusers_enc = inv_mod.UNetEncoder(reference)
+    assert ldm.name == diffusers_enc.name == "sd-unet:768:320" and ldm.dim == diffusers_enc.dim
+    assert torch.allclose(ldm.encode_latents(latents, context), diffusers_enc.encode_latents(latents, context),
+                          atol=1e-5)
+
+    config = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=4,
+                  norm_num_groups=32)
+    torch.manual_seed(0)
+    two_level = UNet2DConditionModel(**config).eval()
+    unet_config = {k: v for k, v in sd15[0].model.model_config.unet_config.items() if k != "dtype"}
+    unet_config.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 0],
+                       transformer_depth_output=[1, 1, 0, 0], context_dim=16, num_heads=4)
+    comfy_unet = UNetModel(**unet_config, operations=disable_weight_init)
+    comfy_unet.load_state_dict(tiny.diffusers_unet_to_ldm(two_level.state_dict(), config), strict=True)
+    ldm2, ref2 = inv_mod.LDMUNetEncoder(comfy_unet.eval(), 16), inv_mod.UNetEncoder(two_level)
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(1, 5, 16)
+    assert ldm2.name == ref2.name == "sd-unet:16:32-64" and ldm2.level_ends == [2, 3]
+    assert torch.allclose(ldm2.encode_latents(latents, context), ref2.encode_latents(latents, context), atol=1e-5)
