@@ -12,6 +12,7 @@ read it to see which library call does the work. A session reads top to bottom::
     # 1. prompt inversion (Croitoru et al., CVIU 2024): image -> prompt text -> prompt_embeds -> a new image
     result = pw.invert_images(pw.load_inverter("inverter.safetensors"), images, vlm=worldclip)[0]
     image = pw.generate(pipe, *pw.encode_text(pipe, result["prompt"]))
+    name, features = pw.white_box_features(pipe, images)            # the white box: the pipeline's own U-Net
 
     # learned prompt vectors (CoOp / textual inversion) spliced into the pipeline's text encoder
     image = pw.generate(pipe, pw.learned_prompt_embeds(pipe, "prompt.safetensors", "a photo of <pw-prompt>"))
@@ -49,7 +50,7 @@ from PIL import Image
 from .prompt_modules.adaptation import IPLConfig, run_adaptation, save_lora, sd_generator_from_diffusers
 from .prompt_modules.diff_prompt import DiffPrompt, load_diff_prompt
 from .prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, rank_images, rank_texts
-from .prompt_modules.inversion import PIXELS, PromptInverter, VLMImageEncoder, load_inverter
+from .prompt_modules.inversion import PIXELS, PromptInverter, UNetEncoder, VLMImageEncoder, load_inverter
 from .prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
 from .prompt_modules.prompt_pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
 from .prompt_modules.vlm import VisionLanguageModel
@@ -84,6 +85,7 @@ __all__ = [
     "rank_texts",
     "to_pil",
     "to_tensor",
+    "white_box_features",
 ]
 
 
@@ -189,21 +191,40 @@ def learned_prompt_embeds(
 
 
 # ----- 1. prompt inversion ----------------------------------------------------------------------------------
+def white_box_features(pipe: StableDiffusionPipeline, images: ImagesLike) -> tuple[str, torch.Tensor]:
+    """``(backbone name, features)`` of the pipeline's own U-Net encoder (Croitoru et al., sec. 3.2): the VAE
+    latent of each image at t=0, the empty prompt as context; train an inverter on them with ``train_inverter``."""
+    encoder = UNetEncoder(pipe.unet, pipe.vae)
+    context, _ = pipe.encode_prompt("", pipe.device, 1, False)
+    pixels = to_tensor(images).to(pipe.device, pipe.vae.dtype)
+    return encoder.name, encoder(pixels, context)
+
+
 def invert_images(
-    inverter: PromptInverter | str | os.PathLike[str], images: ImagesLike, *, vlm: VisionLanguageModel | None = None
+    inverter: PromptInverter | str | os.PathLike[str],
+    images: ImagesLike,
+    *,
+    vlm: VisionLanguageModel | None = None,
+    pipe: StableDiffusionPipeline | None = None,
 ) -> list[dict[str, Any]]:
     """Per image: ``prompt`` (composed text), ``keywords`` [(word, score)], ``nearest`` [(prompt, cosine)] and the
-    predicted MiniLM ``embedding`` (Croitoru et al., sec. 3). A ``vlm:*`` inverter needs the VLM it was trained on."""
+    predicted MiniLM ``embedding`` (Croitoru et al., sec. 3). A ``vlm:*`` inverter needs the VLM it was trained on,
+    a white-box ``sd-unet:*`` one the pipeline (:func:`white_box_features`)."""
     if not isinstance(inverter, PromptInverter):
         inverter = load_inverter(inverter)
-    pixels = to_tensor(images)
     if inverter.backbone == PIXELS:
-        return inverter.invert(pixels)
+        return inverter.invert(to_tensor(images))
+    if inverter.backbone.startswith("sd-unet:"):
+        if pipe is None:
+            raise ValueError(f"this inverter reads '{inverter.backbone}' features: pass pipe= (its U-Net and VAE)")
+        name, features = white_box_features(pipe, images)
+        inverter.check_backbone(name)
+        return inverter.invert(features)
     if vlm is None:
         raise ValueError(f"this inverter reads '{inverter.backbone}' features: pass vlm= (the model it was trained on)")
     encoder = VLMImageEncoder(vlm)
     inverter.check_backbone(encoder.name)
-    return inverter.invert(encoder(pixels))
+    return inverter.invert(encoder(to_tensor(images)))
 
 
 # ----- 3. DCAR dual prompts ---------------------------------------------------------------------------------

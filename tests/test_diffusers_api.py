@@ -99,6 +99,25 @@ def test_invert_images_with_the_shipped_pixel_inverter_and_a_clear_error_without
             pw.invert_images(vlm_inverters[0], scenes)
 
 
+def test_a_white_box_inverter_trains_on_the_pipelines_unet_and_inverts_with_it(pipe):
+    from promptweave.prompt_modules.inversion import InverterConfig, Vocabulary, prompt_targets, train_inverter
+
+    images = torch.rand(6, 3, 32, 32)
+    texts = ["a red star", "a blue ring", "a green cross"] * 2
+    name, features = pw.white_box_features(pipe, images)
+    assert name == f"sd-unet:{pipe.unet.config.cross_attention_dim}:32-64" and features.shape == (6, 32 + 64 + 64)
+    vocab = Vocabulary.build(texts, size=10)
+    targets, labels = prompt_targets(texts, vocab, lambda t: torch.nn.functional.normalize(torch.randn(len(t), 384)))
+    config = InverterConfig(backbone=name, feature_dim=features.shape[1], hidden=(16,), epochs=2, batch_size=3)
+    inverter = train_inverter(features, targets, labels, config, vocab, texts=texts, progress=False).inverter
+    results = pw.invert_images(inverter, images[:2], pipe=pipe)
+    assert len(results) == 2 and results[0]["nearest"][0][0] in texts and results[0]["prompt"]
+    expected = inverter.invert(features[:2])[0]["embedding"]  # the same features in training and in inversion
+    assert torch.allclose(results[0]["embedding"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="'sd-unet:.*' features: pass pipe="):
+        pw.invert_images(inverter, images[:1])
+
+
 def test_ground_needs_one_expression_per_image():
     from promptweave.prompt_modules.diff_prompt import DiffPrompt
 
