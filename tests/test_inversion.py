@@ -340,3 +340,47 @@ def test_a_shipped_inverter_reads_the_image_and_beats_the_mean_prompt(name):
     mean_prompt = F.normalize(embed(train).mean(0), dim=0).expand_as(truth)
     assert len({r["prompt"] for r in inverter.invert(inputs[:20])}) >= 10  # not one prompt for all
     assert mean_cosine(predicted, truth) > mean_cosine(mean_prompt, truth) + 0.03
+
+
+def test_finetuning_the_worldgen_unet_on_inversion_leaves_the_inputs_and_lowers_the_loss():
+    from promptweave.prompt_modules.inversion import UNetFinetuneConfig, finetune_worldgen_unet, worldgen_features
+    from promptweave.prompt_modules.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen, WorldGenConfig
+
+    torch.manual_seed(0)
+    vlm = VisionLanguageModel("tiny", seed=0)
+    gen = WorldGen(WorldGenConfig.from_dict({**WORLDGEN_PRESETS["tiny"].to_dict(), "backbone": "tiny"}), seed=0).eval()
+    texts = ["a red star", "a blue ring", "a green cross", "a red ring"] * 4
+    images = torch.rand(len(texts), 3, 64, 64)
+    with torch.no_grad():
+        latents, context = gen.encode(images), gen.text_context(texts, vlm)
+    vocab = Vocabulary.build(texts, size=10)
+    targets, labels = prompt_targets(texts, vocab, lambda t: F.normalize(torch.randn(len(t), 384), dim=-1))
+    encoder = WorldGenEncoder(gen, vlm)
+    head = PromptInverter(InverterConfig(backbone=encoder.name, feature_dim=encoder.dim, hidden=(32,)), vocab).eval()
+    before = {k: v.clone() for k, v in gen.unet.state_dict().items()}
+    head_before = {k: v.clone() for k, v in head.state_dict().items()}
+
+    def inversion_loss_of(model, model_head):
+        with torch.no_grad():
+            feats = worldgen_features(model.unet, latents, model.null_context(vlm).expand(len(texts), -1, -1))
+            emb, logits = model_head(feats)
+            return float(inversion_loss(emb, targets, logits, labels)[0])
+
+    config = UNetFinetuneConfig(steps=30, batch_size=8, lr=3e-3, seed=0)
+    tuned, tuned_head, losses = finetune_worldgen_unet(gen, vlm, latents, context, targets, labels, head, config)
+    assert len(losses) == 30 and tuned is not gen and tuned_head is not head
+    assert all(torch.equal(v, before[k]) for k, v in gen.unet.state_dict().items())  # the inputs are untouched
+    assert all(torch.equal(v, head_before[k]) for k, v in head.state_dict().items())
+    assert inversion_loss_of(tuned, tuned_head) < inversion_loss_of(gen, head)
+    assert tuned.sample(["a red star"], vlm, steps=2, seed=0).shape == (1, 3, 64, 64)  # still a generator
+
+    control, control_head, _ = finetune_worldgen_unet(  # denoising only: the head gets no gradient
+        gen, vlm, latents, context, targets, labels, head, UNetFinetuneConfig(steps=3, batch_size=8, inversion_weight=0)
+    )
+    assert all(torch.equal(v, head_before[k]) for k, v in control_head.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in control.unet.state_dict().items())
+    with pytest.raises(ValueError, match="not both 0"):
+        UNetFinetuneConfig(inversion_weight=0, denoise_weight=0)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        finetune_worldgen_unet(gen, vlm, latents[:4], context[:4], targets[:4], labels[:4], head, config)

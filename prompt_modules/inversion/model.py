@@ -257,11 +257,15 @@ class WorldGenEncoder:
                 context = self.worldgen.text_context(list(captions[i : i + len(chunk)]), self.vlm)
             else:
                 context = self.worldgen.null_context(self.vlm).expand(len(chunk), -1, -1)
-            z = self.worldgen.encode(chunk)
-            t = torch.zeros(len(chunk), dtype=torch.long, device=z.device)
-            feats = self.worldgen.unet.encode_features(z, t, context)
-            out.append(torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1).float().cpu())
+            out.append(worldgen_features(self.worldgen.unet, self.worldgen.encode(chunk), context).float().cpu())
         return torch.cat(out)
+
+
+def worldgen_features(unet: nn.Module, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """The WorldGen white-box features of latent codes: ``unet.encode_features`` at t=0, each activation averaged
+    over space, concatenated ``[B, dim]``; differentiable (the U-Net fine-tuning of :mod:`.unet_finetune`)."""
+    t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)
+    return torch.cat([f.mean(dim=(2, 3)) for f in unet.encode_features(latents, t, context)], dim=1)
 
 
 def state_fingerprint(*modules: nn.Module, length: int = 12) -> str:
