@@ -17,7 +17,8 @@ SPLITS = ("test", "compositional")
 #: task name -> module in this package that defines ``run(seed, split, quick) -> TaskResult``.
 TASKS: dict[str, str] = {
     task: task for task in (
-        "world", "inversion", "retrieval", "adaptation", "grounding", "pretraining", "overhead", "soak"
+        "world", "inversion", "inversion_unet", "retrieval", "adaptation", "grounding", "pretraining", "overhead",
+        "soak",
     )
 }
 
