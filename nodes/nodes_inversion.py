@@ -264,7 +264,8 @@ class TrainPromptInverter(io.ComfyNode):
                                tooltip="AdamW learning rate (cosine decay to 1e-6)."),
                 io.Int.Input("hidden_width", default=512, min=8, max=8192, tooltip="Width of the MLP layers."),
                 io.Boolean.Input("curriculum", default=True,
-                                 tooltip="Curriculum learning (easy pairs first): helps with noisy captions."),
+                                 tooltip="Curriculum learning (easy pairs first): the paper's remedy for noisy "
+                                 "captions."),
                 io.Int.Input("checkpoint_every", default=200, min=1, max=100000,
                              tooltip="Steps between resumable checkpoints."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Random seed."),
