@@ -219,6 +219,12 @@ def test_sd_unet_white_box_trains_inverts_and_names_missing_inputs(comfy, comfy_
         with pytest.raises(ValueError, match="PWPromptInversion: input 'model': .*'sd_unet' encoder needs the "
                                              "checkpoint's MODEL.*Fix: connect the MODEL output"):
             node.execute(image=images, inverter=loaded, clip=clip, vae=vae)
+        inv_mod = comfy.pack_module("prompt_modules.inversion")
+        sd2 = inv_mod.PromptInverter(inv_mod.InverterConfig(backbone="sd-unet:1024:320-640-1280-1280",
+                                                            feature_dim=4480, hidden=(8,)), loaded.vocabulary)
+        with pytest.raises(ValueError, match="trained on 'sd-unet:1024:320-640-1280-1280', the connected encoder "
+                                             "is 'sd-unet:768:320'"):
+            node.execute(image=images, inverter=sd2, clip=clip, model=model, vae=vae)
         with pytest.raises(ValueError, match="PWTrainPromptInverter: input 'vae': .*needs the checkpoint's VAE"):
             _train(comfy, backbone="sd_unet", filename="sd-no-vae", model=model, clip=clip)
     assert not (comfy_base / "models" / "promptweave" / "sd-no-vae.safetensors").exists()
