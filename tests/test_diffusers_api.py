@@ -106,6 +106,11 @@ def test_a_white_box_inverter_trains_on_the_pipelines_unet_and_inverts_with_it(p
     texts = ["a red star", "a blue ring", "a green cross"] * 2
     name, features = pw.white_box_features(pipe, images)
     assert name == f"sd-unet:{pipe.unet.config.cross_attention_dim}:32-64" and features.shape == (6, 32 + 64 + 64)
+    from promptweave.prompt_modules.inversion import UNetEncoder
+
+    context, _ = pipe.encode_prompt("", pipe.device, 1, False)
+    chunked = UNetEncoder(pipe.unet, pipe.vae, batch_size=4)(images, context)  # 4 + 2: chunks change nothing
+    assert torch.allclose(chunked, features, atol=1e-5)
     vocab = Vocabulary.build(texts, size=10)
     targets, labels = prompt_targets(texts, vocab, lambda t: torch.nn.functional.normalize(torch.randn(len(t), 384)))
     config = InverterConfig(backbone=name, feature_dim=features.shape[1], hidden=(16,), epochs=2, batch_size=3)

@@ -113,8 +113,8 @@ class UNetEncoder:
     (or ``[1, L, cross_dim]``); without a caption a zero context is used.
     """
 
-    def __init__(self, unet, vae=None, scaling_factor: float | None = None) -> None:
-        self.unet, self.vae = unet, vae
+    def __init__(self, unet, vae=None, scaling_factor: float | None = None, batch_size: int = 16) -> None:
+        self.unet, self.vae, self.batch_size = unet, vae, batch_size
         cfg = unet.config
         self.cross_dim = int(cfg.cross_attention_dim)
         widths = list(cfg.block_out_channels)
@@ -160,7 +160,12 @@ class UNetEncoder:
         return torch.cat(feats, dim=1).float().cpu()
 
     def __call__(self, images: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode_latents(self.latents(images), context)
+        """Features of ``images`` in chunks of ``batch_size`` (a per-image ``context`` is sliced along)."""
+        out = []
+        for i in range(0, images.shape[0], self.batch_size):
+            ctx = context if context is None or context.shape[0] == 1 else context[i : i + self.batch_size]
+            out.append(self.encode_latents(self.latents(images[i : i + self.batch_size]), ctx))
+        return torch.cat(out)
 
 
 class LDMUNetEncoder:
