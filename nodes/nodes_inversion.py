@@ -77,6 +77,10 @@ def _sd_unet_encoder(node: str, model, vae, clip) -> LDMUNetEncoder:
     if getattr(base, "adm_channels", 0):
         raise NodeInputError(node, "model", "U-Nets with extra (ADM) conditioning such as SDXL are not supported "
                              "yet", "use an SD1.x or SD2.x checkpoint")
+    latent_channels = getattr(base.latent_format, "latent_channels", 4)
+    if getattr(unet, "in_channels", latent_channels) != latent_channels:
+        raise NodeInputError(node, "model", f"the U-Net takes {unet.in_channels} input channels, not the VAE's "
+                             f"{latent_channels} (an inpainting checkpoint?)", "use a text-to-image checkpoint")
     comfy.model_management.load_models_gpu([model])  # applies any patches (LoRAs) to the weights
     context = clip.encode_from_tokens_scheduled(clip.tokenize(""))[0][0]
 

@@ -225,6 +225,14 @@ def test_sd_unet_white_box_trains_inverts_and_names_missing_inputs(comfy, comfy_
         with pytest.raises(ValueError, match="trained on 'sd-unet:1024:320-640-1280-1280', the connected encoder "
                                              "is 'sd-unet:768:320'"):
             node.execute(image=images, inverter=sd2, clip=clip, model=model, vae=vae)
+        unet = model.model.diffusion_model
+        unet.in_channels = 9  # as an inpainting checkpoint's U-Net
+        try:
+            with pytest.raises(ValueError, match="input 'model': the U-Net takes 9 input channels, not the VAE's 4 "
+                                                 r"\(an inpainting checkpoint\?\).*Fix: use a text-to-image"):
+                node.execute(image=images, inverter=loaded, clip=clip, model=model, vae=vae)
+        finally:
+            unet.in_channels = 4
         with pytest.raises(ValueError, match="PWTrainPromptInverter: input 'vae': .*needs the checkpoint's VAE"):
             _train(comfy, backbone="sd_unet", filename="sd-no-vae", model=model, clip=clip)
     assert not (comfy_base / "models" / "promptweave" / "sd-no-vae.safetensors").exists()
