@@ -171,6 +171,10 @@ def test_vlm_unet_and_worldgen_encoders():
     white = UNetEncoder(unet)
     out = white.encode_latents(torch.randn(2, 4, 8, 8), torch.randn(1, 5, 16))
     assert white.name == "sd-unet:16:32-64" and out.shape == (2, white.dim) == (2, 32 + 64 + 64)
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="takes 4 input channels, not the VAE's 16"):
+        UNetEncoder(unet, SimpleNamespace(config=SimpleNamespace(latent_channels=16)))
     with pytest.raises(ValueError, match="UNet2DConditionModel is not an LDM-layout U-Net: it has no 'input_blocks'"):
         LDMUNetEncoder(unet, 16)  # the LDM (ComfyUI) layout is its own class; its features: test_inversion_nodes
 

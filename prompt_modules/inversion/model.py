@@ -116,6 +116,10 @@ class UNetEncoder:
     def __init__(self, unet, vae=None, scaling_factor: float | None = None, batch_size: int = 16) -> None:
         self.unet, self.vae, self.batch_size = unet, vae, batch_size
         cfg = unet.config
+        latent_channels = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if latent_channels is not None and int(cfg.in_channels) != int(latent_channels):
+            raise ValueError(f"the U-Net takes {cfg.in_channels} input channels, not the VAE's {latent_channels} "
+                             "(an inpainting U-Net?): use a text-to-image pipeline")
         self.cross_dim = int(cfg.cross_attention_dim)
         widths = list(cfg.block_out_channels)
         self.name = f"sd-unet:{self.cross_dim}:{'-'.join(str(w) for w in widths)}"
