@@ -380,3 +380,25 @@ def run_checkpoint(stem: str, settings: Sequence[Any], *, folder: bool = False) 
         return path
     root.mkdir(parents=True, exist_ok=True)
     return root / f"{safe_stem}-{key}.state.safetensors"
+
+
+def sd_unet(node: str, model) -> tuple[Any, Any]:
+    """``(base model, U-Net)`` of an SD1.x/SD2.x ComfyUI MODEL; a :class:`NodeInputError` naming ``model`` for
+    anything else (no diffusion model, not an LDM-layout U-Net, or ADM conditioning such as SDXL)."""
+    if model is None or not hasattr(model, "model") or not hasattr(model.model, "diffusion_model"):
+        raise NodeInputError(node, "model", "not a diffusion MODEL", "connect the MODEL output of Load Checkpoint")
+    base = model.model
+    unet = base.diffusion_model
+    config = getattr(base.model_config, "unet_config", {}) or {}
+    if not hasattr(unet, "input_blocks") or "num_res_blocks" not in config:
+        raise NodeInputError(
+            node, "model", f"{type(unet).__name__} is not an SD-style U-Net", "use an SD1.x or SD2.x checkpoint"
+        )
+    if getattr(base, "adm_channels", 0):
+        raise NodeInputError(
+            node,
+            "model",
+            "U-Nets with extra (ADM) conditioning such as SDXL are not supported yet",
+            "use an SD1.x or SD2.x checkpoint",
+        )
+    return base, unet

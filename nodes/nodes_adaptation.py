@@ -39,6 +39,7 @@ from ._common import (
     output_model_path,
     resolve_model_file,
     run_checkpoint,
+    sd_unet,
     tensors_key,
 )
 from ._types import LatentMapperType, VLMType
@@ -130,22 +131,8 @@ def _sd_generator(
     import comfy.model_management
     import comfy.model_sampling
 
-    if model is None or not hasattr(model, "model") or not hasattr(model.model, "diffusion_model"):
-        raise NodeInputError(node, "model", "not a diffusion MODEL", "connect the MODEL output of Load Checkpoint")
-    base = model.model
-    unet = base.diffusion_model
-    config = getattr(base.model_config, "unet_config", {}) or {}
-    if not hasattr(unet, "input_blocks") or "num_res_blocks" not in config:
-        raise NodeInputError(
-            node, "model", f"{type(unet).__name__} is not an SD-style U-Net", "use an SD1.x or SD2.x checkpoint"
-        )
-    if getattr(base, "adm_channels", 0):
-        raise NodeInputError(
-            node,
-            "model",
-            "U-Nets with extra (ADM) conditioning such as SDXL are not supported yet",
-            "use an SD1.x or SD2.x checkpoint",
-        )
+    base, unet = sd_unet(node, model)
+    config = base.model_config.unet_config
     if not isinstance(base.model_sampling, comfy.model_sampling.EPS) or isinstance(
         base.model_sampling, comfy.model_sampling.V_PREDICTION
     ):

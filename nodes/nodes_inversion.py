@@ -34,6 +34,7 @@ from ._common import (
     resolve_model_file,
     rgb_batch,
     run_checkpoint,
+    sd_unet,
     tensors_key,
 )
 from ._types import PromptEmbeddingType, PromptInverterType, VLMType, WorldGenType
@@ -70,13 +71,7 @@ def _sd_unet_encoder(node: str, model, vae, clip) -> LDMUNetEncoder:
         if value is None:
             raise NodeInputError(node, name, f"the white-box 'sd_unet' encoder needs the checkpoint's {output}",
                                  f"connect the {output} output of Load Checkpoint")
-    base = getattr(model, "model", None)
-    unet = getattr(base, "diffusion_model", None)
-    if unet is None or not hasattr(unet, "input_blocks"):
-        raise NodeInputError(node, "model", "not an SD-style U-Net", "use an SD1.x or SD2.x checkpoint")
-    if getattr(base, "adm_channels", 0):
-        raise NodeInputError(node, "model", "U-Nets with extra (ADM) conditioning such as SDXL are not supported "
-                             "yet", "use an SD1.x or SD2.x checkpoint")
+    base, unet = sd_unet(node, model)
     latent_channels = getattr(base.latent_format, "latent_channels", 4)
     if getattr(unet, "in_channels", latent_channels) != latent_channels:
         raise NodeInputError(node, "model", f"the U-Net takes {unet.in_channels} input channels, not the VAE's "
