@@ -42,10 +42,12 @@ SIZE_WORDS = tuple(SIZES)
 BACKGROUND_NAMES = tuple(BACKGROUNDS)
 
 
-def world_pairs(split: str, n: int, offset: int = 0, noise_fraction: float = 0.0) -> tuple[torch.Tensor, list, list]:
-    """``(images, captions, clean captions)`` of ``n`` mixed-style scenes of ``split``."""
+def world_pairs(
+    split: str, n: int, offset: int = 0, noise_fraction: float = 0.0, style: str = MIXED
+) -> tuple[torch.Tensor, list, list]:
+    """``(images, captions, clean captions)`` of ``n`` scenes of ``split`` (mixed render styles by default)."""
     start = split_seed_range(split).start + offset
-    batch = render_batch(range(start, start + n), style=MIXED, noise_fraction=noise_fraction)
+    batch = render_batch(range(start, start + n), style=style, noise_fraction=noise_fraction)
     return batch["image"], list(batch["caption"]), list(batch["clean_caption"])
 
 

@@ -28,19 +28,11 @@ from ..prompt_modules.inversion import (
     prompt_targets,
     train_inverter,
 )
-from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.gen_training import evaluate_worldgen
 from ..prompt_modules.world.models import load_world_models
-from ..prompt_modules.world.scene import split_seed_range
 from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from .harness import TaskResult
-
-
-def flat_pairs(split: str, n: int, offset: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``(images, captions)`` of ``n`` flat-style scenes of ``split`` (WorldGen's training style)."""
-    start = split_seed_range(split).start + offset
-    batch = render_batch(range(start, start + n), style="flat")
-    return batch["image"], list(batch["caption"])
+from .inversion import world_pairs
 
 
 @torch.no_grad()
@@ -63,8 +55,9 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     n_train, n_test, steps, n_gen, epochs = (256, 64, 10, 48, 3) if quick else (4000, 500, 300, 200, 15)
     vlm, gen = load_world_models()
     embedder = default_embedder()
-    images, captions = flat_pairs("train", n_train, offset=seed * 1_000_000)
-    test_images, test_captions = flat_pairs(split, n_test)
+    # flat scenes: WorldGen's training style
+    images, captions, _ = world_pairs("train", n_train, offset=seed * 1_000_000, style="flat")
+    test_images, test_captions, _ = world_pairs(split, n_test, style="flat")
     vocab = Vocabulary.build(captions, size=1000)
     targets, labels = prompt_targets(captions, vocab, embedder)
     test_targets = embedder(test_captions).float()
