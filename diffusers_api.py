@@ -48,12 +48,12 @@ import torch
 from PIL import Image
 
 from .prompt_modules.adaptation import IPLConfig, run_adaptation, save_lora, sd_generator_from_diffusers
+from .prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
+from .prompt_modules.core.vlm import VisionLanguageModel
 from .prompt_modules.diff_prompt import DiffPrompt, load_diff_prompt
 from .prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, rank_images, rank_texts
 from .prompt_modules.inversion import PIXELS, PromptInverter, UNetEncoder, VLMImageEncoder, load_inverter
-from .prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
 from .prompt_modules.prompt_pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
-from .prompt_modules.vlm import VisionLanguageModel
 from .prompt_modules.world.models import load_world_models, load_worldclip
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def load_pipeline(
                 f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json"
             )
         return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
-    from .tiny import build_tiny_pipeline
+    from .testing.tiny import build_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=seed)

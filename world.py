@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .prompt_modules.artifacts import atomic_write_bytes
+from .prompt_modules.core.artifacts import atomic_write_bytes
 from .prompt_modules.world import MIXED, SPLITS, STYLES, sample_scene, split_seed_range, style_for_seed
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, sample_worldgen_latents
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
 from ..prompt_modules.world.vocabulary import CATEGORY_IDS, COLOUR_IDS, STYLE_PHRASES, STYLES
 from ..prompt_modules.world.zero_shot import (
     category_prompts,
@@ -71,7 +71,7 @@ METRICS = ("target_score", "content_kept", "category_kept", "colour_kept", "posi
 def load_backbones() -> tuple[object, object, str | None]:
     """``(worldclip, worldgen, note)``; random tiny stand-ins with ``PW_BENCH_VLM=tiny``."""
     if os.environ.get("PW_BENCH_VLM", "").strip().lower() == "tiny":
-        from ..prompt_modules.vlm import VisionLanguageModel
+        from ..prompt_modules.core.vlm import VisionLanguageModel
         from ..prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
 
         vlm = VisionLanguageModel("tiny", seed=0)

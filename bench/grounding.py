@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 from ..headless import PACK_DIR
-from ..prompt_modules.artifacts import ArtifactError
-from ..prompt_modules.deep_prompts import DeepPromptConfig
+from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.deep_prompts import DeepPromptConfig
 from ..prompt_modules.diff_prompt import (
     DiTConfig,
     MaskVAEConfig,
@@ -78,7 +78,7 @@ EVAL_BATCH = 32
 
 def load_backbone():
     """WorldCLIP, or the random tiny VLM with ``PW_BENCH_VLM=tiny`` (second value: a note or None)."""
-    from ..prompt_modules.vlm import VisionLanguageModel
+    from ..prompt_modules.core.vlm import VisionLanguageModel
     from ..prompt_modules.world.models import load_worldclip
 
     if os.environ.get("PW_BENCH_VLM", "").strip().lower() == "tiny":

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..prompt_modules.artifacts import atomic_write_bytes
+from ..prompt_modules.core.artifacts import atomic_write_bytes
 
 SPLITS = ("test", "compositional")
 #: task name -> module in this package that defines ``run(seed, split, quick) -> TaskResult``.

@@ -94,7 +94,7 @@ def _load_world():
         vlm = load_worldclip()
         notes["encoder"] = "WorldCLIP"
     except Exception as exc:  # missing file or module: fall back, and say so
-        from ..prompt_modules.vlm import VisionLanguageModel
+        from ..prompt_modules.core.vlm import VisionLanguageModel
 
         vlm = VisionLanguageModel("tiny", seed=0)
         notes["encoder"] = f"random tiny VLM (WorldCLIP unavailable: {str(exc)[:120]})"

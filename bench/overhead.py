@@ -25,11 +25,11 @@ import dataclasses
 
 import torch
 
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
 from ..prompt_modules.diff_prompt import DiffPrompt, DiT, DiTConfig, MaskVAE, MaskVAEConfig, PromptConfig
 from ..prompt_modules.dual_prompt import DualPrompt
 from ..prompt_modules.inversion import VLMImageEncoder, load_inverter
-from ..prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.models import WEIGHTS_DIR, load_worldclip
 from ..prompt_modules.world.scene import split_seed_range

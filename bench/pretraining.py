@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
 from ..prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, WorldSource, encode_gallery, train_dual_prompt
 from ..prompt_modules.prompt_pretraining import (
     RPPConfig,
@@ -74,7 +74,7 @@ def variants() -> dict[str, RPPConfig | None]:
 
 def load_backbone():
     """``(vlm, note)``: WorldCLIP, or the random tiny VLM with ``PW_BENCH_VLM=tiny``; a clear exit otherwise."""
-    from ..prompt_modules.vlm import VisionLanguageModel
+    from ..prompt_modules.core.vlm import VisionLanguageModel
     from ..prompt_modules.world.models import load_worldclip
 
     choice = os.environ.get("PW_BENCH_VLM", "worldclip").strip().lower()

@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..prompt_modules.artifacts import atomic_write_bytes
+from ..prompt_modules.core.artifacts import atomic_write_bytes
 from .harness import run_task
 from .plot import bar_chart
 

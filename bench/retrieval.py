@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
 from ..prompt_modules.dual_prompt import DualPromptConfig, WorldSource, encode_gallery, train_dual_prompt
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
@@ -72,7 +72,7 @@ def recalls(sims: torch.Tensor, n: int) -> dict[str, float]:
 
 def load_backbone():
     """WorldCLIP, or a random tiny VLM when the shipped weights are missing (second value: a note or None)."""
-    from ..prompt_modules.vlm import VisionLanguageModel
+    from ..prompt_modules.core.vlm import VisionLanguageModel
     from ..prompt_modules.world.models import load_worldclip
 
     try:
@@ -94,7 +94,7 @@ def throughput(vlm, dual, images: torch.Tensor, texts: list[str]) -> dict[str, f
 @torch.no_grad()
 def conditioning_overhead(dual, reps: int = 5) -> dict[str, object]:
     """Time of the dual-prompt SD conditioning path over a plain CLIP-L encode (random CLIP-L weights)."""
-    from ..prompt_modules.learned_prompt import encode_prompt_for_pipeline
+    from ..prompt_modules.core.learned_prompt import encode_prompt_for_pipeline
     from .sd_text_encoder import plain_encode, sd1_text_encoder, seconds_per_call
 
     clip_l = sd1_text_encoder()

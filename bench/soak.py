@@ -194,7 +194,7 @@ def soak_server(
     measured run the workflow name, wall seconds and the server's RSS in MiB; ``cached_pack_nodes`` counts pack
     nodes other than loaders (``PWLoad*``) that ComfyUI served from its cache in the measured runs (should be 0).
     """
-    from ..defaults import install_default_models
+    from ..testing.defaults import install_default_models
 
     if runs < 2:
         raise ValueError(f"soak: runs must be at least 2, got {runs}")

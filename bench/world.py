@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..prompt_modules.vlm import VisionLanguageModel
+from ..prompt_modules.core.vlm import VisionLanguageModel
 from ..prompt_modules.world.models import load_world_models
 from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from .harness import TaskResult

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from promptweave import diffusers_api as pw
-from promptweave.prompt_modules.learned_prompt import LearnedPrompt
+from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from typing import Any
 import folder_paths
 import torch
 
-from ..prompt_modules.artifacts import UnsafeNameError, safe_child_path
+from ..prompt_modules.core.artifacts import UnsafeNameError, safe_child_path
 from ._types import expected_class
 
 MODELS_FOLDER = "promptweave"

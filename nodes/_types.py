@@ -7,9 +7,9 @@ import importlib
 from comfy_api.latest import io
 
 LearnedPromptType = io.Custom("PW_LEARNED_PROMPT")
-"""A :class:`~promptweave.prompt_modules.learned_prompt.LearnedPrompt`."""
+"""A :class:`~promptweave.prompt_modules.core.learned_prompt.LearnedPrompt`."""
 VLMType = io.Custom("PW_VLM")
-"""A :class:`~promptweave.prompt_modules.vlm.VisionLanguageModel` (e.g. WorldCLIP)."""
+"""A :class:`~promptweave.prompt_modules.core.vlm.VisionLanguageModel` (e.g. WorldCLIP)."""
 WorldGenType = io.Custom("PW_WORLDGEN")
 """The world's latent-diffusion generator (:mod:`promptweave.prompt_modules.world.worldgen`)."""
 DualPromptType = io.Custom("PW_DUAL_PROMPT")
@@ -26,8 +26,12 @@ PretrainedPromptsType = io.Custom("PW_PRETRAINED_PROMPTS")
 """A :class:`~promptweave.prompt_modules.prompt_pretraining.PretrainedPromptBundle` (RPP prompts + layer tokens)."""
 
 PYTHON_CLASSES = {  # io_type: (module of the pack, class, what it is, which node makes it)
-    "PW_LEARNED_PROMPT": ("prompt_modules.learned_prompt", "LearnedPrompt", "a learned prompt", "Load Learned Prompt"),
-    "PW_VLM": ("prompt_modules.vlm", "VisionLanguageModel", "a VLM", "a VLM, e.g. WorldCLIP from Load World Models"),
+    "PW_LEARNED_PROMPT": (
+        "prompt_modules.core.learned_prompt", "LearnedPrompt", "a learned prompt", "Load Learned Prompt"
+    ),
+    "PW_VLM": (
+        "prompt_modules.core.vlm", "VisionLanguageModel", "a VLM", "a VLM, e.g. WorldCLIP from Load World Models"
+    ),
     "PW_WORLDGEN": ("prompt_modules.world.worldgen", "WorldGen", "WorldGen", "WorldGen from Load World Models"),
     "PW_DUAL_PROMPT": ("prompt_modules.dual_prompt", "DualPrompt", "a dual prompt", "Load/Train Dual Prompt"),
     "PW_PROMPT_INVERTER": ("prompt_modules.inversion", "PromptInverter", "a prompt inverter", "Load Prompt Inverter"),

@@ -28,9 +28,9 @@ from ..prompt_modules.adaptation import (
     save_mapper,
     train_mapper,
 )
-from ..prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
-from ..prompt_modules.plots import loss_curve_image
-from ..prompt_modules.vlm import VisionLanguageModel
+from ..prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from ..prompt_modules.core.plots import loss_curve_image
+from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -180,14 +180,6 @@ def _sd_generator(
     return generator
 
 
-def _trainable_vlm(vlm: VisionLanguageModel, device) -> VisionLanguageModel:
-    """A copy with ordinary (non-inference) tensors: gradients flow through the frozen VLM."""
-    with torch.inference_mode(False):
-        copy = VisionLanguageModel(vlm.config)
-        copy.clip.load_state_dict({k: v.clone() for k, v in vlm.clip.state_dict().items()})
-        for p in copy.parameters():
-            p.requires_grad_(False)
-    return copy.to(device).eval()
 
 
 def _plots(*curves: list[float]) -> torch.Tensor:
@@ -325,7 +317,7 @@ class TrainLatentMapper(io.ComfyNode):
         ckpt = run / "mapper.state.safetensors"
         on_step = _progress(steps)
         with torch.inference_mode(False), torch.enable_grad():
-            judge = _trainable_vlm(vlm, generator.device)
+            judge = trainable_copy(vlm, generator.device)
             try:
                 result = train_mapper(
                     generator,
@@ -538,7 +530,7 @@ class AdaptModel(io.ComfyNode):
         total = steps + (mapper_steps if method == "ipl" and mapper is None else 0)
         on_step = _progress(total)
         with torch.inference_mode(False), torch.enable_grad():
-            judge = _trainable_vlm(vlm, generator.device)
+            judge = trainable_copy(vlm, generator.device)
             try:
                 result = run_adaptation(
                     generator,

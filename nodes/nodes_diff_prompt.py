@@ -9,7 +9,10 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.learned_prompt import LearnedPrompt
+from ..prompt_modules.core.plots import loss_curve_image
+from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
 from ..prompt_modules.diff_prompt import (
     DiffPrompt,
     FolderGroundingSource,
@@ -22,9 +25,6 @@ from ..prompt_modules.diff_prompt import (
     train_mask_vae,
     train_prompts,
 )
-from ..prompt_modules.learned_prompt import LearnedPrompt
-from ..prompt_modules.plots import loss_curve_image
-from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -37,7 +37,7 @@ from ._common import (
     tensors_key,
 )
 from ._types import DiffPromptType, PretrainedPromptsType, VLMType
-from .nodes_dual_prompt import _clone_vlm, clip_token_tables
+from .nodes_dual_prompt import clip_token_tables
 from .nodes_learned_prompt import tokens_with_learned_prompt
 
 CATEGORY = "PromptWeave/diff prompt"
@@ -400,7 +400,7 @@ class TrainDiffPrompt(io.ComfyNode):
         if init_key is not None:  # appended only when given, so earlier runs' checkpoints still resume
             settings.append(init_key)
         on_step = TrainingProgress(steps * len(stages))
-        trainable = _clone_vlm(vlm)
+        trainable = trainable_copy(vlm)
         losses: list[float] = []
         vae = existing.vae if existing is not None else None
         dit = existing.dit if existing is not None else None

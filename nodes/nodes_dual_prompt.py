@@ -8,7 +8,10 @@ import os
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.learned_prompt import COMFY_TO_TI_KEY
+from ..prompt_modules.core.plots import loss_curve_image
+from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
 from ..prompt_modules.dual_prompt import (
     DualPrompt,
     DualPromptConfig,
@@ -21,9 +24,6 @@ from ..prompt_modules.dual_prompt import (
     save_dual_prompt,
     train_dual_prompt,
 )
-from ..prompt_modules.learned_prompt import COMFY_TO_TI_KEY
-from ..prompt_modules.plots import loss_curve_image
-from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -87,12 +87,6 @@ class LoadDualPrompt(io.ComfyNode):
         return io.NodeOutput(dual)
 
 
-def _clone_vlm(vlm: VisionLanguageModel) -> VisionLanguageModel:
-    """A copy with ordinary (non-inference) tensors, so that gradients can flow through it."""
-    with torch.inference_mode(False):
-        copy = VisionLanguageModel(vlm.config)
-        copy.clip.load_state_dict({k: v.clone() for k, v in vlm.clip.state_dict().items()})
-    return copy.to(vlm.device).eval()
 
 
 class TrainDualPrompt(io.ComfyNode):
@@ -174,7 +168,7 @@ class TrainDualPrompt(io.ComfyNode):
             name or "dcar", [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key]
         )
         on_step = TrainingProgress(steps)
-        trainable = _clone_vlm(vlm)
+        trainable = trainable_copy(vlm)
         with torch.inference_mode(False), torch.enable_grad():
             result = train_dual_prompt(trainable, data, config, steps=steps, batch_size=batch_size,
                                        lr=learning_rate, seed=seed, checkpoint_path=ckpt,

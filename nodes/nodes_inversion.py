@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.artifacts import ArtifactError, read_metadata
+from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError, read_metadata
 from ..prompt_modules.inversion import (
     PIXELS,
     InverterConfig,
@@ -39,7 +38,7 @@ from ._common import (
 )
 from ._types import PromptEmbeddingType, PromptInverterType, VLMType, WorldGenType
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_DIR = SHIPPED_WEIGHTS_DIR
 SHIPPED_PREFIX = "inverter-"
 BACKBONES = ("vlm", "pixels", "clip_vision", "worldgen", "sd_unet")
 

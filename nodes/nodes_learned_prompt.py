@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..prompt_modules.artifacts import ArtifactError
-from ..prompt_modules.learned_prompt import (
+from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.learned_prompt import (
     COMFY_TO_TI_KEY,
     LearnedPrompt,
     isolate_placeholder,

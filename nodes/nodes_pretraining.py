@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.artifacts import ArtifactError
-from ..prompt_modules.plots import loss_curve_image
+from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.plots import loss_curve_image
+from ..prompt_modules.core.vlm import trainable_copy
 from ..prompt_modules.prompt_pretraining import (
     QKV_MODES,
     FolderClassSource,
@@ -18,7 +19,6 @@ from ..prompt_modules.prompt_pretraining import (
     save_pretrained_prompts,
     world_classes,
 )
-from ..prompt_modules.vlm import VisionLanguageModel
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -34,12 +34,6 @@ CATEGORY = "PromptWeave/pretraining"
 SOURCES = ["world", "folder"]
 
 
-def _clone_vlm(vlm: VisionLanguageModel) -> VisionLanguageModel:
-    """A copy with ordinary (non-inference) tensors, so that gradients can flow through it."""
-    with torch.inference_mode(False):
-        copy = VisionLanguageModel(vlm.config)
-        copy.clip.load_state_dict({k: v.clone() for k, v in vlm.clip.state_dict().items()})
-    return copy.to(vlm.device).eval()
 
 
 class PretrainPrompts(io.ComfyNode):
@@ -184,7 +178,7 @@ class PretrainPrompts(io.ComfyNode):
         settings = [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()]
         ckpt = run_checkpoint(name or "rpp", settings)
         on_step = TrainingProgress(steps)
-        trainable = _clone_vlm(vlm)
+        trainable = trainable_copy(vlm)
         with torch.inference_mode(False), torch.enable_grad():
             result = pretrain_prompts(
                 trainable,

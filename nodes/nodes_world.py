@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError
 from ..prompt_modules.world.models import load_world_models
 from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from ._common import NodeInputError, check_inputs, text_lines

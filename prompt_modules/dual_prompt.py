@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import (
+from .core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -87,10 +87,10 @@ from .artifacts import (
     read_safetensors,
     save_safetensors_atomic,
 )
-from .checkpointing import run_resumable_loop
-from .deep_prompts import TEXT_KEY, DeepPromptConfig, DeepPrompts, encode_image_prompted, encode_text_prompted
-from .learned_prompt import LearnedPrompt, LearnedPromptConfig
-from .vlm import VisionLanguageModel
+from .core.deep_prompts import TEXT_KEY, DeepPromptConfig, DeepPrompts, encode_image_prompted, encode_text_prompted
+from .core.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from .core.training import run_resumable_loop
+from .core.vlm import VisionLanguageModel
 
 METHOD = "dcar"
 FDRD_NEGATIVES = 4
@@ -330,7 +330,7 @@ class DualPrompt(nn.Module):
     @torch.no_grad()
     def token_weights(self, vlm: VisionLanguageModel, text: str) -> list[tuple[str, float]]:
         """``(token, weight)`` of the caption's word tokens: the MI re-weighting, for inspection."""
-        from .vlm import clip_tokenizer
+        from .core.vlm import clip_tokenizer
 
         enc = encode_text_prompted(vlm, [text], self.prompts, return_tokens=True)
         tokens = F.normalize(enc.token_features, dim=-1)

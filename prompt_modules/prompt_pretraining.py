@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import (
+from .core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -91,8 +91,7 @@ from .artifacts import (
     read_safetensors,
     save_safetensors_atomic,
 )
-from .checkpointing import run_resumable_loop
-from .deep_prompts import (
+from .core.deep_prompts import (
     TEXT_KEY,
     DeepPromptConfig,
     DeepPrompts,
@@ -101,7 +100,8 @@ from .deep_prompts import (
     encode_image_prompted,
     encode_text_prompted,
 )
-from .vlm import VisionLanguageModel
+from .core.training import run_resumable_loop
+from .core.vlm import VisionLanguageModel
 
 METHOD = "rpp"
 QKV_MODES = ("unshared", "shared")

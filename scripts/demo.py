@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT.parent))
 
-from promptweave.defaults import install_default_models  # noqa: E402
 from promptweave.headless import find_comfyui_dir, prepare_base_directory  # noqa: E402
-from promptweave.prompt_modules.artifacts import atomic_write_bytes  # noqa: E402
+from promptweave.prompt_modules.core.artifacts import atomic_write_bytes  # noqa: E402
+from promptweave.testing.defaults import install_default_models  # noqa: E402
 
 
 def serve(comfyui: Path, base: Path, port: int) -> int:

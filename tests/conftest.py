@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from promptweave.defaults import CACHE_DIR, TINY_SD15_NAME, install_default_models
 from promptweave.headless import (
     PACK_DIR,
     ComfyUIServer,
@@ -22,6 +21,7 @@ from promptweave.headless import (
     find_comfyui_dir,
     prepare_base_directory,
 )
+from promptweave.testing.defaults import CACHE_DIR, TINY_SD15_NAME, install_default_models
 
 ARTIFACTS = PACK_DIR / "out" / "test-artifacts"
 # Node types that generate images (64x64 in the example workflows); a workflow without one (e.g. RPP pretraining)
@@ -53,11 +53,11 @@ def comfyui_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd15_path() -> Path:
-    """The tiny SD1.x checkpoint, built by ``python -m promptweave.tiny sd15`` once and cached."""
+    """The tiny SD1.x checkpoint, built by ``python -m promptweave.testing.tiny sd15`` once and cached."""
     path = CACHE_DIR / TINY_SD15_NAME
     if not path.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "promptweave.tiny", "sd15", str(path)], check=True)
+        subprocess.run([sys.executable, "-m", "promptweave.testing.tiny", "sd15", str(path)], check=True)
     return path
 
 

@@ -31,8 +31,8 @@ from promptweave.prompt_modules.adaptation import (
     sd_generator_from_diffusers,
     train_mapper,
 )
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.world import render_batch
 from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
 
@@ -247,7 +247,7 @@ def test_native_export_roundtrip_and_merge(vlm, worldgen, pool, tmp_path):
 
 # ----- Stable Diffusion ---------------------------------------------------------------------------------------------
 def test_ldm_names_map_to_diffusers_for_sd15_and_the_tiny_unet():
-    from promptweave.tiny import diffusers_unet_key_to_ldm
+    from promptweave.testing.tiny import diffusers_unet_key_to_ldm
 
     cases = [  # (layers_per_block, levels with attention down, up_with_attention, n levels)
         (2, [0, 1, 2], {1, 2, 3}, 4),  # SD1.5
@@ -271,8 +271,8 @@ def test_ldm_names_map_to_diffusers_for_sd15_and_the_tiny_unet():
 def _tiny_sd15_parts(path):
     from diffusers import UNet2DConditionModel
 
-    from promptweave.prompt_modules.artifacts import read_safetensors
-    from promptweave.tiny import SD15_UNET_CONFIG, diffusers_unet_key_to_ldm, tiny_autoencoder
+    from promptweave.prompt_modules.core.artifacts import read_safetensors
+    from promptweave.testing.tiny import SD15_UNET_CONFIG, diffusers_unet_key_to_ldm, tiny_autoencoder
 
     tensors, _ = read_safetensors(path)
     with torch.random.fork_rng(devices=[]):
@@ -316,7 +316,7 @@ def test_sd_generator_on_the_tiny_sd15_checkpoint(vlm, tiny_sd15_path):
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipe") / "pipeline"
-    subprocess.run([sys.executable, "-m", "promptweave.tiny", "pipeline", str(folder)], check=True)
+    subprocess.run([sys.executable, "-m", "promptweave.testing.tiny", "pipeline", str(folder)], check=True)
     return folder
 
 

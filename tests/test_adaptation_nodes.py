@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from promptweave.defaults import TINY_SD15_NAME
 from promptweave.headless import PACK_DIR
-from promptweave.prompt_modules.artifacts import read_metadata
+from promptweave.prompt_modules.core.artifacts import read_metadata
+from promptweave.testing.defaults import TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
 NODES = {"PWTrainLatentMapper", "PWLoadLatentMapper", "PWAdaptModel"}
@@ -40,7 +40,7 @@ def _node(comfy, node_id):
 
 @pytest.fixture(scope="module")
 def tiny_vlm(comfy):
-    return comfy.pack_module("prompt_modules.vlm").VisionLanguageModel("tiny", seed=0)
+    return comfy.pack_module("prompt_modules.core.vlm").VisionLanguageModel("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_mapper_nodes_train_save_load_and_check_the_vlm(comfy, comfy_base, sd15,
     assert (comfy_base / "models" / "promptweave" / "pw-test-mapper.safetensors").is_file()
     loaded = _node(comfy, "PWLoadLatentMapper").execute(mapper_name="pw-test-mapper.safetensors")[0]
     assert loaded.token_width == tiny_vlm.token_width and loaded.latent_dim == 256
-    vlm_mod = comfy.pack_module("prompt_modules.vlm")
+    vlm_mod = comfy.pack_module("prompt_modules.core.vlm")
     wide = vlm_mod.VisionLanguageModel(vlm_mod.VLMConfig(name="wide", text_width=128, text_heads=2), seed=0)
     before = set((comfy_base / "models" / "loras").iterdir())
     with pytest.raises(ValueError, match=r"PWAdaptModel: input 'vlm': .*token width 64.*token width 128.*Fix:"):

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from promptweave.prompt_modules.artifacts import ArtifactError
-from promptweave.prompt_modules.checkpointing import load_training_state, run_resumable_loop, save_training_state
+from promptweave.prompt_modules.core.artifacts import ArtifactError
+from promptweave.prompt_modules.core.checkpointing import load_training_state, save_training_state
+from promptweave.prompt_modules.core.training import run_resumable_loop
 
 
 def _train(model, optimizer, start, stop, seed=0):
@@ -47,7 +48,7 @@ def test_wrong_backbone_and_wrong_file_are_refused(tmp_path):
     save_training_state(tmp_path / "s.safetensors", model, opt, 1, backbone="toy")
     with pytest.raises(ArtifactError, match="checkpoint for 'toy', not 'other'"):
         load_training_state(tmp_path / "s.safetensors", model, opt, backbone="other")
-    from promptweave.prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
+    from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
 
     LearnedPrompt(LearnedPromptConfig()).save(tmp_path / "p.safetensors")
     with pytest.raises(ArtifactError, match="not a PromptWeave training checkpoint"):
@@ -98,7 +99,7 @@ import sys, time
 import torch
 torch.set_num_threads(1)
 from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, train_dual_prompt
-from promptweave.prompt_modules.vlm import VisionLanguageModel
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel
 config = DualPromptConfig(n_text=2, n_visual=2, text_depth=1, visual_depth=1, bank_size=8)
 def slow(step, steps, loss):
     print(step, flush=True)
@@ -115,9 +116,9 @@ def test_a_killed_training_process_leaves_a_checkpoint_that_resumes_exactly(tmp_
     import subprocess
     import sys
 
-    from promptweave.prompt_modules.artifacts import meta_field, read_metadata
+    from promptweave.prompt_modules.core.artifacts import meta_field, read_metadata
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
     from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, train_dual_prompt
-    from promptweave.prompt_modules.vlm import VisionLanguageModel
 
     ckpt = tmp_path / "run.state.safetensors"
     process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ckpt)], stdout=subprocess.PIPE, text=True)

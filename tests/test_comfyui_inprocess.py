@@ -8,8 +8,8 @@ import torch
 from conftest import load_api_workflow
 from PIL import Image
 
-from promptweave.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
 from promptweave.headless import PACK_DIR, WorkflowError
+from promptweave.testing.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
 EXPECTED_NODES = {"PWApplyLearnedPrompt", "PWLoadLearnedPrompt"}
@@ -83,7 +83,7 @@ def test_empty_text_is_a_clear_error(comfy):
 
 def test_prompt_of_another_width_is_a_clear_error(comfy):
     _, clip, _ = _load_checkpoint(comfy)
-    lp = comfy.pack_module("prompt_modules.learned_prompt")
+    lp = comfy.pack_module("prompt_modules.core.learned_prompt")
     wide = lp.LearnedPrompt(lp.LearnedPromptConfig(n_ctx=2, widths={"clip_l": 1024}, backbone="sd2"))
     with pytest.raises(ValueError, match=r"PWApplyLearnedPrompt: input 'learned_prompt': .*width 1024 .*expects 768"):
         _apply(comfy, clip, wide, "a cat")

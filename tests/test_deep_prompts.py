@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptweave.prompt_modules.artifacts import BackboneMismatchError
-from promptweave.prompt_modules.deep_prompts import (
+from promptweave.prompt_modules.core.artifacts import BackboneMismatchError
+from promptweave.prompt_modules.core.deep_prompts import (
     DeepPromptConfig,
     DeepPrompts,
     default_layer_fn,
     encode_image_prompted,
     encode_text_prompted,
 )
-from promptweave.prompt_modules.learned_prompt import LearnedPrompt
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
+from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 
 TEXTS = ["a red five-point star", "a picture of a small blue hexagon on a white background"]
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError
-from promptweave.prompt_modules.deep_prompts import encode_image_prompted, encode_text_prompted
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.core.deep_prompts import encode_image_prompted, encode_text_prompted
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.diff_prompt import (
     DiffPrompt,
     DiT,
@@ -35,7 +36,6 @@ from promptweave.prompt_modules.diff_prompt import (
     train_prompts,
     zero_shot_ground,
 )
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
 
 VAE_CFG = MaskVAEConfig(mask_size=32, block_out_channels=(8, 16, 16), norm_num_groups=8)
 DIT_CFG = DiTConfig(hidden=32, depth=1, heads=2, lr=1e-3)
@@ -206,7 +206,7 @@ def test_no_global_ablation_and_static_baselines(vlm, small_set, stages):
     assert count(full) - count(ablation) == 4 * 2 * (vlm.token_width + vlm.vision_width)
     out = ablation(vlm, small_set.images[:2], small_set.texts[:2])
     assert out.text_tokens[0].shape == (2, 4, vlm.token_width)
-    from promptweave.prompt_modules.deep_prompts import DeepPromptConfig
+    from promptweave.prompt_modules.core.deep_prompts import DeepPromptConfig
 
     coop = StaticPromptGrounder(
         vlm, DeepPromptConfig(n_text=8, n_visual=0, text_depth=1, visual_depth=0), head_hidden=16, mask_size=32
@@ -295,14 +295,14 @@ def test_bundle_grows_stage_by_stage_and_round_trips(vlm, small_set, stages, tmp
     other = VisionLanguageModel(VLMConfig(name="other", embed_dim=32), seed=0)
     with pytest.raises(BackboneMismatchError, match="trained for the VLM 'tiny'"):
         load_diff_prompt(path, other)
-    from promptweave.prompt_modules.artifacts import read_metadata
+    from promptweave.prompt_modules.core.artifacts import read_metadata
 
     meta = read_metadata(path)
     assert meta["promptweave.method"] == "diff_prompt" and '"prompt"' in meta["promptweave.stages"]
 
 
 def test_a_non_bundle_is_refused(tmp_path):
-    from promptweave.prompt_modules.vlm import save_vlm
+    from promptweave.prompt_modules.core.vlm import save_vlm
 
     path = tmp_path / "vlm.safetensors"
     save_vlm(VisionLanguageModel("tiny"), path)

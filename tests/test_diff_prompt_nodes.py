@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from promptweave.defaults import TINY_SD15_NAME
 from promptweave.headless import PACK_DIR
+from promptweave.testing.defaults import TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
 NODES = {"PWLoadDiffPrompt", "PWDiffPromptGround", "PWDiffPromptConditioning", "PWTrainDiffPrompt"}
@@ -28,7 +28,7 @@ def _node(comfy, node_id):
 @pytest.fixture(scope="module")
 def mods(comfy):
     return SimpleNamespace(
-        dp=comfy.pack_module("prompt_modules.diff_prompt"), vlm=comfy.pack_module("prompt_modules.vlm")
+        dp=comfy.pack_module("prompt_modules.diff_prompt"), vlm=comfy.pack_module("prompt_modules.core.vlm")
     )
 
 
@@ -272,8 +272,8 @@ def test_train_node_starts_global_prompts_from_pretrained_prompts(comfy, comfy_b
     assert gap(started) < 0.1 * gap(plain)
     with pytest.raises(ValueError, match=r"input 'pretrained_prompts': stage 'vae' has no prompts"):
         _train(comfy, tiny_vlm, "vae", world, bundle_name="pw-test-rpp-init", pretrained_prompts=pretrained)
-    other = comfy.pack_module("prompt_modules.vlm").VisionLanguageModel(
-        comfy.pack_module("prompt_modules.vlm").VLMConfig(name="other"), seed=1
+    other = comfy.pack_module("prompt_modules.core.vlm").VisionLanguageModel(
+        comfy.pack_module("prompt_modules.core.vlm").VLMConfig(name="other"), seed=1
     )
     with pytest.raises(ValueError, match=r"input 'pretrained_prompts': they were pretrained for the VLM 'tiny'"):
         _train(comfy, other, "prompt", world, bundle_name="pw-test-rpp-init", pretrained_prompts=pretrained)

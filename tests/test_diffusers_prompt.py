@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from promptweave.prompt_modules.artifacts import BackboneMismatchError
-from promptweave.prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
+from promptweave.prompt_modules.core.artifacts import BackboneMismatchError
+from promptweave.prompt_modules.core.learned_prompt import (
+    LearnedPrompt,
+    LearnedPromptConfig,
+    encode_prompt_for_pipeline,
+)
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
 
-    from promptweave.tiny import build_tiny_pipeline
+    from promptweave.testing.tiny import build_tiny_pipeline
 
     path = build_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "tiny-sd", seed=0)
     return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)

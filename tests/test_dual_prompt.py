@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.dual_prompt import (
     DualPrompt,
     DualPromptConfig,
@@ -29,8 +31,6 @@ from promptweave.prompt_modules.dual_prompt import (
     token_mutual_information,
     train_dual_prompt,
 )
-from promptweave.prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
 
 SMALL = DualPromptConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, bank_size=8)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from promptweave.defaults import TINY_SD15_NAME
 from promptweave.headless import PACK_DIR, WorkflowError
+from promptweave.testing.defaults import TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
 DUAL_NODES = {"PWLoadDualPrompt", "PWTrainDualPrompt", "PWRankImages", "PWRankTexts", "PWDualPromptConditioning"}
@@ -22,8 +22,8 @@ PROMPT_FILE = "pw-test-dcar.safetensors"
 def mods(comfy):
     return SimpleNamespace(
         dp=comfy.pack_module("prompt_modules.dual_prompt"),
-        vlm=comfy.pack_module("prompt_modules.vlm"),
-        lp=comfy.pack_module("prompt_modules.learned_prompt"),
+        vlm=comfy.pack_module("prompt_modules.core.vlm"),
+        lp=comfy.pack_module("prompt_modules.core.learned_prompt"),
     )
 
 

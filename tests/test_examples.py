@@ -42,7 +42,7 @@ def image(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
-    from promptweave.tiny import build_tiny_pipeline
+    from promptweave.testing.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("examples") / "tiny-sd", seed=0)
 
@@ -81,7 +81,7 @@ def test_every_example_has_a_docstring_and_the_common_options():
 
 
 def test_learned_prompt(pipeline, tmp_path):
-    from promptweave.prompt_modules.learned_prompt import LearnedPrompt
+    from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt
 
     paths = run_example("diffusers_learned_prompt", pipeline, tmp_path)
     assert [p.name for p in paths] == ["prompt.safetensors", "plain.png", "learned.png", "textual_inversion.png"]
@@ -132,7 +132,7 @@ def test_ipl_lora(pipeline, tmp_path):
     from diffusers import StableDiffusionPipeline
     from peft.tuners.lora import LoraLayer
 
-    from promptweave.prompt_modules.artifacts import read_metadata
+    from promptweave.prompt_modules.core.artifacts import read_metadata
 
     paths = run_example("diffusers_ipl_lora", pipeline, tmp_path)
     assert [p.name for p in paths] == ["neon-sign.safetensors", "before.png", "after.png"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError
 from promptweave.prompt_modules.inversion import (
     DAKL,
     InverterConfig,
@@ -153,7 +153,7 @@ def test_bad_images_are_clear_errors():
 
 
 def test_vlm_unet_and_worldgen_encoders():
-    from promptweave.prompt_modules.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
 
     vlm = VisionLanguageModel("tiny", seed=0)
     enc = VLMImageEncoder(vlm)
@@ -304,7 +304,7 @@ def test_minilm_targets():
 
 def test_bench_baselines_run_on_a_tiny_vlm():
     from promptweave.bench.inversion import Interrogator, knn_predict, world_pairs
-    from promptweave.prompt_modules.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
 
     images, captions, clean = world_pairs("test", 4)
     assert images.shape == (4, 3, 64, 64) and captions == clean
@@ -347,8 +347,8 @@ def test_a_shipped_inverter_reads_the_image_and_beats_the_mean_prompt(name):
 
 
 def test_finetuning_the_worldgen_unet_on_inversion_leaves_the_inputs_and_lowers_the_loss():
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
     from promptweave.prompt_modules.inversion import UNetFinetuneConfig, finetune_worldgen_unet, worldgen_features
-    from promptweave.prompt_modules.vlm import VisionLanguageModel
     from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen, WorldGenConfig
 
     torch.manual_seed(0)

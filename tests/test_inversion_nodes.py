@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import load_api_workflow
 
-from promptweave.defaults import TINY_SD15_NAME
 from promptweave.headless import PACK_DIR
+from promptweave.testing.defaults import TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
 SHIPPED = PACK_DIR / "weights" / "inverter-pixels-world.safetensors"
@@ -86,7 +86,7 @@ def test_bad_images_are_clear_errors(comfy, fast_targets):
 
 def test_inverter_for_another_backbone_is_refused(comfy):
     inv_mod = comfy.pack_module("prompt_modules.inversion")
-    vlm_mod = comfy.pack_module("prompt_modules.vlm")
+    vlm_mod = comfy.pack_module("prompt_modules.core.vlm")
     vocab = inv_mod.Vocabulary(["red", "star"])
     world = inv_mod.PromptInverter(inv_mod.InverterConfig(backbone="vlm:world", feature_dim=256, hidden=(8,)), vocab)
     node = _node(comfy, "PWPromptInversion")
@@ -99,7 +99,7 @@ def test_inverter_for_another_backbone_is_refused(comfy):
 def test_white_box_inverter_is_refused_for_other_worldgen_weights(comfy):
     """WorldGen releases share one config: the encoder name's weights fingerprint tells them apart."""
     inv_mod = comfy.pack_module("prompt_modules.inversion")
-    vlm = comfy.pack_module("prompt_modules.vlm").VisionLanguageModel("tiny", seed=0)
+    vlm = comfy.pack_module("prompt_modules.core.vlm").VisionLanguageModel("tiny", seed=0)
     worldgen = comfy.pack_module("prompt_modules.world.worldgen")
     config = worldgen.WorldGenConfig.from_dict({**worldgen.WORLDGEN_PRESETS["tiny"].to_dict(), "backbone": "tiny"})
     release_a, release_b = worldgen.WorldGen(config, seed=0), worldgen.WorldGen(config, seed=1)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
-from promptweave.prompt_modules.learned_prompt import (
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from promptweave.prompt_modules.core.learned_prompt import (
     LearnedPrompt,
     LearnedPromptConfig,
     input_ids_with_slots,
@@ -102,7 +102,7 @@ def test_width_and_encoder_mismatch_are_refused():
 
 
 def test_other_artifact_type_is_refused(tmp_path):
-    from promptweave.prompt_modules.artifacts import base_metadata, save_safetensors_atomic
+    from promptweave.prompt_modules.core.artifacts import base_metadata, save_safetensors_atomic
 
     path = tmp_path / "lora.safetensors"
     save_safetensors_atomic(path, {"clip_l": torch.zeros(2, 768)}, base_metadata("ipl_lora", "sd1"))
@@ -140,7 +140,7 @@ def test_save_into_missing_or_readonly_folder_writes_nothing(tmp_path, monkeypat
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    import promptweave.prompt_modules.artifacts as artifacts
+    import promptweave.prompt_modules.core.artifacts as artifacts
 
     def failing_replace(src, dst):
         raise OSError("disk full")
@@ -197,7 +197,7 @@ def test_input_ids_with_slots_and_embedding_hook():
 
 
 def test_placeholder_is_isolated_from_punctuation():
-    from promptweave.prompt_modules.learned_prompt import isolate_placeholder
+    from promptweave.prompt_modules.core.learned_prompt import isolate_placeholder
 
     assert isolate_placeholder("a painting of <pw>, soft", "<pw>") == "a painting of <pw> , soft"
     assert isolate_placeholder("(<pw>:1.2) cat", "<pw>") == "( <pw> :1.2) cat"
@@ -210,14 +210,14 @@ def test_placeholder_is_isolated_from_punctuation():
      "ok/./x", "trailing ", "a//b", "\x1b[31m"],
 )
 def test_unsafe_names_are_refused(tmp_path, name):
-    from promptweave.prompt_modules.artifacts import UnsafeNameError, safe_child_path
+    from promptweave.prompt_modules.core.artifacts import UnsafeNameError, safe_child_path
 
     with pytest.raises(UnsafeNameError):
         safe_child_path(tmp_path, name)
 
 
 def test_safe_names_stay_inside_and_symlinks_cannot_escape(tmp_path):
-    from promptweave.prompt_modules.artifacts import UnsafeNameError, safe_child_path
+    from promptweave.prompt_modules.core.artifacts import UnsafeNameError, safe_child_path
 
     assert safe_child_path(tmp_path, "styles/neon") == (tmp_path / "styles" / "neon.safetensors").resolve()
     assert safe_child_path(tmp_path, "x.safetensors").name == "x.safetensors"

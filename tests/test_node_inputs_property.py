@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from promptweave.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
 from promptweave.headless import PACK_DIR
+from promptweave.testing.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
 
@@ -280,10 +280,10 @@ def ctx(comfy, comfy_base):
     torch.set_num_threads(1)
     mod = SimpleNamespace(
         nodes=comfy.pack_module("nodes"),
-        vlm=comfy.pack_module("prompt_modules.vlm"),
+        vlm=comfy.pack_module("prompt_modules.core.vlm"),
         dp=comfy.pack_module("prompt_modules.dual_prompt"),
         diff=comfy.pack_module("prompt_modules.diff_prompt"),
-        lp=comfy.pack_module("prompt_modules.learned_prompt"),
+        lp=comfy.pack_module("prompt_modules.core.learned_prompt"),
         ipl=comfy.pack_module("prompt_modules.adaptation"),
         pp=comfy.pack_module("prompt_modules.prompt_pretraining"),
     )

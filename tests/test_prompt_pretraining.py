@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError
-from promptweave.prompt_modules.deep_prompts import (
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.core.deep_prompts import (
     DeepPromptConfig,
     DeepPrompts,
     encode_image_prompted,
     encode_text_prompted,
 )
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, save_dual_prompt
 from promptweave.prompt_modules.prompt_pretraining import (
     FolderClassSource,
@@ -34,7 +35,6 @@ from promptweave.prompt_modules.prompt_pretraining import (
     unshared_qkv_block,
     world_classes,
 )
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.world.scene import HELD_OUT_COMBINATIONS
 
 SMALL = RPPConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, classes_per_step=4)

@@ -34,7 +34,7 @@ TRAIN_ARGS = {
 def mods(comfy):
     return SimpleNamespace(
         pp=comfy.pack_module("prompt_modules.prompt_pretraining"),
-        vlm=comfy.pack_module("prompt_modules.vlm"),
+        vlm=comfy.pack_module("prompt_modules.core.vlm"),
         dp=comfy.pack_module("prompt_modules.dual_prompt"),
     )
 
@@ -128,7 +128,7 @@ def test_cancel_keeps_a_checkpoint_and_the_rerun_resumes(comfy, inference_vlm, c
         mm.interrupt_current_processing(False)
     created = set(checkpoints.glob("pw-test-cancel-*")) - before
     assert len(created) == 1
-    state = comfy.pack_module("prompt_modules.artifacts").read_metadata(next(iter(created)))
+    state = comfy.pack_module("prompt_modules.core.artifacts").read_metadata(next(iter(created)))
     assert json.loads(state["promptweave.step"]) == 1  # stopped after the first step
     bundle, _plot, summary = _pretrain(comfy, inference_vlm, **args)
     assert "steps: 3" in summary and bundle.info["steps"] == 3

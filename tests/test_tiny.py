@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from promptweave.prompt_modules.tokenizer_files import clip_merges, clip_vocab
-from promptweave.tiny import (
+from promptweave.prompt_modules.core.tokenizer_files import clip_merges, clip_vocab
+from promptweave.testing.tiny import (
     SD15_LATENT_SCALE,
     SD15_UNET_CONFIG,
     build_tiny_pipeline,

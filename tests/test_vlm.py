@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from promptweave.prompt_modules.artifacts import ArtifactError, read_safetensors, save_safetensors_atomic
-from promptweave.prompt_modules.vlm import (
+from promptweave.prompt_modules.core.artifacts import ArtifactError, read_safetensors, save_safetensors_atomic
+from promptweave.prompt_modules.core.vlm import (
     VLM_PRESETS,
     ConvStem,
     VisionLanguageModel,
@@ -21,7 +21,7 @@ from promptweave.prompt_modules.vlm import (
     load_vlm,
     save_vlm,
 )
-from promptweave.tiny import build_tiny_vlm
+from promptweave.testing.tiny import build_tiny_vlm
 
 SENTENCES = ["a photo of a cat", "A RED Car, parked!", "naïve café 123", ""]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptweave.prompt_modules.artifacts import meta_field, read_metadata
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig, load_vlm, save_vlm
+from promptweave.prompt_modules.core.artifacts import meta_field, read_metadata
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig, load_vlm, save_vlm
 from promptweave.prompt_modules.world import MAX_OBJECTS, clip_training
 from promptweave.prompt_modules.world.clip_training import (
     METRIC_KEYS,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptweave.prompt_modules.artifacts import ArtifactError, BackboneMismatchError, read_metadata
-from promptweave.prompt_modules.vlm import VisionLanguageModel, VLMConfig
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.world.gen_training import (
     build_pool,
     diffusion_loss,
@@ -146,7 +146,7 @@ def test_mismatched_vlm_is_refused(vlm: VisionLanguageModel, tmp_path: Path) -> 
         with pytest.raises(BackboneMismatchError):
             gen.sample(["a red circle."], bad, steps=2)
     not_gen = tmp_path / "other.safetensors"
-    from promptweave.prompt_modules.vlm import save_vlm
+    from promptweave.prompt_modules.core.vlm import save_vlm
 
     save_vlm(vlm, not_gen)
     with pytest.raises(ArtifactError, match="expected a 'worldgen' artifact"):
@@ -203,7 +203,7 @@ def test_resume_equals_uninterrupted(vlm: VisionLanguageModel, tmp_path: Path) -
 )
 def test_shipped_worldgen_follows_colour_prompts() -> None:
     """A small real measurement (the full targets are measured by the benchmark, not here)."""
-    from promptweave.prompt_modules.vlm import load_vlm
+    from promptweave.prompt_modules.core.vlm import load_vlm
 
     clip = load_vlm(SHIPPED_CLIP)
     gen = load_worldgen(SHIPPED_GEN, clip)

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..artifacts import config_from_dict
+from ..core.artifacts import config_from_dict
 
 METHODS = ("ipl", "nada")
 

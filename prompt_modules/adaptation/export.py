@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import (
+from ..core.artifacts import (
     ArtifactError,
     base_metadata,
     check_method,

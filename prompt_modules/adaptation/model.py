@@ -17,7 +17,7 @@ the frozen VLM's image / text encoders, ``N`` L2 normalisation.
   :func:`select_layers`.
 
 Every batch derives from ``seed`` and the step number and every trainer writes resumable checkpoints
-(:mod:`~promptweave.prompt_modules.checkpointing`), so an interrupted run resumed from its checkpoint equals an
+(:mod:`~promptweave.prompt_modules.core.checkpointing`), so an interrupted run resumed from its checkpoint equals an
 uninterrupted one on CPU.
 """
 
@@ -39,8 +39,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ..artifacts import ArtifactError, meta_field, read_metadata
-from ..checkpointing import load_training_state, save_training_state
+from ..core.artifacts import ArtifactError, meta_field, read_metadata
+from ..core.checkpointing import load_training_state, save_training_state
 from .config import IPLConfig
 from .export import LoraWeights
 from .generators import AdaptableGenerator

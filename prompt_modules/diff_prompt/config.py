@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..artifacts import config_from_dict
+from ..core.artifacts import config_from_dict
 
 
 def _from_dict(cls, data: dict[str, Any]):

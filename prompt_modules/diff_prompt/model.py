@@ -6,7 +6,7 @@ intermediate steps (:func:`~.dit.ddim_sample`), one per prompted layer; the froz
 mask. Per modality, a small conv adapter (:class:`MaskAdapter`, a shared trunk and one linear head per layer)
 turns mask ``i`` into ``n_generated`` prompt tokens for layer ``i``; ``n_global`` learnable global tokens per
 layer and tower follow them (:class:`GlobalPrompts`). The ``n_generated + n_global`` tokens are injected as
-deep prompts into *both* towers of the VLM through the shared :mod:`~promptweave.prompt_modules.deep_prompts`
+deep prompts into *both* towers of the VLM through the shared :mod:`~promptweave.prompt_modules.core.deep_prompts`
 primitive: the prompt positions exist because :class:`PromptSlots` declares them, and its ``layer_fn`` writes the
 per-sample tokens of layer ``i`` into them before block ``i`` runs (VPT-deep replacement, generalised to
 per-sample prompts). The VLM stays frozen.
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import BackboneMismatchError
-from ..deep_prompts import (
+from ..core.artifacts import BackboneMismatchError
+from ..core.deep_prompts import (
     DeepPromptConfig,
     DeepPrompts,
     LayerContext,
@@ -41,7 +41,7 @@ from ..deep_prompts import (
     encode_image_prompted,
     encode_text_prompted,
 )
-from ..vlm import VisionLanguageModel
+from ..core.vlm import VisionLanguageModel
 from .config import DiTConfig, MaskVAEConfig, PromptConfig
 from .dit import DiT, ddim_sample
 from .mask_vae import MaskVAE

@@ -1,8 +1,8 @@
 """Training, saving and loading of Diff-Prompt's three stages; grounding datasets.
 
-Each stage trains on its own, resumes from its own checkpoint (:mod:`~promptweave.prompt_modules.checkpointing`:
+Each stage trains on its own, resumes from its own checkpoint (:mod:`~promptweave.prompt_modules.core.checkpointing`:
 weights, optimizer, step, RNG; batches derive from ``seed + step``, so a resumed run equals an uninterrupted one)
-and adds its artifact to one **bundle**, a single safetensors file (:mod:`~promptweave.prompt_modules.artifacts`)
+and adds its artifact to one **bundle**, a single safetensors file (:mod:`~promptweave.prompt_modules.core.artifacts`)
 with tensors ``vae.*`` (stage 1), ``dit.*`` (stage 2, EMA weights) and ``prompt.*`` (stage 3: adapters, global
 prompts, head) and the configs, the finished stages and the VLM (backbone, widths, layers) in its metadata.
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import (
+from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -42,8 +42,8 @@ from ..artifacts import (
     read_safetensors,
     save_safetensors_atomic,
 )
-from ..checkpointing import StepCallback, run_resumable_loop
-from ..vlm import VisionLanguageModel
+from ..core.training import StepCallback, run_resumable_loop
+from ..core.vlm import VisionLanguageModel
 from .config import DiTConfig, MaskVAEConfig, PromptConfig
 from .dit import EMA, DiT
 from .mask_vae import MaskVAE

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..artifacts import config_from_dict
+from ..core.artifacts import config_from_dict
 
 #: all-MiniLM-L6-v2 sentence embeddings, the target space of Reverse Stable Diffusion (Croitoru et al. 2023).
 TARGET_DIM = 384

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import (
+from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import ArtifactError
-from ..checkpointing import load_training_state, save_training_state
-from ..plots import loss_curve_image  # noqa: F401  (re-exported)
+from ..core.artifacts import ArtifactError
+from ..core.checkpointing import load_training_state, save_training_state
+from ..core.plots import loss_curve_image  # noqa: F401  (re-exported)
 from .config import InverterConfig
 from .curriculum import curriculum_subsets, weighted_scores
 from .dakl import DAKL

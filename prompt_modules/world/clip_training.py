@@ -1,6 +1,6 @@
 """WorldCLIP: the procedural world's vision-language backbone, trained from scratch (issue "Offline world").
 
-A small open_clip ``CLIP`` (:class:`~promptweave.prompt_modules.vlm.VisionLanguageModel`) is trained with the
+A small open_clip ``CLIP`` (:class:`~promptweave.prompt_modules.core.vlm.VisionLanguageModel`) is trained with the
 symmetric InfoNCE contrastive loss of CLIP (Radford et al. 2021, "Learning Transferable Visual Models From
 Natural Language Supervision", sec. 2.3 and fig. 3) on image/caption pairs of the world's ``train`` split, all
 render styles mixed, with category-swap hard negatives (NegCLIP, Yuksekgonul et al. 2023). Its ViT image
@@ -8,7 +8,7 @@ tower is first pre-trained to name the shape of single-object scenes (LiT-style 
 Zhai et al. 2022): from scratch, the contrastive loss alone teaches colours but no shapes within a CPU
 budget (see :class:`WorldCLIPTrainConfig`). Batches are rendered on the fly with
 :func:`~.dataset.render_batch` from seeds derived from ``seed + step``, so a run resumed from a checkpoint
-(:mod:`~promptweave.prompt_modules.checkpointing`) equals an uninterrupted one. The optimiser is AdamW with
+(:mod:`~promptweave.prompt_modules.core.checkpointing`) equals an uninterrupted one. The optimiser is AdamW with
 linear warmup and cosine decay.
 
 :func:`evaluate_worldclip` measures zero-shot category and colour accuracy on single-object scenes (the
@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import read_safetensors, save_safetensors_atomic
-from ..checkpointing import load_training_state, save_training_state
-from ..vlm import VisionLanguageModel, VLMConfig, get_config, load_vlm, save_vlm
+from ..core.artifacts import read_safetensors, save_safetensors_atomic
+from ..core.checkpointing import load_training_state, save_training_state
+from ..core.vlm import VisionLanguageModel, VLMConfig, get_config, load_vlm, save_vlm
 from .captions import NUM_HARD_NEGATIVES, HardNegative
 from .dataset import render_batch, style_for_seed
 from .scene import Scene, sample_scene, split_seed_range
@@ -72,7 +72,7 @@ WORLDCLIP_CONFIG = VLMConfig(
     text_heads=4,
 )
 
-#: WorldCLIP 2: the same ViT behind a convolutional stem (:class:`~promptweave.prompt_modules.vlm.ConvStem`,
+#: WorldCLIP 2: the same ViT behind a convolutional stem (:class:`~promptweave.prompt_modules.core.vlm.ConvStem`,
 #: 32-64-128 channels): the same 8x8 token grid, so every prompt method runs on it unchanged.
 WORLDCLIP2_CONFIG = dataclasses.replace(WORLDCLIP_CONFIG, name="worldclip2", conv_stem=(32, 64, 128))
 
@@ -86,7 +86,7 @@ METRIC_KEYS = ("zero_shot_acc", "zero_shot_colour_acc", "zero_shot_style_acc", "
 class WorldCLIPTrainConfig:
     """Everything that determines a WorldCLIP training run (stored in checkpoints and in the weights file).
 
-    ``vlm`` is a :data:`~promptweave.prompt_modules.vlm.VLM_PRESETS` name, ``"worldclip"``
+    ``vlm`` is a :data:`~promptweave.prompt_modules.core.vlm.VLM_PRESETS` name, ``"worldclip"``
     (:data:`WORLDCLIP_CONFIG`) or a :meth:`VLMConfig.to_dict` dict. The learning rate warms up linearly over
     ``warmup`` steps, then follows a cosine down to ``lr * min_lr_ratio`` at ``steps``. ``hard_negatives``
     category-swap captions per image (:func:`~.captions.hard_negatives`) join the image->text candidates, as in

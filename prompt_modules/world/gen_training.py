@@ -17,7 +17,7 @@ Two stages, as in latent diffusion (Rombach et al. 2022):
    (the text tower is the costliest part otherwise); half of the pool are single-object scenes, half the
    natural 1-4 object mix (:func:`pool_seeds`).
 
-Both are resumable through :mod:`~promptweave.prompt_modules.checkpointing` and derive every batch from
+Both are resumable through :mod:`~promptweave.prompt_modules.core.checkpointing` and derive every batch from
 ``(seed, step)``, so a resumed run equals an uninterrupted one. With ``precision="bf16"`` the forward pass
 runs under CPU bfloat16 autocast (about twice as fast on CPUs with AVX512-BF16; master weights stay fp32).
 
@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import ArtifactError, read_safetensors
-from ..checkpointing import load_training_state, save_training_state
+from ..core.artifacts import ArtifactError, read_safetensors
+from ..core.checkpointing import load_training_state, save_training_state
 from .dataset import render_batch
 from .scene import sample_layout, split_seed_range
 from .vocabulary import CATEGORY_IDS, COLOUR_IDS
@@ -544,7 +544,7 @@ def _checkpoint(args: argparse.Namespace, stage: str) -> Path | None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run the stage(s) given by ``args`` and print the metrics as JSON."""
-    from ..vlm import load_vlm
+    from ..core.vlm import load_vlm
 
     torch.set_num_threads(max(1, int(args.threads)))
     progress = not args.no_progress

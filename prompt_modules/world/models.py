@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifacts import ArtifactError
+from ..core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
 WORLDCLIP_FILE = "worldclip.safetensors"
 WORLDGEN_FILE = "worldgen.safetensors"
 
@@ -26,8 +26,8 @@ def _weights(name: str, weights_dir: Path) -> Path:
 
 
 def load_worldclip(weights_dir: Path = WEIGHTS_DIR):
-    """WorldCLIP as a :class:`~promptweave.prompt_modules.vlm.VisionLanguageModel` (eval mode)."""
-    from ..vlm import load_vlm
+    """WorldCLIP as a :class:`~promptweave.prompt_modules.core.vlm.VisionLanguageModel` (eval mode)."""
+    from ..core.vlm import load_vlm
 
     return load_vlm(_weights(WORLDCLIP_FILE, weights_dir)).eval()
 

@@ -15,7 +15,7 @@ Diffusion Models"):
 * :class:`LatentUNet`: an epsilon-predicting denoiser over the latent (Ho et al. 2020, "Denoising Diffusion
   Probabilistic Models"), an SD-style U-Net (ResBlocks with a timestep embedding, transformer blocks with
   self-attention ``attn1`` and cross-attention ``attn2`` to the WorldCLIP text token features
-  :meth:`~promptweave.prompt_modules.vlm.VisionLanguageModel.text_token_features`). An attention-pooled
+  :meth:`~promptweave.prompt_modules.core.vlm.VisionLanguageModel.text_token_features`). An attention-pooled
   summary of the same token features is added to the timestep embedding (as SDXL adds a pooled text
   embedding); it needs no extra input. :meth:`LatentUNet.encode_features` exposes the encoder half (down path
   plus middle block) for white-box uses such as prompt inversion.
@@ -29,7 +29,7 @@ deterministic for a seed.
 Files: :func:`save_worldgen` / :func:`load_worldgen` write/read ONE safetensors file (fp16 storage by
 default, cast back to fp32 on load) with metadata ``promptweave.method = "worldgen"``, the backbone (name of
 the WorldCLIP the denoiser is conditioned on), the config JSON and the version. Loading or sampling with a
-VLM of another name or token width raises :class:`~promptweave.prompt_modules.artifacts.BackboneMismatchError`.
+VLM of another name or token width raises :class:`~promptweave.prompt_modules.core.artifacts.BackboneMismatchError`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts import (
+from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m promptweave.tiny sd15 PATH.safetensors [--seed 0]   # SD1.x single-file checkpoint ComfyUI loads
-    python -m promptweave.tiny vlm PATH.safetensors [--seed 0]    # the "tiny" VisionLanguageModel
-    python -m promptweave.tiny pipeline FOLDER [--seed 0]         # a diffusers StableDiffusionPipeline folder
+    python -m promptweave.testing.tiny sd15 PATH.safetensors [--seed 0]   # SD1.x single-file checkpoint ComfyUI loads
+    python -m promptweave.testing.tiny vlm PATH.safetensors [--seed 0]    # the "tiny" VisionLanguageModel
+    python -m promptweave.testing.tiny pipeline FOLDER [--seed 0]         # a diffusers StableDiffusionPipeline folder
 
 Every builder is deterministic for a seed and writes atomically (temporary name in the target folder, then a
 rename). Weights are random: the models produce noise, but every shape, key name and code path is real.
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .prompt_modules.artifacts import base_metadata, save_safetensors_atomic
-from .prompt_modules.vlm import VisionLanguageModel, save_vlm
+from ..prompt_modules.core.artifacts import base_metadata, save_safetensors_atomic
+from ..prompt_modules.core.vlm import VisionLanguageModel, save_vlm
 
 # ----- SD1.x checkpoint ----------------------------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ def _tiny_pipeline_components(seed: int, tokenizer_dir: Path) -> dict[str, objec
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from .prompt_modules.tokenizer_files import write_clip_tokenizer_files
+    from ..prompt_modules.core.tokenizer_files import write_clip_tokenizer_files
 
     with _seeded(seed):
         unet = UNet2DConditionModel(
@@ -362,8 +362,8 @@ def _size(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``python -m promptweave.tiny {sd15,vlm,pipeline} PATH [--seed N]``."""
-    parser = argparse.ArgumentParser(prog="python -m promptweave.tiny", description=__doc__.split("\n")[0])
+    """Command-line entry point: ``python -m promptweave.testing.tiny {sd15,vlm,pipeline} PATH [--seed N]``."""
+    parser = argparse.ArgumentParser(prog="python -m promptweave.testing.tiny", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=sorted(BUILDERS), help="what to build")
     parser.add_argument("path", type=Path, help="output file (sd15, vlm) or folder (pipeline)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

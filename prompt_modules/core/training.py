@@ -1,86 +1,22 @@
-"""Resumable training state as safetensors: model, optimizer, step and RNG, written atomically.
+"""The one training runner every prompt trainer shares: freeze the backbones -> resumable loop -> unfreeze.
 
-Every PromptWeave trainer saves its state with :func:`save_training_state` every few steps and resumes
-with :func:`load_training_state`. The optimizer's per-parameter tensors are flattened to
-``optim.<param index>.<name>`` and its hyper-parameters go to the metadata as JSON, so no pickle is ever
-involved. Trainers derive each batch from ``seed + step``, so a resumed run reproduces an uninterrupted
-one bit for bit on CPU.
+A trainer builds its learnable module, its optimizer and a ``step_fn(step) -> loss``; :func:`train_frozen`
+runs it with gradients on (also inside ComfyUI's ``torch.inference_mode()``), the given backbones frozen
+and in eval mode, and their ``requires_grad`` flags restored afterwards, whatever happens.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .artifacts import ArtifactError, base_metadata, meta_field, read_safetensors, save_safetensors_atomic
-
-METHOD = "training_state"
-
-
-def save_training_state(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    step: int,
-    *,
-    backbone: str,
-    extra: Mapping[str, object] | None = None,
-    ema: nn.Module | None = None,
-) -> Path:
-    """Write the complete state needed to continue training at ``step`` (atomic replace of ``path``)."""
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    groups: list[dict] = []
-    if optimizer is not None:
-        state = optimizer.state_dict()
-        for index, param_state in state["state"].items():
-            for name, value in param_state.items():
-                tensor = value if torch.is_tensor(value) else torch.tensor(value)
-                tensors[f"optim.{index}.{name}"] = tensor
-        groups = state["param_groups"]
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = base_metadata(METHOD, backbone, step=step, param_groups=groups, extra=dict(extra or {}))
-    return save_safetensors_atomic(path, tensors, meta)
-
-
-def load_training_state(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    *,
-    backbone: str | None = None,
-    ema: nn.Module | None = None,
-) -> tuple[int, dict]:
-    """Restore a state written by :func:`save_training_state`; returns ``(step, extra)``."""
-    tensors, metadata = read_safetensors(path)
-    if metadata.get("promptweave.method") != METHOD:
-        raise ArtifactError(f"{path} is not a PromptWeave training checkpoint")
-    found = str(meta_field(metadata, "backbone"))
-    if backbone is not None and found != backbone:
-        raise ArtifactError(f"{path} is a checkpoint for '{found}', not '{backbone}': start a new run")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    if optimizer is not None:
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        groups = meta_field(metadata, "param_groups", [])
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    extra = meta_field(metadata, "extra", {})
-    return int(meta_field(metadata, "step", 0)), extra if isinstance(extra, dict) else json.loads(extra)
-
+from .checkpointing import load_training_state, save_training_state
 
 #: ``callback(step, steps, loss)`` after each step; returning ``False`` interrupts the run.
 StepCallback = Callable[[int, int, float], "bool | None"]
@@ -167,3 +103,35 @@ def run_resumable_loop(
     if not interrupted:
         save(len(losses))
     return LoopResult(losses, logs, len(losses), interrupted)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None, eval_mode: bool = True) -> Iterator[None]:
+    """``requires_grad`` off for every parameter of ``modules`` (and ``eval()`` with ``eval_mode``) for the
+    block; the flags are restored afterwards (the train/eval mode is left as eval)."""
+    flags = [(p, p.requires_grad) for m in modules if m is not None for p in m.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    if eval_mode:
+        for m in modules:
+            if m is not None:
+                m.eval()
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def train_frozen(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
+    *,
+    frozen_modules: tuple[nn.Module | None, ...] = (),
+    **loop_kwargs,
+) -> LoopResult:
+    """:func:`run_resumable_loop` with gradients on (inference mode off) and ``frozen_modules`` frozen: the
+    freeze -> resumable loop -> unfreeze block of every trainer. ``loop_kwargs`` go to the loop unchanged."""
+    with torch.inference_mode(False), torch.enable_grad(), frozen(*frozen_modules):
+        return run_resumable_loop(module, optimizer, step_fn, **loop_kwargs)

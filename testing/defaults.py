@@ -1,7 +1,7 @@
 """The embedded default models that ``make demo`` and the tests install into a ComfyUI base folder.
 
 No pretrained weights can be downloaded here, so the defaults are built on demand and cached under
-``.cache/tiny`` (never committed): the tiny random-weight SD1.x checkpoint from :mod:`promptweave.tiny`, and
+``.cache/tiny`` (never committed): the tiny random-weight SD1.x checkpoint from :mod:`promptweave.testing.tiny`, and
 a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase.
 """
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from .prompt_modules.artifacts import read_safetensors
-from .prompt_modules.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from ..prompt_modules.core.artifacts import read_safetensors
+from ..prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
 from .tiny import build_tiny_sd15
 
-PACK_DIR = Path(__file__).resolve().parent
+PACK_DIR = Path(__file__).resolve().parents[1]
 CACHE_DIR = PACK_DIR / ".cache" / "tiny"
 TINY_SD15_NAME = "promptweave-tiny-sd15.safetensors"
 DEFAULT_PROMPT_NAME = "promptweave-default-sd15.safetensors"

@@ -9,6 +9,7 @@ never leaves half a file under the real name. Nothing here ever unpickles.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import os
 import struct
@@ -21,9 +22,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from . import __version__
+from .. import __version__
 
 META_PREFIX = "promptweave."
+#: The weights shipped as package data of the pack (world backbones, demo inverters): ``<pack>/weights``.
+SHIPPED_WEIGHTS_DIR = Path(str(importlib.resources.files(__name__.split(".")[0]))) / "weights"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. ``field`` names the config field it is about (as data: callers such as
+    the ComfyUI nodes map it to their input without reading the message)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ArtifactError(ValueError):

@@ -467,6 +467,16 @@ class VisionLanguageModel(nn.Module):
 
 
 # ----- files ------------------------------------------------------------------------------------------------
+def trainable_copy(vlm: VisionLanguageModel, device: str | torch.device | None = None) -> VisionLanguageModel:
+    """A frozen copy in eval mode with ordinary (non-inference) tensors, so gradients can flow *through* it
+    (a model loaded under ``torch.inference_mode()``, as ComfyUI loads, cannot be backpropagated through)."""
+    with torch.inference_mode(False):
+        copy = VisionLanguageModel(vlm.config)
+        copy.clip.load_state_dict({k: v.clone() for k, v in vlm.clip.state_dict().items()})
+        copy.requires_grad_(False)
+    return copy.to(device if device is not None else vlm.device).eval()
+
+
 def save_vlm(model: VisionLanguageModel, path: str | os.PathLike[str]) -> Path:
     """Write the model's open_clip state dict as safetensors with its config in the metadata (atomic)."""
     metadata = base_metadata(

@@ -1,0 +1,147 @@
+"""Data every method reads: image/mask loading at a model's resolution, folder listing, and the batch types
+and ``Source`` protocols the trainers draw from.
+
+A *source* is any object with ``batch(seed, step, batch_size)`` returning the method's batch type; the batch
+depends on ``(seed, step)`` only, so training is deterministic and resumable. Sources for files live with the
+method that reads them (or here when shared); the procedural benchmark world provides its own sources
+(:mod:`promptweave.prompt_modules.world.sources`), and no method imports the world.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+# ----- files ----------------------------------------------------------------------------------------------------
+def list_images(folder: str | os.PathLike[str], what: str = "dataset folder") -> list[Path]:
+    """The image files directly in ``folder``, sorted by name; a missing folder is a ``ValueError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{what} {folder} does not exist")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_image(path: str | os.PathLike[str], size: int | None = None) -> torch.Tensor:
+    """An RGB image ``[3, H, W]`` in 0..1. With ``size``: the short side resized to ``size`` (bicubic) and the
+    centre ``size x size`` crop taken, the way CLIP preprocesses; without: the image at its own size.
+    An unreadable file is a ``ValueError`` naming it."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None:
+                scale = size / min(im.size)
+                w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+                im = im.resize((w, h), Image.BICUBIC)
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            array = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def load_mask(path: str | os.PathLike[str]) -> torch.Tensor:
+    """A mask ``[H, W]`` in 0..1 at the file's size: the alpha channel where it varies (ComfyUI-style masks),
+    else the grey levels. An unreadable file is a ``ValueError`` naming it."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if "A" in im.getbands() and im.mode != "L":
+                array = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+                if array.min() == array.max():
+                    array = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+            else:
+                array = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise ValueError(f"cannot read mask {path}: {exc}") from None
+    return torch.from_numpy(array)
+
+
+def square_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` resized (bilinear, antialiased) to ``size x size`` and clamped to 0..1."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images.float().clamp(0, 1)
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0, 1)
+
+
+def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Masks ``[B, H, W]`` resized to ``size x size`` and binarised at 0.5."""
+    if tuple(masks.shape[-2:]) == (size, size):
+        return (masks > 0.5).float()
+    return (
+        F.interpolate(masks.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0.5
+    ).float()
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Normalised tight boxes ``[B, 4]`` of masks ``[B, H, W]`` (an empty mask gives a zero box)."""
+    b, h, w = masks.shape
+    out = torch.zeros(b, 4)
+    for i in range(b):
+        ys, xs = torch.nonzero(masks[i] > 0.5, as_tuple=True)
+        if len(ys):
+            out[i] = torch.tensor([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
+    return out
+
+
+# ----- batches and sources ----------------------------------------------------------------------------------------
+@dataclass
+class RetrievalBatch:
+    """Image-text pairs (dual prompts, DCAR): images ``[B, 3, H, W]`` in 0..1, their captions, hard negatives
+    per image with weights ``[B, K]``, and (when known) the fine categories and families of each image."""
+
+    images: torch.Tensor
+    positives: list[str]
+    negatives: list[list[str]] = field(default_factory=list)
+    negative_weights: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+    categories: list[tuple[str, ...]] | None = None
+    families: list[tuple[str, ...]] | None = None
+
+
+class RetrievalSource(Protocol):
+    def batch(self, seed: int, step: int, batch_size: int) -> RetrievalBatch: ...
+
+
+@dataclass
+class ClassBatch:
+    """Class-labelled images (prompt pretraining): images ``[B, 3, H, W]`` in 0..1 and class ids ``[B]``
+    (indices into the source's ``class_names``)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class ClassSource(Protocol):
+    class_names: list[str]
+
+    def batch(self, seed: int, step: int, batch_size: int) -> ClassBatch: ...
+
+
+@dataclass
+class GroundingBatch:
+    """Referring expressions with masks (Diff-Prompt): ``images`` ``[B, 3, S, S]`` in 0..1, ``masks``
+    ``[B, S, S]`` in {0, 1}, ``boxes`` ``[B, 4]`` normalised ``x0, y0, x1, y1``, one expression per image."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    texts: list[str]
+
+
+class GroundingSource(Protocol):
+    def batch(self, seed: int, step: int, batch_size: int) -> GroundingBatch: ...
