@@ -4,13 +4,14 @@
 PY := .venv/bin/python
 SERVE ?=
 
-.PHONY: setup test lint demo ui-workflows clean
+.PHONY: setup test test-fast lint demo ui-workflows clean
 
 setup:
 	@bash scripts/setup_env.sh
 
 lint: setup
 	.venv/bin/ruff check .
+	$(PY) scripts/check_imports.py
 
 test: setup lint
 	PW_REQUIRE_COMFYUI=1 .venv/bin/pytest tests -p no:cacheprovider -ra

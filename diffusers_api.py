@@ -6,7 +6,7 @@ read it to see which library call does the work. A session reads top to bottom::
 
     from promptweave import diffusers_api as pw
 
-    pipe = pw.load_pipeline("path/to/stable-diffusion-v1-5")      # local files only; None: the tiny test pipeline
+    pipe = pw.load_pipeline("path/to/stable-diffusion-v1-5")      # a local folder; never downloads
     worldclip, worldgen = pw.load_world_models()                    # the backbones shipped with the pack
 
     # 1. prompt inversion (Croitoru et al., CVIU 2024): image -> prompt text -> prompt_embeds -> a new image
@@ -38,7 +38,6 @@ The runnable scripts in ``diffusers_examples/`` use these functions end to end, 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +51,14 @@ from .prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConf
 from .prompt_modules.core.vlm import VisionLanguageModel
 from .prompt_modules.diff_prompt import DiffPrompt, load_diff_prompt
 from .prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, rank_images, rank_texts
-from .prompt_modules.inversion import PIXELS, PromptInverter, UNetEncoder, VLMImageEncoder, load_inverter
-from .prompt_modules.prompt_pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
+from .prompt_modules.inversion import (
+    MissingEncoderInput,
+    PromptInverter,
+    UNetEncoder,
+    image_features,
+    load_inverter,
+)
+from .prompt_modules.pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
 from .prompt_modules.world.models import load_world_models, load_worldclip
 
 if TYPE_CHECKING:
@@ -91,26 +96,19 @@ __all__ = [
 
 # ----- pipeline and images ----------------------------------------------------------------------------------
 def load_pipeline(
-    path: str | os.PathLike[str] | None = None, *, seed: int = 0, torch_dtype: torch.dtype | None = None
+    path: str | os.PathLike[str], *, torch_dtype: torch.dtype | None = None
 ) -> StableDiffusionPipeline:
-    """The SD1.x diffusers pipeline in the local folder ``path`` (never downloads).
-
-    Without ``path``: the tiny random-weight pipeline of the tests (real code path, noise images), built from
-    configs in a temporary folder with ``seed``.
-    """
+    """The SD1.x diffusers pipeline in the local folder ``path`` (never downloads)."""
     from diffusers import StableDiffusionPipeline
 
-    if path is not None:
-        if not Path(path).is_dir():
-            raise FileNotFoundError(
-                f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json"
-            )
-        return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
-    from .testing.tiny import build_tiny_pipeline
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=seed)
-        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch_dtype)
+    if path is None:
+        raise ValueError(
+            "load_pipeline needs the local folder of a diffusers pipeline (the one holding model_index.json); "
+            "tests and examples build the tiny random-weight one with promptweave.testing.tiny.tiny_pipeline()"
+        )
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json")
+    return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
 
 
 def to_tensor(images: ImagesLike, size: int | None = None) -> torch.Tensor:
@@ -212,19 +210,18 @@ def invert_images(
     a white-box ``sd-unet:*`` one the pipeline (:func:`white_box_features`)."""
     if not isinstance(inverter, PromptInverter):
         inverter = load_inverter(inverter)
-    if inverter.backbone == PIXELS:
-        return inverter.invert(to_tensor(images))
-    if inverter.backbone.startswith("sd-unet:"):
-        if pipe is None:
-            raise ValueError(f"this inverter reads '{inverter.backbone}' features: pass pipe= (its U-Net and VAE)")
-        name, features = white_box_features(pipe, images)
-        inverter.check_backbone(name)
-        return inverter.invert(features)
-    if vlm is None:
-        raise ValueError(f"this inverter reads '{inverter.backbone}' features: pass vlm= (the model it was trained on)")
-    encoder = VLMImageEncoder(vlm)
-    inverter.check_backbone(encoder.name)
-    return inverter.invert(encoder(to_tensor(images)))
+    unet_features = (lambda pixels: white_box_features(pipe, pixels)) if pipe is not None else None
+    try:
+        name, features = image_features(inverter.backbone, to_tensor(images), vlm=vlm, unet_features=unet_features)
+    except MissingEncoderInput as exc:
+        needs = _INVERT_NEEDS.get(exc.input, f"invert_images computes no {exc.kind} features (no {exc.input} input)")
+        raise ValueError(f"this inverter reads '{inverter.backbone}' features: {needs}") from None
+    inverter.check_backbone(name)
+    return inverter.invert(features)
+
+
+#: What :func:`invert_images` asks for when an image encoder's input is missing (``MissingEncoderInput.input``).
+_INVERT_NEEDS = {"vlm": "pass vlm= (the model it was trained on)", "unet_features": "pass pipe= (its U-Net and VAE)"}
 
 
 # ----- 3. DCAR dual prompts ---------------------------------------------------------------------------------

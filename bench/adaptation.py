@@ -62,8 +62,9 @@ STAGE2_LR: dict[str, float] = {row: lr for row, (_, lr) in ROWS.items()}
 """Stage-2 (LoRA) learning rate per row. The paper's 0.0016 leaves WorldGen's decoder where it was (test
 target_score 0.142 for IPL, NADA and source alike), and at one shared lr IPL moves the decoder further than NADA,
 so the methods are compared at matched strength: each at the smallest lr of the val pilot's grid
-(``scripts/adaptation_pilot.py``: 0.0035, 0.005, 0.0075) whose val target_score, averaged over the styles,
-reaches 0.3 (BENCHMARKS.md, "adaptation"). ``nada_same_lr`` keeps the shared-lr comparison in view."""
+(``python -m promptweave.bench.pilots.adaptation_pilot``: 0.0035, 0.005, 0.0075) whose val target_score, averaged
+over the styles, reaches 0.3 (BENCHMARKS.md, "adaptation"). ``nada_same_lr`` keeps the shared-lr comparison in
+view."""
 METHODS = tuple(ROWS)
 METRICS = ("target_score", "content_kept", "category_kept", "colour_kept", "position_kept", "diversity")
 

@@ -8,8 +8,8 @@ box, the referring-expression-comprehension accuracy) and ``miou`` (mean IoU of 
 (inference time over the ``coop`` baseline's; the paper reports about 2x over its bare foundation model).
 
 Everything trains on the train split with the benchmark seed, on the frozen WorldCLIP:
-Diff-Prompt's stage 1 (Mask-VAE) and stage 2 (DiT) once, then the stage-3 grounders, all with the same head,
-steps, batch size and optimiser settings:
+Diff-Prompt's stage 1 (Mask-VAE) and stage 2 (DiT) once (the library's recipe, ``train_diff_prompt``), then
+the stage-3 grounders, all with the same head, steps, batch size and optimiser settings:
 
 - ``diff_prompt`` (the method): generated (4) + global (4) prompt tokens in every layer of both towers;
 - ``diff_prompt_no_global``: the ablation without global prompt tokens;
@@ -42,15 +42,13 @@ from ..prompt_modules.diff_prompt import (
     MaskVAEConfig,
     PromptConfig,
     StaticPromptGrounder,
-    WorldGroundingSource,
     box_iou,
-    evaluation_set,
-    train_dit,
+    train_diff_prompt,
     train_grounder,
-    train_mask_vae,
     train_prompts,
     zero_shot_ground,
 )
+from ..prompt_modules.world.sources import WorldGroundingSource, evaluation_set
 from .harness import TaskResult
 
 #: (vae_steps, dit_steps, prompt_steps, batch_size, n_eval); ``PW_BENCH_GROUNDING_SIZES="a,b,c,d,e"`` replaces
@@ -160,27 +158,20 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     train_seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    vae_result = train_mask_vae(
-        source,
-        MaskVAEConfig(),
-        steps=vae_steps,
-        batch_size=max(batch_size, 32),
-        seed=seed,
-        checkpoint_path=folder / "vae.state.safetensors",
-        progress=False,
-    )
-    vae = vae_result.model
-    dit = train_dit(
+    generator = train_diff_prompt(  # stages 1 and 2 of the library's recipe (its batch sizes)
         vlm,
-        vae,
         source,
-        DiTConfig(),
-        steps=dit_steps,
-        batch_size=max(batch_size, 32),
+        stages=("vae", "dit"),
+        vae_config=MaskVAEConfig(),
+        dit_config=DiTConfig(),
+        vae_steps=vae_steps,
+        dit_steps=dit_steps,
+        batch_size=batch_size,
         seed=seed,
-        checkpoint_path=folder / "dit.state.safetensors",
+        checkpoint_paths={stage: folder / f"{stage}.state.safetensors" for stage in ("vae", "dit")},
         progress=False,
-    ).model
+    ).bundle
+    vae, dit = generator.vae, generator.dit
     train_seconds["stages_1_2"] = round(time.perf_counter() - t0, 1)
     data = evaluation_set(split, n_eval)
     notes["vae_mask_iou"] = round(100.0 * vae.iou(data.masks), 2)

@@ -3,8 +3,8 @@
 The second finding of Reverse Stable Diffusion (Croitoru et al. 2023), on WorldGen 3 and WorldCLIP 2. A
 white-box inverter head is trained on the frozen encoder half of WorldGen's denoiser (flat train scenes, their
 captions' MiniLM embeddings), then head and U-Net are fine-tuned together on the inversion loss with the
-denoising loss kept (:func:`~promptweave.prompt_modules.inversion.finetune_worldgen_unet`), and the fine-tuned
-WorldGen samples the split's single-object captions. Metrics (of the fine-tuned model): WorldCLIP's
+denoising loss kept (:func:`~promptweave.prompt_modules.world.inversion_finetune.finetune_worldgen_unet`), and the
+fine-tuned WorldGen samples the split's single-object captions. Metrics (of the fine-tuned model): WorldCLIP's
 ``gen_category_agreement`` / ``gen_colour_agreement`` with the prompt (the ``world`` task's measure, 20 DDIM
 steps at the default guidance) and ``white_box_cosine`` (MiniLM cosine of the white-box inversion on the split's
 rendered scenes). Baselines: ``original`` (the shipped WorldGen; its frozen white box) and ``denoise_only`` (the
@@ -19,16 +19,15 @@ import torch
 
 from ..prompt_modules.inversion import (
     InverterConfig,
-    UNetFinetuneConfig,
     Vocabulary,
     WorldGenEncoder,
     default_embedder,
-    finetune_worldgen_unet,
     mean_cosine,
     prompt_targets,
     train_inverter,
 )
 from ..prompt_modules.world.gen_training import evaluate_worldgen
+from ..prompt_modules.world.inversion_finetune import UNetFinetuneConfig, finetune_worldgen_unet
 from ..prompt_modules.world.models import load_world_models
 from ..prompt_modules.world.worldgen import DEFAULT_GUIDANCE
 from .harness import TaskResult

@@ -1,7 +1,7 @@
 """Benchmark ``pretraining``: RPP prompt pretraining on part of the world's label space, zero-shot transfer.
 
 Label space: a class is a (colour, fine category) pair of the procedural world ("red five-point star").
-Prompts are pretrained (:func:`~promptweave.prompt_modules.prompt_pretraining.pretrain_prompts`, POMP class
+Prompts are pretrained (:func:`~promptweave.prompt_modules.pretraining.pretrain_prompts`, POMP class
 sampling, frozen WorldCLIP, the benchmark seed for initialisation and batches) on the classes of the *seen*
 categories: every category except the last member of each family (:data:`HELD_OUT_CATEGORIES`, 7 of 27),
 without the compositional split's held-out (category, colour) pairs. Then, zero-shot, on single-object scenes:
@@ -37,18 +37,10 @@ from pathlib import Path
 import torch
 
 from ..prompt_modules.core.artifacts import ArtifactError
-from ..prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, WorldSource, encode_gallery, train_dual_prompt
-from ..prompt_modules.prompt_pretraining import (
-    RPPConfig,
-    WorldClass,
-    WorldClassSource,
-    accuracy,
-    classify,
-    pretrain_prompts,
-    save_pretrained_prompts,
-    world_classes,
-)
+from ..prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, encode_gallery, train_dual_prompt
+from ..prompt_modules.pretraining import RPPConfig, accuracy, classify, pretrain_prompts, save_pretrained_prompts
 from ..prompt_modules.world.scene import sample_scene, split_seed_range
+from ..prompt_modules.world.sources import WorldClass, WorldClassSource, WorldSource, world_classes
 from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, FAMILY_MEMBERS
 from ..prompt_modules.world.zero_shot import scenes_to_images
 from .harness import TaskResult

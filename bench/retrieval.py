@@ -26,9 +26,10 @@ import time
 import torch
 
 from ..prompt_modules.core.artifacts import ArtifactError
-from ..prompt_modules.dual_prompt import DualPromptConfig, WorldSource, encode_gallery, train_dual_prompt
+from ..prompt_modules.dual_prompt import DualPromptConfig, encode_gallery, train_dual_prompt
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
+from ..prompt_modules.world.sources import WorldSource
 from .harness import TaskResult
 
 KS = (1, 5, 10)

@@ -37,7 +37,9 @@ from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
 from promptweave import diffusers_api as pw
-from promptweave.prompt_modules.diff_prompt import WorldGroundingSource, evaluation_set, train_all
+from promptweave.prompt_modules.diff_prompt import train_all
+from promptweave.prompt_modules.world.sources import WorldGroundingSource, evaluation_set
+from promptweave.testing.tiny import tiny_pipeline
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pw.load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline) if args.pipeline else tiny_pipeline()
     worldclip = pw.load_worldclip()
     paths: list[Path] = []
 

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from promptweave import diffusers_api as pw
-from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, save_dual_prompt, train_dual_prompt
+from promptweave.prompt_modules.dual_prompt import DualPromptConfig, save_dual_prompt, train_dual_prompt
+from promptweave.prompt_modules.world.sources import WorldSource
+from promptweave.testing.tiny import tiny_pipeline
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pw.load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline) if args.pipeline else tiny_pipeline()
     worldclip = pw.load_worldclip()
 
     # 1. train DCAR prompts on the world (frozen WorldCLIP), save and reload them

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from promptweave import diffusers_api as pw
+from promptweave.testing.tiny import tiny_pipeline
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pw.load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline) if args.pipeline else tiny_pipeline()
     worldclip = pw.load_worldclip()
 
     # the LoRA is trained on a frozen copy of the pipeline's U-Net and VAE, conditioned on the source prompt

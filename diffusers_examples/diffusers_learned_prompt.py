@@ -30,6 +30,7 @@ import torch
 
 from promptweave import diffusers_api as pw
 from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt
+from promptweave.testing.tiny import tiny_pipeline
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pw.load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline) if args.pipeline else tiny_pipeline()
 
     if args.prompt_file:
         prompt = LearnedPrompt.load(args.prompt_file)

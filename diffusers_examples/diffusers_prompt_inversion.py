@@ -31,6 +31,7 @@ from PIL import Image
 from promptweave import diffusers_api as pw
 from promptweave.prompt_modules.world import render_batch, split_seed_range
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR
+from promptweave.testing.tiny import tiny_pipeline
 
 DEFAULT_INVERTER = WEIGHTS_DIR / "inverter-pixels-world.safetensors"
 
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pw.load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline) if args.pipeline else tiny_pipeline()
     inverter = pw.load_inverter(args.inverter)
     vlm = None if inverter.backbone == "pixels" else pw.load_worldclip()  # a vlm:* inverter reads its features
 

@@ -26,8 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from promptweave import diffusers_api as pw
-from promptweave.prompt_modules.dual_prompt import WorldSource, save_dual_prompt, train_dual_prompt
-from promptweave.prompt_modules.prompt_pretraining import WorldClassSource, save_pretrained_prompts
+from promptweave.prompt_modules.dual_prompt import save_dual_prompt, train_dual_prompt
+from promptweave.prompt_modules.pretraining import save_pretrained_prompts
+from promptweave.prompt_modules.world.sources import WorldClassSource, WorldSource
+from promptweave.testing.tiny import tiny_pipeline
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pw.load_pipeline(args.pipeline)
+    pipe = pw.load_pipeline(args.pipeline) if args.pipeline else tiny_pipeline()
     worldclip = pw.load_worldclip()
 
     # 1. pretrain RPP prompts (unshared q/k/v, soft labels) over the world's colour x category classes

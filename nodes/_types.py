@@ -23,7 +23,7 @@ LatentMapperType = io.Custom("PW_LATENT_MAPPER")
 DiffPromptType = io.Custom("PW_DIFF_PROMPT")
 """A Diff-Prompt :class:`~promptweave.prompt_modules.diff_prompt.DiffPrompt` (Mask-VAE + DiT + prompts + head)."""
 PretrainedPromptsType = io.Custom("PW_PRETRAINED_PROMPTS")
-"""A :class:`~promptweave.prompt_modules.prompt_pretraining.PretrainedPromptBundle` (RPP prompts + layer tokens)."""
+"""A :class:`~promptweave.prompt_modules.pretraining.PretrainedPromptBundle` (RPP prompts + layer tokens)."""
 
 PYTHON_CLASSES = {  # io_type: (module of the pack, class, what it is, which node makes it)
     "PW_LEARNED_PROMPT": (
@@ -44,7 +44,7 @@ PYTHON_CLASSES = {  # io_type: (module of the pack, class, what it is, which nod
         "Load Diff-Prompt, or Train Diff-Prompt with stage 'prompt' or 'all'",
     ),
     "PW_PRETRAINED_PROMPTS": (
-        "prompt_modules.prompt_pretraining",
+        "prompt_modules.pretraining",
         "PretrainedPromptBundle",
         "pretrained prompts",
         "Pretrain/Load Prompts",

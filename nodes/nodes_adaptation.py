@@ -28,7 +28,7 @@ from ..prompt_modules.adaptation import (
     save_mapper,
     train_mapper,
 )
-from ..prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from ..prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, ConfigError, read_metadata
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
 from ._common import (
@@ -112,16 +112,15 @@ def _writable_target(node: str, input_name: str, name: str, folder_key: str) -> 
     return Path(output_model_path(node, input_name, stem, folder_key))
 
 
-def _config(node: str, **kwargs) -> IPLConfig:
+def _config(node: str, inputs: dict[str, str], **fields) -> IPLConfig:
+    """``IPLConfig(**fields)``; a bad value is reported on the node input it came from: ``inputs`` maps the config
+    fields that have another input name (e.g. ``mapper_batch`` -> ``batch_size``), a field passed in ``fields``
+    is an input of its own name, and any other field is reported as ``settings``."""
     try:
-        return IPLConfig(**kwargs)
-    except ValueError as exc:
-        text = str(exc)
-        name = next(
-            (k for k in ("target_text", "source_text", "rank", "n_ctx", "batch") if text.startswith(k)), "settings"
-        )
-        name = "batch_size" if name == "batch" else name
-        raise NodeInputError(node, name, text, "change this input") from None
+        return IPLConfig(**fields)
+    except ConfigError as exc:
+        name = inputs.get(exc.field, exc.field if exc.field in fields else "settings")
+        raise NodeInputError(node, name, str(exc), "change this input") from None
 
 
 # ----- the SD generator from ComfyUI objects -----------------------------------------------------------------------
@@ -303,6 +302,7 @@ class TrainLatentMapper(io.ComfyNode):
         out_path = _writable_target(node, "save_name", save_name, "promptweave") if save_name.strip() else None
         config = _config(
             node,
+            {"mapper_steps": "steps", "mapper_batch": "batch_size"},
             source_text=source,
             target_text=target,
             n_ctx=n_ctx,
@@ -497,6 +497,7 @@ class AdaptModel(io.ComfyNode):
         lora_path = _writable_target(node, "lora_name", lora_name, "loras")
         config = _config(
             node,
+            {"alpha": "rank", "mapper_batch": "batch_size", "lr": "learning_rate", "auto_layer_k": "adaptive_layers"},
             method=method,
             source_text=source,
             target_text=target,

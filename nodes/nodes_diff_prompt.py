@@ -9,22 +9,22 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
 from ..prompt_modules.core.learned_prompt import LearnedPrompt
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
 from ..prompt_modules.diff_prompt import (
+    STAGES,
     DiffPrompt,
     FolderGroundingSource,
     TensorGroundingSource,
-    WorldGroundingSource,
+    earlier_stages,
     load_bundle,
     load_diff_prompt,
-    save_bundle,
-    train_dit,
-    train_mask_vae,
-    train_prompts,
+    stage_batch_size,
+    train_diff_prompt,
 )
+from ..prompt_modules.world.sources import WorldGroundingSource
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -91,6 +91,19 @@ def preview_strip(generated: torch.Tensor, size: int) -> torch.Tensor:
         return torch.zeros(b, size, size, 3)
     strip = torch.cat([generated[i, :, 0] for i in range(k)], dim=-1)  # [B, S, K*S]
     return strip.clamp(0, 1).unsqueeze(-1).expand(-1, -1, -1, 3).float().cpu().contiguous()
+
+
+def _plan_error_input(field: str, first_stage: str) -> tuple[str, str]:
+    """The node input a :func:`train_diff_prompt` plan error is about (by its ``field``), and how to fix it."""
+    return {
+        "init_prompts": (
+            "pretrained_prompts",
+            "use stage 'prompt' or 'all' with prompts pretrained on this VLM, or disconnect them",
+        ),
+        "stages": ("stage", f"train {list(earlier_stages(first_stage))} first"),
+        "previous": ("bundle_name", "train stage 'vae' (then 'dit') into this bundle first"),
+        "vlm": ("vlm", "connect that VLM, or retrain stage 'dit'"),
+    }.get(field, ("stage", "check the stage and the bundle"))
 
 
 # ----- nodes ----------------------------------------------------------------------------------------------------
@@ -304,7 +317,14 @@ class TrainDiffPrompt(io.ComfyNode):
                 ),
                 io.String.Input("path", default="", tooltip="The dataset folder (source 'folder' only)."),
                 io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimisation steps per stage."),
-                io.Int.Input("batch_size", default=16, min=1, max=512, tooltip="Samples per step."),
+                io.Int.Input(
+                    "batch_size",
+                    default=16,
+                    min=1,
+                    max=512,
+                    tooltip="Samples per step of stage 'prompt'; stages 'vae' and 'dit' take at least 32 (the "
+                    "library's recipe).",
+                ),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of initialisation and batches."),
                 io.String.Input(
                     "bundle_name",
@@ -360,18 +380,11 @@ class TrainDiffPrompt(io.ComfyNode):
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
             raise NodeInputError(node, "stage", f"unknown stage {stage!r}", f"use one of {STAGE_CHOICES}")
-        if pretrained_prompts is not None and pretrained_prompts.backbone != vlm.name:
-            raise NodeInputError(
-                node, "pretrained_prompts", f"they were pretrained for the VLM '{pretrained_prompts.backbone}', "
-                f"not '{vlm.name}'", "pretrain prompts on this VLM, or disconnect them")
-        if pretrained_prompts is not None and stage in ("vae", "dit"):
-            raise NodeInputError(node, "pretrained_prompts", f"stage '{stage}' has no prompts to start from them",
-                                 "use stage 'prompt' or 'all', or disconnect them")
         data = cls._source(node, source, path, images, masks, expressions)
         target = output_model_path(node, "bundle_name", bundle_name.strip())
-        stages = ["vae", "dit", "prompt"] if stage == "all" else [stage]
-        existing = None
-        if stages[0] != "vae":
+        stages = list(STAGES) if stage == "all" else [stage]
+        previous = None
+        if earlier_stages(stages[0]):
             if not Path(target).is_file():
                 raise NodeInputError(
                     node,
@@ -380,61 +393,45 @@ class TrainDiffPrompt(io.ComfyNode):
                     "train stage 'vae' (then 'dit') into this bundle first",
                 )
             try:
-                existing = load_bundle(target)
+                previous = load_bundle(target)
             except ArtifactError as exc:
                 raise NodeInputError(node, "bundle_name", str(exc), "pick another bundle name") from None
-            need = {"dit": ["vae"], "prompt": ["vae", "dit"]}[stages[0]]
-            if [s for s in need if s not in existing.stages]:
-                raise NodeInputError(
-                    node, "stage", f"the bundle holds only {list(existing.stages)}", f"train {need} first"
-                )
-            if stages[0] == "prompt" and existing.backbone != vlm.name:
-                raise NodeInputError(
-                    node,
-                    "vlm",
-                    f"the bundle's DiT was trained with the VLM '{existing.backbone}', not '{vlm.name}'",
-                    "connect that VLM, or retrain stage 'dit'",
-                )
         init_key = None if pretrained_prompts is None else tensors_key(pretrained_prompts.rpp.state_dict())
         settings = [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
         if init_key is not None:  # appended only when given, so earlier runs' checkpoints still resume
             settings.append(init_key)
-        on_step = TrainingProgress(steps * len(stages))
-        trainable = trainable_copy(vlm)
-        losses: list[float] = []
-        vae = existing.vae if existing is not None else None
-        dit = existing.dit if existing is not None else None
-        model = None
-        common = dict(
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
-            callback=on_step,
-            progress=False,
-            checkpoint_every=max(10, steps // 10),
-        )
-        with torch.inference_mode(False), torch.enable_grad():
-            for name in stages:
-                ckpt = run_checkpoint(f"{Path(target).stem}-{name}", settings)
-                if name == "vae":
-                    result = train_mask_vae(data, checkpoint_path=ckpt, **common)
-                    vae = result.model
-                    save_bundle(target, vae=vae)
-                elif name == "dit":
-                    result = train_dit(trainable, vae, data, checkpoint_path=ckpt, **common)
-                    dit = result.model
-                    save_bundle(target, vae=vae, dit=dit, backbone=vlm.name)
-                else:
-                    result = train_prompts(
-                        trainable, vae, dit, data, checkpoint_path=ckpt, init_prompts=pretrained_prompts, **common
-                    )
-                    model = result.model
-                    save_bundle(target, model=model)
-                losses += result.losses
-                on_step.offset += steps
+
+        def checkpoint(name: str) -> Path:
+            stage_batch = stage_batch_size(name, batch_size)
+            # a stage that trains with another batch than asked keys its checkpoint by it (not one of another recipe)
+            extra = [] if stage_batch == batch_size else [f"{name}-batch-{stage_batch}"]
+            return run_checkpoint(f"{Path(target).stem}-{name}", [*settings, *extra])
+
+        try:
+            run = train_diff_prompt(
+                trainable_copy(vlm),
+                data,
+                stages=stages,
+                previous=previous,
+                vae_steps=steps,
+                dit_steps=steps,
+                prompt_steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                bundle_path=target,
+                checkpoint_paths={name: checkpoint(name) for name in stages},
+                checkpoint_every=max(10, steps // 10),
+                callback=TrainingProgress(steps * len(stages)),
+                progress=False,
+                init_prompts=pretrained_prompts,
+            )
+        except ConfigError as exc:
+            input_name, fix = _plan_error_input(exc.field, stages[0])
+            raise NodeInputError(node, input_name, str(exc), fix) from None
+        model = run.model
         if model is not None:
             model = model.to(vlm.device).eval()
-        return io.NodeOutput(model, str(target), loss_curve_image(losses).unsqueeze(0))
+        return io.NodeOutput(model, str(target), loss_curve_image(run.all_losses).unsqueeze(0))
 
     @staticmethod
     def _source(node: str, source: str, path: str, images, masks, expressions: str):

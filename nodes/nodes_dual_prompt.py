@@ -8,7 +8,7 @@ import os
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
 from ..prompt_modules.core.learned_prompt import COMFY_TO_TI_KEY
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
@@ -17,13 +17,13 @@ from ..prompt_modules.dual_prompt import (
     DualPromptConfig,
     FDRDSource,
     FolderSource,
-    WorldSource,
     load_dual_prompt,
     rank_images,
     rank_texts,
     save_dual_prompt,
     train_dual_prompt,
 )
+from ..prompt_modules.world.sources import WorldSource
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -87,8 +87,6 @@ class LoadDualPrompt(io.ComfyNode):
         return io.NodeOutput(dual)
 
 
-
-
 class TrainDualPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -138,8 +136,10 @@ class TrainDualPrompt(io.ComfyNode):
             config = DualPromptConfig(n_text=n_text, n_visual=n_visual, text_depth=min(depth, len(vlm.text_blocks)),
                                       visual_depth=min(depth, len(vlm.visual.transformer.resblocks)),
                                       coupling=n_text == n_visual and n_text > 0)
-        except ValueError as exc:
-            raise NodeInputError(node, "n_visual", str(exc), "use n_visual equal to n_text, or 0") from None
+        except ConfigError as exc:
+            name = {"text_depth": "depth", "visual_depth": "depth"}.get(exc.field, exc.field)
+            fix = "use n_visual equal to n_text, or 0" if name in ("n_text", "n_visual") else f"change {name}"
+            raise NodeInputError(node, name, str(exc), fix) from None
         size = vlm.image_size
         try:
             if source == "world":
@@ -168,12 +168,10 @@ class TrainDualPrompt(io.ComfyNode):
             name or "dcar", [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key]
         )
         on_step = TrainingProgress(steps)
-        trainable = trainable_copy(vlm)
-        with torch.inference_mode(False), torch.enable_grad():
-            result = train_dual_prompt(trainable, data, config, steps=steps, batch_size=batch_size,
-                                       lr=learning_rate, seed=seed, checkpoint_path=ckpt,
-                                       checkpoint_every=max(10, steps // 10), callback=on_step, progress=False,
-                                       init_prompts=pretrained_prompts)
+        result = train_dual_prompt(trainable_copy(vlm), data, config, steps=steps, batch_size=batch_size,
+                                   lr=learning_rate, seed=seed, checkpoint_path=ckpt,
+                                   checkpoint_every=max(10, steps // 10), callback=on_step, progress=False,
+                                   init_prompts=pretrained_prompts)
         dual = result.dual
         if target is not None:
             save_dual_prompt(dual, target)

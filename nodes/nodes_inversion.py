@@ -13,9 +13,10 @@ from ..prompt_modules.inversion import (
     PIXELS,
     InverterConfig,
     LDMUNetEncoder,
-    VLMImageEncoder,
+    MissingEncoderInput,
+    UnknownImageEncoder,
     Vocabulary,
-    WorldGenEncoder,
+    image_features,
     load_inverter,
     load_pair_folder,
     loss_curve_image,
@@ -87,36 +88,35 @@ def _sd_unet_encoder(node: str, model, vae, clip) -> LDMUNetEncoder:
         raise NodeInputError(node, "model", str(exc), "use an SD1.x or SD2.x checkpoint") from None
 
 
+#: How to connect what an image encoder is missing (MissingEncoderInput.kind -> fix).
+_CONNECT = {
+    "vlm": "connect WorldCLIP (Load World Models) or the VLM the inverter was trained on",
+    "clip_vision": "connect Load CLIP Vision",
+    "worldgen": "connect both outputs of Load World Models",
+}
+
+
 def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worldgen,
               captions: list[str] | None = None, model=None, vae=None, clip=None) -> tuple[str, torch.Tensor]:
-    """``(backbone name, features or pixels)`` for the image encoder ``kind``."""
-    if kind == PIXELS:
-        return PIXELS, images
-    if kind == "vlm" or kind.startswith("vlm:"):
-        if vlm is None:
-            raise NodeInputError(node, "vlm", f"the '{kind}' image encoder needs a VLM", "connect WorldCLIP (Load "
-                                 "World Models) or the VLM the inverter was trained on")
-        enc = VLMImageEncoder(vlm)
-        return enc.name, enc(images)
-    if kind == "clip_vision" or kind.startswith("clip_vision:"):
-        if clip_vision is None:
-            raise NodeInputError(node, "clip_vision", f"the '{kind}' image encoder needs a CLIP vision model",
-                                 "connect Load CLIP Vision")
-        out = clip_vision.encode_image(images.permute(0, 2, 3, 1))
-        feats = out["image_embeds"].float().cpu()
-        return f"clip_vision:{feats.shape[1]}", feats
-    if kind == "worldgen" or kind.startswith("worldgen:"):
-        if worldgen is None or vlm is None:
-            missing = "worldgen" if worldgen is None else "vlm"
-            raise NodeInputError(node, missing, "the white-box 'worldgen' encoder needs WorldGen and WorldCLIP",
-                                 "connect both outputs of Load World Models")
-        enc = WorldGenEncoder(worldgen, vlm)
-        return enc.name, enc(images, captions)
-    if kind == "sd_unet" or kind.startswith("sd-unet:"):
-        enc = _sd_unet_encoder(node, model, vae, clip)
-        return enc.name, enc(images)
-    raise NodeInputError(node, "inverter", f"image encoder '{kind}' is not available in ComfyUI",
-                         "use an inverter trained on pixels, a VLM, CLIP vision, WorldGen or an SD U-Net")
+    """``(backbone name, features or pixels)`` for the image encoder ``kind`` (:func:`image_features`), with the
+    ComfyUI encoders passed in: CLIP vision's ``encode_image`` and the SD U-Net built from model, vae and clip."""
+
+    def clip_vision_embeds(pixels: torch.Tensor) -> torch.Tensor:
+        return clip_vision.encode_image(pixels.permute(0, 2, 3, 1))["image_embeds"]
+
+    def sd_unet_features(pixels: torch.Tensor) -> tuple[str, torch.Tensor]:
+        encoder = _sd_unet_encoder(node, model, vae, clip)
+        return encoder.name, encoder(pixels)
+
+    embeds = clip_vision_embeds if clip_vision is not None else None
+    try:
+        return image_features(kind, images, vlm=vlm, clip_vision=embeds, worldgen=worldgen,
+                              unet_features=sd_unet_features, captions=captions)
+    except MissingEncoderInput as exc:
+        raise NodeInputError(node, exc.input, str(exc), _CONNECT[exc.kind]) from None
+    except UnknownImageEncoder:
+        raise NodeInputError(node, "inverter", f"image encoder '{kind}' is not available in ComfyUI",
+                             "use an inverter trained on pixels, a VLM, CLIP vision, WorldGen or an SD U-Net") from None
 
 
 class LoadPromptInverter(io.ComfyNode):

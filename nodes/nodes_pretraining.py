@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import ArtifactError
+from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import trainable_copy
-from ..prompt_modules.prompt_pretraining import (
+from ..prompt_modules.pretraining import (
     QKV_MODES,
     FolderClassSource,
-    PretrainedPromptBundle,
     RPPConfig,
-    WorldClassSource,
     load_pretrained_prompts,
-    pretrain_prompts,
-    save_pretrained_prompts,
-    world_classes,
+    pretrain_bundle,
 )
+from ..prompt_modules.world.sources import WorldClassSource, world_classes
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -32,8 +28,6 @@ from ._types import PretrainedPromptsType, VLMType
 
 CATEGORY = "PromptWeave/pretraining"
 SOURCES = ["world", "folder"]
-
-
 
 
 class PretrainPrompts(io.ComfyNode):
@@ -160,8 +154,10 @@ class PretrainPrompts(io.ComfyNode):
                 temperature=temperature,
                 classes_per_step=classes_per_step,
             )
-        except ValueError as exc:
-            raise NodeInputError(node, "temperature", str(exc), "use a positive temperature and weight") from None
+        except ConfigError as exc:
+            name = {"soft_weight": "soft_label_weight", "qkv_mode": "qkv_prompts", "text_depth": "depth",
+                    "visual_depth": "depth"}.get(exc.field, exc.field)
+            raise NodeInputError(node, name, str(exc), f"change {name}: see its tooltip for the valid range") from None
         if source == "world":
             data = WorldClassSource(world_classes(), size=64)
         elif source == "folder":
@@ -178,27 +174,21 @@ class PretrainPrompts(io.ComfyNode):
         settings = [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()]
         ckpt = run_checkpoint(name or "rpp", settings)
         on_step = TrainingProgress(steps)
-        trainable = trainable_copy(vlm)
-        with torch.inference_mode(False), torch.enable_grad():
-            result = pretrain_prompts(
-                trainable,
-                data,
-                config,
-                steps=steps,
-                batch_size=batch_size,
-                lr=learning_rate,
-                seed=seed,
-                checkpoint_path=ckpt,
-                checkpoint_every=max(10, steps // 10),
-                callback=on_step,
-                progress=False,
-            )
-            tail = result.losses[-10:]
-            info = {"steps": result.steps_done, "final_loss": round(sum(tail) / max(1, len(tail)), 5), "source": source}
-            tokens = result.rpp.layer_tokens(trainable)
-            if target is not None:
-                save_pretrained_prompts(result.rpp, target, trainable, class_names=result.class_names, info=info)
-        bundle = PretrainedPromptBundle(result.rpp, tokens, {"n_classes": len(result.class_names), **info})
+        result, bundle = pretrain_bundle(
+            trainable_copy(vlm),
+            data,
+            config,
+            save_path=target,
+            info={"source": source},
+            steps=steps,
+            batch_size=batch_size,
+            lr=learning_rate,
+            seed=seed,
+            checkpoint_path=ckpt,
+            checkpoint_every=max(10, steps // 10),
+            callback=on_step,
+            progress=False,
+        )
         summary = bundle.summary() + (f"\nsaved: {target}" if target else "")
         return io.NodeOutput(bundle, loss_curve_image(result.losses).unsqueeze(0), summary)
 

@@ -332,6 +332,16 @@ def build_tiny_pipeline(path: str | os.PathLike[str], seed: int = 0) -> Path:
     return path
 
 
+def tiny_pipeline(seed: int = 0, torch_dtype: torch.dtype | None = None):
+    """The tiny random-weight ``StableDiffusionPipeline``, loaded (built in a temporary folder with ``seed``):
+    the real code path of every diffusers function, with noise images."""
+    from diffusers import StableDiffusionPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=seed)
+        return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch_dtype)
+
+
 def _swap_folder(new: Path, target: Path) -> None:
     """Move folder ``new`` to ``target``, replacing an existing ``target`` with two renames."""
     if not target.exists():

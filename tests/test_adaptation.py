@@ -31,7 +31,7 @@ from promptweave.prompt_modules.adaptation import (
     sd_generator_from_diffusers,
     train_mapper,
 )
-from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, read_metadata
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, ConfigError, read_metadata
 from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.world import render_batch
 from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
@@ -89,6 +89,27 @@ def test_config_rejects_bad_inputs():
         IPLConfig(target_text="neon", method="dreambooth")
     cfg = IPLConfig(target_text="neon", rank=8, alpha=4)
     assert cfg.scale == 0.5 and IPLConfig.from_dict(cfg.to_dict()) == cfg
+    for bad, field_name in [  # errors as data: the field, not the message, says which value is wrong
+        ({"target_text": " "}, "target_text"),
+        ({"source_text": "Neon"}, "target_text"),
+        ({"source_text": ""}, "source_text"),
+        ({"method": "x"}, "method"),
+        ({"rank": 0}, "rank"),
+        ({"alpha": 0}, "alpha"),
+        ({"n_ctx": 0}, "n_ctx"),
+        ({"mapper_hidden": 0}, "mapper_hidden"),
+        ({"mapper_layers": 0}, "mapper_layers"),
+        ({"steps": -1}, "steps"),
+        ({"mapper_batch": 1}, "mapper_batch"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"auto_layer_k": -1}, "auto_layer_k"),
+        ({"templates": ("no placeholder",)}, "templates"),
+        ({"lambda_source": -1.0}, "lambda_source"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            IPLConfig(**{"target_text": "neon", **bad})
+        assert info.value.field == field_name, (bad, info.value)
     assert (cfg.mapper_lr, cfg.mapper_batch, cfg.lr, cfg.batch_size, cfg.ema_decay, cfg.lambda_domain) == (
         0.05,
         32,
@@ -112,6 +133,30 @@ def test_prompt_vectors_replace_the_context_tokens(vlm):
         assert torch.allclose(
             with_base.features(ctx), plain + vlm.encode_text(["a photo of a neon sign."], normalize=False), atol=1e-5
         )
+
+
+def test_losses_and_per_step_batches(vlm, worldgen, pool):
+    from promptweave.prompt_modules.adaptation import (
+        contrastive_loss,
+        directional_loss,
+        domain_loss,
+        image_specific_direction,
+        step_seed,
+        template_prompts,
+    )
+    from promptweave.prompt_modules.adaptation.data import step_codes
+
+    assert template_prompts(" neon sign ", ("a {}.", "{} art")) == ["a neon sign.", "neon sign art"]
+    assert step_seed(3, 2, 5) == 3 * 1_000_003 + 2 * 7_919_993 + 5  # the batches of every run so far
+    gen = WorldGenGenerator(worldgen, pool)
+    assert torch.equal(step_codes(gen, 4, 3, 1, 7), gen.sample_codes(4, step_seed(3, 1, 7)))
+    feats = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    matched, shuffled = contrastive_loss(feats, feats, 10.0), contrastive_loss(feats, feats.roll(1, 0), 10.0)
+    assert float(matched) < float(shuffled)  # eq. 2: each image with its own prompt
+    assert float(domain_loss(feats[:1].expand(3, -1), feats[:1])) == pytest.approx(0.0, abs=1e-6)  # eq. 3
+    d_text = image_specific_direction(feats[:2], 2.0 * feats[2:])  # eq. 4: normalised before the difference
+    assert torch.allclose(d_text, feats[2:] - feats[:2], atol=1e-6)
+    assert float(directional_loss(3.0 * d_text, d_text)) == pytest.approx(0.0, abs=1e-6)
 
 
 # ----- WorldGen: both stages ------------------------------------------------------------------------------------------

@@ -179,6 +179,21 @@ def test_invalid_inputs_are_clear_errors_and_write_nothing(comfy, comfy_base, sd
     assert set(loras.iterdir()) == before and blocked.read_text() == "not a folder"
 
 
+def test_config_errors_name_the_node_input_not_the_config_field(comfy):
+    config = comfy.pack_module("nodes.nodes_adaptation")._config
+    mapper_inputs = {"mapper_steps": "steps", "mapper_batch": "batch_size"}
+    texts = dict(source_text="photo", target_text="neon")
+    with pytest.raises(ValueError, match="PWTrainLatentMapper: input 'batch_size': mapper_batch must be >= 2"):
+        config("PWTrainLatentMapper", mapper_inputs, **texts, mapper_batch=1)
+    with pytest.raises(ValueError, match="PWTrainLatentMapper: input 'steps': mapper_steps must be >= 0"):
+        config("PWTrainLatentMapper", mapper_inputs, **texts, mapper_steps=-1)
+    with pytest.raises(ValueError, match="input 'target_text': target_text equals source_text"):
+        config("PWTrainLatentMapper", mapper_inputs, source_text="neon", target_text="Neon")
+    with pytest.raises(ValueError, match="PWAdaptModel: input 'adaptive_layers': auto_layer_k must be >= 0"):
+        config("PWAdaptModel", {"auto_layer_k": "adaptive_layers"}, **texts, auto_layer_k=-1)
+    assert config("PWAdaptModel", {}, **texts).target_text == "neon"
+
+
 def test_interrupted_adaptation_leaves_no_lora_and_resumes(comfy, comfy_base, sd15, tiny_vlm, monkeypatch):
     import comfy.model_management as mm
 

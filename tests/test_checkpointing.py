@@ -98,7 +98,8 @@ KILLED_RUN = """
 import sys, time
 import torch
 torch.set_num_threads(1)
-from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, train_dual_prompt
+from promptweave.prompt_modules.dual_prompt import DualPromptConfig, train_dual_prompt
+from promptweave.prompt_modules.world.sources import WorldSource
 from promptweave.prompt_modules.core.vlm import VisionLanguageModel
 config = DualPromptConfig(n_text=2, n_visual=2, text_depth=1, visual_depth=1, bank_size=8)
 def slow(step, steps, loss):
@@ -118,7 +119,8 @@ def test_a_killed_training_process_leaves_a_checkpoint_that_resumes_exactly(tmp_
 
     from promptweave.prompt_modules.core.artifacts import meta_field, read_metadata
     from promptweave.prompt_modules.core.vlm import VisionLanguageModel
-    from promptweave.prompt_modules.dual_prompt import DualPromptConfig, WorldSource, train_dual_prompt
+    from promptweave.prompt_modules.dual_prompt import DualPromptConfig, train_dual_prompt
+    from promptweave.prompt_modules.world.sources import WorldSource
 
     ckpt = tmp_path / "run.state.safetensors"
     process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ckpt)], stdout=subprocess.PIPE, text=True)

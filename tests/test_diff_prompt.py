@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError
+from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, ConfigError
 from promptweave.prompt_modules.core.deep_prompts import encode_image_prompted, encode_text_prompted
 from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.diff_prompt import (
@@ -24,18 +24,18 @@ from promptweave.prompt_modules.diff_prompt import (
     PromptSlots,
     StaticPromptGrounder,
     TensorGroundingSource,
-    WorldGroundingSource,
     ddim_sample,
     dense_image_features,
-    evaluation_set,
     load_bundle,
     load_diff_prompt,
     save_bundle,
+    train_diff_prompt,
     train_dit,
     train_mask_vae,
     train_prompts,
     zero_shot_ground,
 )
+from promptweave.prompt_modules.world.sources import WorldGroundingSource, evaluation_set
 
 VAE_CFG = MaskVAEConfig(mask_size=32, block_out_channels=(8, 16, 16), norm_num_groups=8)
 DIT_CFG = DiTConfig(hidden=32, depth=1, heads=2, lr=1e-3)
@@ -310,6 +310,76 @@ def test_a_non_bundle_is_refused(tmp_path):
         load_bundle(path)
 
 
+# ----- the recipe -------------------------------------------------------------------------------------------------
+RECIPE = dict(
+    vae_config=VAE_CFG,
+    dit_config=DIT_CFG,
+    prompt_config=PROMPT_CFG,
+    vae_steps=2,
+    dit_steps=2,
+    prompt_steps=2,
+    batch_size=4,
+    seed=1,
+    progress=False,
+)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_recipe_decides_batch_sizes_and_resumes_from_a_partial_bundle(vlm, small_set, tmp_path):
+    seen = []
+    full = train_diff_prompt(vlm, small_set, callback=lambda step, total, loss: seen.append((step, total)), **RECIPE)
+    assert seen == [(k, 6) for k in range(1, 7)]  # one count over the three stages
+    assert full.settings == {
+        "vae": {"steps": 2, "batch_size": 32, "seed": 1},  # the Mask-VAE and the DiT take at least 32 samples
+        "dit": {"steps": 2, "batch_size": 32, "seed": 1},
+        "prompt": {"steps": 2, "batch_size": 4, "seed": 1},
+    }
+    assert [len(v) for v in full.losses.values()] == [2, 2, 2] and len(full.all_losses) == 6
+    assert full.bundle.stages == ("vae", "dit", "prompt") and isinstance(full.model, DiffPrompt)
+    path = tmp_path / "bundle.safetensors"
+    first = train_diff_prompt(vlm, small_set, stages=["vae"], bundle_path=path, **RECIPE)
+    assert first.model is None and load_bundle(path).stages == ("vae",)
+    train_diff_prompt(vlm, small_set, stages=["dit"], bundle_path=path, **RECIPE)  # the VAE from the bundle file
+    assert load_bundle(path).stages == ("vae", "dit")
+    last = train_diff_prompt(vlm, small_set, stages=["prompt"], previous=load_bundle(path), bundle_path=path, **RECIPE)
+    assert _same_weights(last.model, full.model)  # stage by stage = one run
+    assert _same_weights(load_diff_prompt(path, vlm), full.model)
+
+
+def test_the_recipe_refuses_a_plan_that_cannot_work_and_stops_when_asked(vlm, small_set, stages, tmp_path):
+    vae, dit = stages
+    partial = tmp_path / "vae.safetensors"
+    save_bundle(partial, vae=vae)
+    with_dit = tmp_path / "dit.safetensors"
+    save_bundle(with_dit, vae=vae, dit=dit, backbone=vlm.name)
+    other = VisionLanguageModel(VLMConfig(name="other"), seed=1)
+    plans = {
+        "stages": dict(stages=["dit", "vae"]),
+        "previous": dict(stages=["prompt"]),
+        "init_prompts": dict(stages=["vae"], init_prompts=str(tmp_path / "rpp.safetensors")),
+    }
+    for field, plan in plans.items():
+        with pytest.raises(ConfigError) as err:
+            train_diff_prompt(vlm, small_set, **plan, **RECIPE)
+        assert err.value.field == field, (field, str(err.value))
+    with pytest.raises(ConfigError, match=r"the bundle holds only \['vae'\]") as err:
+        train_diff_prompt(vlm, small_set, stages=["prompt"], previous=load_bundle(partial), **RECIPE)
+    assert err.value.field == "stages"
+    with pytest.raises(ConfigError, match="trained with the VLM 'tiny', not 'other'") as err:
+        train_diff_prompt(other, small_set, stages=["prompt"], previous=load_bundle(with_dit), **RECIPE)
+    assert err.value.field == "vlm"
+    target = tmp_path / "stopped.safetensors"
+    stop_at_3 = lambda step, total, loss: step < 3  # noqa: E731
+    stopped = train_diff_prompt(vlm, small_set, bundle_path=target, callback=stop_at_3, **RECIPE)
+    assert stopped.interrupted and stopped.model is None and stopped.bundle.stages == ("vae",)
+    assert [len(v) for v in stopped.losses.values()] == [2, 1]  # stopped after the DiT's first step
+    assert load_bundle(target).stages == ("vae",)
+
+
 # ----- datasets ---------------------------------------------------------------------------------------------------
 def test_world_source_and_evaluation_set():
     batch = WorldGroundingSource().batch(0, 0, 4)
@@ -397,12 +467,8 @@ def test_a_scene_without_a_unique_expression_is_replaced_by_the_next_one():
 
 # ----- RPP pretrained prompts as the starting point --------------------------------------------------------------
 def test_global_prompts_start_from_pretrained_prompts_by_one_config_switch(vlm, small_set, stages, tmp_path):
-    from promptweave.prompt_modules.prompt_pretraining import (
-        RPPConfig,
-        RPPPrompts,
-        init_diff_prompt_from_bundle,
-        save_pretrained_prompts,
-    )
+    from promptweave.prompt_modules.diff_prompt.model import init_diff_prompt_from_bundle
+    from promptweave.prompt_modules.pretraining import RPPConfig, RPPPrompts, save_pretrained_prompts
 
     vae, dit = stages
     rpp = RPPPrompts.for_vlm(vlm, RPPConfig(n_text=3, n_visual=3, text_depth=2, visual_depth=2), seed=3)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from promptweave.headless import PACK_DIR
+from promptweave.prompt_modules.core.artifacts import read_safetensors
 from promptweave.testing.defaults import TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
@@ -39,7 +40,7 @@ def tiny_vlm(mods):
 
 @pytest.fixture(scope="module")
 def world():
-    from promptweave.prompt_modules.diff_prompt import WorldGroundingSource
+    from promptweave.prompt_modules.world.sources import WorldGroundingSource
 
     return WorldGroundingSource("test").from_seeds([2_000_000_000 + k for k in range(4)])
 
@@ -219,6 +220,35 @@ def test_train_node_stage_by_stage_under_inference_mode(comfy, mods, comfy_base,
     assert list((comfy_base / "output" / "promptweave" / "checkpoints").glob("pw-test-trained-prompt-*"))
 
 
+def test_train_node_trains_the_library_recipe(comfy, mods, world, tmp_path):
+    """PWTrainDiffPrompt and the library train with the same stage settings: for the same inputs, seed, steps
+    and batch size the node's bundle equals ``train_all``'s tensor for tensor (a node with its own stage loop,
+    e.g. another batch size for the Mask-VAE and DiT stages, writes other weights)."""
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        vlm = mods.vlm.VisionLanguageModel("tiny", seed=0)  # as ComfyUI hands it over
+        _, path, _ = _train(comfy, vlm, "all", world, bundle_name="pw-test-recipe", steps=2, batch_size=3, seed=7)
+    images = _images(world, 4).permute(0, 3, 1, 2)  # the IMAGE input back as [B, 3, H, W]
+    source = mods.dp.TensorGroundingSource(images, world.masks.clone(), world.texts)
+    library = tmp_path / "library.safetensors"
+    plain_vlm = mods.vlm.VisionLanguageModel("tiny", seed=0)
+    model = mods.dp.train_all(
+        plain_vlm, source, vae_steps=2, dit_steps=2, prompt_steps=2, batch_size=3, seed=7, bundle_path=library,
+        progress=False,
+    )
+    assert isinstance(model, mods.dp.DiffPrompt)
+    node_tensors, node_meta = read_safetensors(path)
+    library_tensors, library_meta = read_safetensors(library)
+    assert node_meta == library_meta  # configs, stages, VLM
+    assert node_tensors.keys() == library_tensors.keys()
+    differ = [k for k in node_tensors if not torch.equal(node_tensors[k], library_tensors[k])]
+    assert not differ, f"the node trained other weights than the library: {differ[:5]}"
+    settings = mods.dp.train_diff_prompt(
+        plain_vlm, source, vae_steps=1, dit_steps=1, prompt_steps=1, batch_size=3, progress=False
+    ).settings
+    assert [s["batch_size"] for s in settings.values()] == [32, 32, 3]  # the recipe's stage batch sizes
+
+
 def test_train_node_input_errors(comfy, tiny_vlm, world, tmp_path):
     with pytest.raises(
         ValueError,
@@ -259,7 +289,7 @@ def test_train_node_input_errors(comfy, tiny_vlm, world, tmp_path):
 
 
 def test_train_node_starts_global_prompts_from_pretrained_prompts(comfy, comfy_base, tiny_vlm, bundle, world, tmp_path):
-    pp = comfy.pack_module("prompt_modules.prompt_pretraining")
+    pp = comfy.pack_module("prompt_modules.pretraining")
     folder = comfy_base / "models" / "promptweave"
     shutil.copy(folder / f"{BUNDLE}.safetensors", folder / "pw-test-rpp-init.safetensors")
     rpp = pp.RPPPrompts.for_vlm(tiny_vlm, pp.RPPConfig(n_text=4, n_visual=4), seed=5)

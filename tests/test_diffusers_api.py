@@ -14,6 +14,7 @@ from PIL import Image
 
 from promptweave import diffusers_api as pw
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR
+from promptweave.testing.tiny import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def pipe():
     torch.set_num_threads(1)
-    return pw.load_pipeline(None, seed=0)
+    return tiny_pipeline(seed=0)
 
 
 def test_every_public_name_exists_and_every_function_is_documented_and_typed():
@@ -43,6 +44,11 @@ def test_the_module_never_shadows_the_diffusers_package():
 def test_load_pipeline_refuses_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         pw.load_pipeline(tmp_path / "nowhere")
+
+
+def test_load_pipeline_needs_a_folder_the_test_pipeline_lives_in_the_harness():
+    with pytest.raises(ValueError, match="tiny_pipeline"):
+        pw.load_pipeline(None)
 
 
 def test_image_conversions_round_trip_and_refuse_bad_input():

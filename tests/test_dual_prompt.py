@@ -18,7 +18,6 @@ from promptweave.prompt_modules.dual_prompt import (
     DualPromptConfig,
     FDRDSource,
     FolderSource,
-    WorldSource,
     category_aware_contrastive_loss,
     category_match_weights,
     load_dual_prompt,
@@ -31,6 +30,7 @@ from promptweave.prompt_modules.dual_prompt import (
     token_mutual_information,
     train_dual_prompt,
 )
+from promptweave.prompt_modules.world.sources import WorldSource
 
 SMALL = DualPromptConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, bank_size=8)
 

@@ -22,6 +22,7 @@ PROMPT_FILE = "pw-test-dcar.safetensors"
 def mods(comfy):
     return SimpleNamespace(
         dp=comfy.pack_module("prompt_modules.dual_prompt"),
+        ws=comfy.pack_module("prompt_modules.world.sources"),
         vlm=comfy.pack_module("prompt_modules.core.vlm"),
         lp=comfy.pack_module("prompt_modules.core.learned_prompt"),
     )
@@ -35,7 +36,7 @@ def tiny_vlm(mods):
 @pytest.fixture(scope="module")
 def dual(mods, tiny_vlm, comfy_base):
     cfg = mods.dp.DualPromptConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, bank_size=8)
-    dual = mods.dp.train_dual_prompt(tiny_vlm, mods.dp.WorldSource(config=cfg), cfg, steps=2, batch_size=4,
+    dual = mods.dp.train_dual_prompt(tiny_vlm, mods.ws.WorldSource(config=cfg), cfg, steps=2, batch_size=4,
                                      progress=False, bank_batches=2).dual
     mods.dp.save_dual_prompt(dual, comfy_base / "models" / "promptweave" / PROMPT_FILE)
     return dual

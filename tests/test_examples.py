@@ -168,7 +168,7 @@ def test_diff_prompt_mask_and_inpainting(pipeline, tmp_path, worldclip):
 @needs_worldclip
 def test_prompt_pretraining_then_dual_prompt(pipeline, tmp_path, worldclip):
     from promptweave.prompt_modules.dual_prompt import load_dual_prompt
-    from promptweave.prompt_modules.prompt_pretraining import load_pretrained_prompts
+    from promptweave.prompt_modules.pretraining import load_pretrained_prompts
 
     paths = run_example("diffusers_prompt_pretraining", pipeline, tmp_path)
     assert [p.name for p in paths] == [

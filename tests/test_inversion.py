@@ -211,6 +211,58 @@ def test_vlm_unet_and_worldgen_encoders():
     assert WorldGenEncoder(retrained, vlm).name != wg.name
 
 
+def test_image_features_picks_the_encoder_and_names_a_missing_input():
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.inversion import (
+        MissingEncoderInput,
+        UnknownImageEncoder,
+        encoder_kind,
+        image_features,
+    )
+
+    images = torch.rand(2, 3, 32, 32)
+    assert image_features("pixels", images) == ("pixels", images)
+    vlm = VisionLanguageModel("tiny", seed=0)
+    name, feats = image_features("vlm:world", images, vlm=vlm)  # the name says what is connected
+    assert name == "vlm:tiny" and torch.equal(feats, VLMImageEncoder(vlm)(images))
+    name, feats = image_features("clip_vision:7", images, clip_vision=lambda x: torch.ones(x.shape[0], 12).half())
+    assert name == "clip_vision:12" and feats.dtype == torch.float32 and feats.shape == (2, 12)
+    name, feats = image_features("sd-unet:16:32-64", images, unet_features=lambda x: ("sd-unet:x", x[:, 0, 0]))
+    assert name == "sd-unet:x" and torch.equal(feats, images[:, 0, 0])
+    cases = [
+        ("vlm", {}, "vlm", "the 'vlm' image encoder needs a VLM"),
+        ("vlm:tiny", {}, "vlm", "the 'vlm:tiny' image encoder needs a VLM"),
+        ("clip_vision", {}, "clip_vision", "needs a CLIP vision model"),
+        ("worldgen:abc", {"vlm": vlm}, "worldgen", "needs WorldGen and WorldCLIP"),
+        ("worldgen", {"worldgen": object()}, "vlm", "needs WorldGen and WorldCLIP"),
+        ("sd_unet", {"vlm": vlm}, "unet_features", "needs the generator's U-Net"),
+    ]
+    for backbone, given, missing, message in cases:
+        with pytest.raises(MissingEncoderInput, match=message) as info:
+            image_features(backbone, images, **given)
+        assert info.value.input == missing and info.value.kind == encoder_kind(backbone)
+        assert isinstance(info.value, ValueError) and info.value.backbone == backbone
+    with pytest.raises(UnknownImageEncoder, match="'siglip:x' is unknown") as info:
+        image_features("siglip:x", images, vlm=vlm)
+    assert info.value.backbone == "siglip:x"
+
+
+def test_config_errors_name_their_field():
+    from promptweave.prompt_modules.core.artifacts import ConfigError
+
+    for bad, field_name, message in [
+        ({"dropout": 1.0}, "dropout", r"dropout must be in \[0, 1\), got 1.0"),
+        ({"batch_size": 0}, "batch_size", "epochs and batch_size must be at least 1"),
+        ({"epochs": 0}, "epochs", "epochs and batch_size must be at least 1"),
+        ({"hidden": (8, 0)}, "hidden", "feature_dim, hidden widths and target_dim must be positive"),
+        ({"feature_dim": 0}, "feature_dim", "feature_dim, hidden widths and target_dim must be positive"),
+        ({"curriculum_fractions": (0.5, 0.25, 1.0)}, "curriculum_fractions", "must rise within"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            InverterConfig(**bad)
+        assert info.value.field == field_name
+
+
 # ----- training, resume, files ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def toy():
@@ -348,7 +400,8 @@ def test_a_shipped_inverter_reads_the_image_and_beats_the_mean_prompt(name):
 
 def test_finetuning_the_worldgen_unet_on_inversion_leaves_the_inputs_and_lowers_the_loss():
     from promptweave.prompt_modules.core.vlm import VisionLanguageModel
-    from promptweave.prompt_modules.inversion import UNetFinetuneConfig, finetune_worldgen_unet, worldgen_features
+    from promptweave.prompt_modules.inversion import worldgen_features
+    from promptweave.prompt_modules.world.inversion_finetune import UNetFinetuneConfig, finetune_worldgen_unet
     from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen, WorldGenConfig
 
     torch.manual_seed(0)

@@ -245,7 +245,7 @@ def test_sd_unet_features_in_comfyui_equal_the_diffusers_white_box(comfy, sd15):
     from comfy.ops import disable_weight_init
     from diffusers import UNet2DConditionModel
 
-    inv_mod, tiny = comfy.pack_module("prompt_modules.inversion"), comfy.pack_module("tiny")
+    inv_mod, tiny = comfy.pack_module("prompt_modules.inversion"), comfy.pack_module("testing.tiny")
     latents, context = torch.randn(3, 4, 8, 8), torch.randn(1, 5, 768)
     ldm = inv_mod.LDMUNetEncoder(sd15[0].model.diffusion_model, 768)
     with tiny._seeded(0):  # the diffusers U-Net the checkpoint was written from (fp16 there)

@@ -285,7 +285,8 @@ def ctx(comfy, comfy_base):
         diff=comfy.pack_module("prompt_modules.diff_prompt"),
         lp=comfy.pack_module("prompt_modules.core.learned_prompt"),
         ipl=comfy.pack_module("prompt_modules.adaptation"),
-        pp=comfy.pack_module("prompt_modules.prompt_pretraining"),
+        pp=comfy.pack_module("prompt_modules.pretraining"),
+        ws=comfy.pack_module("prompt_modules.world.sources"),
     )
     folder = comfy_base / "models" / "promptweave"
     images, captions = _world_images(4)
@@ -293,7 +294,7 @@ def ctx(comfy, comfy_base):
     vlm = mod.vlm.VisionLanguageModel("tiny", seed=0)
     dcfg = mod.dp.DualPromptConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, bank_size=8)
     dual = mod.dp.train_dual_prompt(
-        vlm, mod.dp.WorldSource(config=dcfg), dcfg, steps=1, batch_size=2, progress=False, bank_batches=1
+        vlm, mod.ws.WorldSource(config=dcfg), dcfg, steps=1, batch_size=2, progress=False, bank_batches=1
     ).dual
     mod.dp.save_dual_prompt(dual, folder / "pw-prop-dual.safetensors")
     src = mod.diff.TensorGroundingSource(images.permute(0, 3, 1, 2), masks, captions)

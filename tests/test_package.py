@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -117,3 +118,71 @@ def test_the_readme_overview_picture_is_drawn_by_its_script(tmp_path):
         assert image.width == 1200 and image.height >= 640
     assert "docs/overview.png" in (PACK_DIR / "README.md").read_text(encoding="utf-8")
     assert (PACK_DIR / "docs" / "overview.png").is_file()
+
+
+#: Folders with Python code that are deliberately not part of the wheel.
+NOT_SHIPPED = {"tests", "testing", "scripts", "diffusers_examples", ".venv", ".cache", "out", "build", "docs"}
+
+
+def _package_folders() -> set[str]:
+    found = {"promptweave"}
+    for init in PACK_DIR.rglob("__init__.py"):
+        rel = init.parent.relative_to(PACK_DIR)
+        if rel.parts and not (set(rel.parts) & NOT_SHIPPED) and not any(p.startswith(".") for p in rel.parts):
+            found.add(".".join(["promptweave", *rel.parts]))
+    return found
+
+
+def test_pyproject_lists_every_package_folder():
+    """A package moved or added without a pyproject entry would silently drop out of an install."""
+    listed = set(tomllib.loads((PACK_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert listed == _package_folders()
+
+
+def test_the_built_wheel_carries_every_module_and_data_file_and_imports(tmp_path):
+    """Build the wheel, install it into a bare folder and import every module of the library from there."""
+    import zipfile
+
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir),
+         str(PACK_DIR)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = wheel_dir.glob("promptweave-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected_modules = {
+        "promptweave/" + str(p.relative_to(PACK_DIR))
+        for package in _package_folders()
+        for p in (PACK_DIR.joinpath(*package.split(".")[1:])).glob("*.py")
+    }
+    assert expected_modules <= names, sorted(expected_modules - names)[:10]
+    harness = ("promptweave/testing/", "promptweave/tests/", "promptweave/scripts/")
+    assert not [n for n in names if n.startswith(harness)]
+    for pattern in ("workflows/*.json", "workflows/api/*.json", "web/docs/*.md", "weights/*.safetensors"):
+        files = {"promptweave/" + str(p.relative_to(PACK_DIR)) for p in PACK_DIR.glob(pattern)}
+        assert files and files <= names, (pattern, sorted(files - names)[:5])
+
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(target)
+    code = """
+import importlib, pkgutil, sys
+import promptweave
+assert promptweave.__file__.startswith(sys.argv[1]), promptweave.__file__
+import promptweave.prompt_modules as pm, promptweave.bench as bench
+names = [m.name for m in pkgutil.walk_packages(pm.__path__, "promptweave.prompt_modules.")]
+names += [m.name for m in pkgutil.walk_packages(bench.__path__, "promptweave.bench.")
+          if not m.name.endswith("__main__")]
+names += ["promptweave.diffusers_api", "promptweave.headless"]
+for name in names:
+    importlib.import_module(name)
+from promptweave.prompt_modules.world.models import load_worldclip
+load_worldclip()  # the shipped weights are found inside the installed package
+print(len(names))
+"""
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd="/", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.strip().splitlines()[-1]) > 40

@@ -16,12 +16,10 @@ from promptweave.prompt_modules.core.deep_prompts import (
 )
 from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, save_dual_prompt
-from promptweave.prompt_modules.prompt_pretraining import (
+from promptweave.prompt_modules.pretraining import (
     FolderClassSource,
     RPPConfig,
     RPPPrompts,
-    WorldClass,
-    WorldClassSource,
     accuracy,
     classify,
     copy_prompt_tensors,
@@ -33,9 +31,9 @@ from promptweave.prompt_modules.prompt_pretraining import (
     sample_class_subset,
     save_pretrained_prompts,
     unshared_qkv_block,
-    world_classes,
 )
 from promptweave.prompt_modules.world.scene import HELD_OUT_COMBINATIONS
+from promptweave.prompt_modules.world.sources import WorldClass, WorldClassSource, world_classes
 
 SMALL = RPPConfig(n_text=2, n_visual=2, text_depth=2, visual_depth=2, classes_per_step=4)
 ABSOLUTE = RPPConfig(**{**SMALL.to_dict(), "qkv_form": "absolute"})
@@ -427,7 +425,7 @@ def test_generic_copy_handles_other_shapes(vlm, trained):
 
 
 def load_bundle_from(result, vlm):
-    from promptweave.prompt_modules.prompt_pretraining import PretrainedPromptBundle
+    from promptweave.prompt_modules.pretraining import PretrainedPromptBundle
 
     return PretrainedPromptBundle(result.rpp, result.rpp.layer_tokens(vlm))
 
@@ -461,3 +459,27 @@ def test_benchmark_label_split_and_eval_set():
     names = variants()
     assert names["zero_shot"] is None and names["shared_hard"].qkv_mode == "shared"
     assert names["shared_hard"].soft_weight == 0 and names["rpp"].unshared and names["rpp"].soft_weight > 0
+
+
+@pytest.mark.parametrize(
+    ("config", "kwargs", "field"),
+    [
+        ("rpp", {"temperature": 0.0}, "temperature"),
+        ("rpp", {"soft_weight": -1.0}, "soft_weight"),
+        ("rpp", {"qkv_mode": "both"}, "qkv_mode"),
+        ("dual", {"n_text": 2, "n_visual": 3, "coupling": True}, "n_visual"),
+        ("dual", {"bank_size": -1}, "bank_size"),
+        ("deep", {"text_depth": -1}, "text_depth"),
+    ],
+)
+def test_config_errors_name_their_field_as_data(config, kwargs, field):
+    """Callers (the ComfyUI nodes) map ``ConfigError.field`` to an input without reading the message."""
+    from promptweave.prompt_modules.core.artifacts import ConfigError
+    from promptweave.prompt_modules.core.deep_prompts import DeepPromptConfig
+    from promptweave.prompt_modules.dual_prompt import DualPromptConfig
+
+    cls = {"rpp": RPPConfig, "dual": DualPromptConfig, "deep": DeepPromptConfig}[config]
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)

@@ -33,7 +33,7 @@ TRAIN_ARGS = {
 @pytest.fixture(scope="module")
 def mods(comfy):
     return SimpleNamespace(
-        pp=comfy.pack_module("prompt_modules.prompt_pretraining"),
+        pp=comfy.pack_module("prompt_modules.pretraining"),
         vlm=comfy.pack_module("prompt_modules.core.vlm"),
         dp=comfy.pack_module("prompt_modules.dual_prompt"),
     )

@@ -4,6 +4,10 @@ Stage 1 trains a latent mapper that turns each image's latent code into image-sp
 frozen VLM; stage 2 trains a PEFT LoRA on the generator with the image-specific directional loss (NADA's fixed
 direction is the baseline in the same code path). The LoRA exports to ComfyUI/kohya and diffusers naming.
 
+Layout: ``config`` (:class:`IPLConfig`), ``data`` (prompt sets and per-step latent codes), ``mapper`` (the latent
+mapper F), ``model`` (prompt encoder, PEFT LoRA), ``losses`` (eq. 2-4 and NADA's direction), ``train`` (both
+stages), ``io`` (mapper files), ``export`` (LoRA files), ``generators`` (what is adapted).
+
 Quick start (WorldGen's decoder as the generator)::
 
     from promptweave.prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, save_lora
@@ -13,7 +17,8 @@ Quick start (WorldGen's decoder as the generator)::
     save_lora(result.lora, "neon.safetensors", fmt="native")
 """
 
-from .config import DEFAULT_TEMPLATES, METHODS, IPLConfig
+from .config import METHODS, IPLConfig
+from .data import DEFAULT_TEMPLATES, step_seed, template_prompts
 from .export import (
     FORMATS,
     LoraWeights,
@@ -38,19 +43,19 @@ from .generators import (
     sd_generator_from_diffusers,
     weights_fingerprint,
 )
-from .mapper import EqualLinear, LatentMapper, PixelNorm, TrainedMapper, load_mapper, save_mapper
-from .model import (
-    AdaptationResult,
-    LoRAAdapter,
-    MapperResult,
-    PromptEncoder,
-    adapt_generator,
+from .io import load_mapper, save_mapper
+from .losses import (
+    contrastive_loss,
     cosine_distance,
+    directional_loss,
+    domain_loss,
+    image_specific_direction,
+    mapper_loss,
     nada_direction,
-    run_adaptation,
-    select_layers,
-    train_mapper,
 )
+from .mapper import EqualLinear, LatentMapper, PixelNorm, TrainedMapper
+from .model import LoRAAdapter, PromptEncoder
+from .train import AdaptationResult, MapperResult, adapt_generator, run_adaptation, select_layers, train_mapper
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -71,14 +76,19 @@ __all__ = [
     "TrainedMapper",
     "WorldGenGenerator",
     "adapt_generator",
+    "contrastive_loss",
     "cosine_distance",
     "diffusers_state_dict",
+    "directional_loss",
+    "domain_loss",
     "encode_worldgen_latents",
     "frozen_copy",
+    "image_specific_direction",
     "kohya_state_dict",
     "ldm_to_diffusers_name",
     "load_lora_native",
     "load_mapper",
+    "mapper_loss",
     "merge_lora",
     "nada_direction",
     "run_adaptation",
@@ -90,6 +100,8 @@ __all__ = [
     "save_mapper",
     "sd_generator_from_diffusers",
     "select_layers",
+    "step_seed",
+    "template_prompts",
     "train_mapper",
     "weights_fingerprint",
 ]

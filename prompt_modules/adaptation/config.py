@@ -13,21 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.artifacts import config_from_dict
+from ..core.artifacts import ConfigError, config_from_dict
+from .data import DEFAULT_TEMPLATES
 
 METHODS = ("ipl", "nada")
-
-#: Templates whose mean text feature is the "plain domain-name feature" of the domain loss (stage 1) and of
-#: NADA's fixed text direction. The official code uses CLIP's 80 ImageNet templates; a short list does the
-#: same job for small VLMs with a short vocabulary of phrasings.
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "a rendering of a {}.",
-    "an image in {} style.",
-    "a {} image.",
-    "a {}.",
-)
 
 
 @dataclass(frozen=True)
@@ -51,6 +40,9 @@ class IPLConfig:
     offsets are optimised for ``auto_layer_iters`` SGD steps on the global CLIP loss towards the target
     text, and only the LoRA of the ``auto_layer_k`` layers whose offsets moved most is trained in that step;
     ``auto_layer_k = 0`` trains every LoRA layer.
+
+    A value that cannot work raises :class:`~promptweave.prompt_modules.core.artifacts.ConfigError` (a
+    ``ValueError``) whose ``field`` names the config field, so callers map it to their own input names.
     """
 
     method: str = "ipl"
@@ -92,37 +84,43 @@ class IPLConfig:
         object.__setattr__(self, "templates", tuple(self.templates))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+            raise ConfigError("method", f"unknown method {self.method!r}; expected one of {METHODS}")
         if not isinstance(self.target_text, str) or not self.target_text.strip():
-            raise ValueError("target_text is empty: name the target domain, e.g. 'neon sign' or 'ukiyo-e print'")
+            raise ConfigError(
+                "target_text", "target_text is empty: name the target domain, e.g. 'neon sign' or 'ukiyo-e print'"
+            )
         if not isinstance(self.source_text, str) or not self.source_text.strip():
-            raise ValueError("source_text is empty: name the source domain, e.g. 'photo'")
+            raise ConfigError("source_text", "source_text is empty: name the source domain, e.g. 'photo'")
         if self.target_text.strip().lower() == self.source_text.strip().lower():
-            raise ValueError("target_text equals source_text: there is no direction to adapt along")
+            raise ConfigError("target_text", "target_text equals source_text: there is no direction to adapt along")
         if self.rank < 1:
-            raise ValueError(f"rank must be at least 1 (LoRA rank), got {self.rank}")
+            raise ConfigError("rank", f"rank must be at least 1 (LoRA rank), got {self.rank}")
         if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
+            raise ConfigError("alpha", f"alpha must be positive, got {self.alpha}")
         if self.n_ctx < 1:
-            raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
+            raise ConfigError("n_ctx", f"n_ctx must be at least 1, got {self.n_ctx}")
         if self.mapper_layers < 1 or self.mapper_hidden < 1:
-            raise ValueError("the mapper needs at least one hidden layer of positive width")
+            field_name = "mapper_layers" if self.mapper_layers < 1 else "mapper_hidden"
+            raise ConfigError(field_name, "the mapper needs at least one hidden layer of positive width")
         for name in ("mapper_steps", "steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+                raise ConfigError(name, f"{name} must be >= 0")
         for name in ("mapper_batch", "batch_size", "auto_layer_batch", "auto_layer_iters", "layer_select_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ConfigError(name, f"{name} must be >= 1")
         if self.mapper_batch < 2 and self.method == "ipl" and self.mapper_steps > 0:
-            raise ValueError("mapper_batch must be >= 2: the contrastive loss needs other images in the batch")
+            raise ConfigError(
+                "mapper_batch", "mapper_batch must be >= 2: the contrastive loss needs other images in the batch"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise ConfigError("ema_decay", f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.auto_layer_k < 0:
-            raise ValueError("auto_layer_k must be >= 0 (0 = train every LoRA layer)")
+            raise ConfigError("auto_layer_k", "auto_layer_k must be >= 0 (0 = train every LoRA layer)")
         if not self.templates or any("{}" not in t for t in self.templates):
-            raise ValueError("templates must be a non-empty list of strings with a '{}' placeholder")
+            raise ConfigError("templates", "templates must be a non-empty list of strings with a '{}' placeholder")
         if self.lambda_domain < 0 or self.lambda_source < 0:
-            raise ValueError("lambda_domain and lambda_source must be >= 0")
+            field_name = "lambda_domain" if self.lambda_domain < 0 else "lambda_source"
+            raise ConfigError(field_name, "lambda_domain and lambda_source must be >= 0")
 
     @property
     def scale(self) -> float:

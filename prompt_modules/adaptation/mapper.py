@@ -11,33 +11,19 @@ Equalised learning rate (Karras et al. 2018, sec. 4.1): weights are stored as ``
 by ``lr_mul / sqrt(fan_in)`` at run time, so an optimiser step of size ``lr`` moves the effective weights by
 about ``lr * lr_mul``: with Adam's lr 0.05 the mapper effectively learns at 5e-4.
 
-Files: :func:`save_mapper` / :func:`load_mapper` (one safetensors file, ``promptweave.method = "ipl_mapper"``,
-backbone = the VLM's name, plus ``token_width``, ``latent_dim``, ``n_ctx``, the generator's fingerprint and the
-run's :class:`~.config.IPLConfig`).
+Files: :func:`~.io.save_mapper` / :func:`~.io.load_mapper`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.artifacts import (
-    ArtifactError,
-    BackboneMismatchError,
-    base_metadata,
-    check_method,
-    meta_field,
-    read_safetensors,
-    save_safetensors_atomic,
-)
-
-METHOD = "ipl_mapper"
+from ..core.artifacts import BackboneMismatchError
 
 
 class PixelNorm(nn.Module):
@@ -134,46 +120,3 @@ class TrainedMapper:
                 f"this latent mapper reads latent codes of width {self.latent_dim}; the generator's codes have "
                 f"width {latent_dim} (another model or image size)"
             )
-
-
-def save_mapper(trained: TrainedMapper, path: str | os.PathLike[str]) -> Path:
-    """One safetensors file with the mapper weights and its shape, VLM, generator and config metadata."""
-    metadata = base_metadata(
-        METHOD,
-        trained.backbone,
-        shape=trained.mapper.shape_dict(),
-        token_width=trained.token_width,
-        latent_dim=trained.latent_dim,
-        n_ctx=trained.mapper.n_ctx,
-        generator=trained.generator,
-        config=trained.config,
-    )
-    return save_safetensors_atomic(path, trained.mapper.state_dict(), metadata)
-
-
-def load_mapper(path: str | os.PathLike[str], vlm: Any | None = None) -> TrainedMapper:
-    """Read a :func:`save_mapper` file; with ``vlm``, refuse one trained for another VLM or token width."""
-    path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    check_method(metadata, METHOD, path)
-    shape = meta_field(metadata, "shape")
-    if not isinstance(shape, dict):
-        raise ArtifactError(f"{path}: missing promptweave.shape metadata")
-    try:
-        mapper = LatentMapper(**shape)
-        mapper.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} does not fit its mapper shape: {exc}") from None
-    config = meta_field(metadata, "config", {})
-    trained = TrainedMapper(
-        mapper.eval(),
-        str(meta_field(metadata, "backbone")),
-        str(meta_field(metadata, "generator", "")),
-        config if isinstance(config, dict) else {},
-    )
-    if vlm is not None:
-        try:
-            trained.check_vlm(vlm)
-        except BackboneMismatchError as exc:
-            raise BackboneMismatchError(f"{path}: {exc}") from None
-    return trained

@@ -13,6 +13,7 @@ import importlib.resources
 import json
 import os
 import struct
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,8 @@ from .. import __version__
 
 META_PREFIX = "promptweave."
 #: The weights shipped as package data of the pack (world backbones, demo inverters): ``<pack>/weights``.
-SHIPPED_WEIGHTS_DIR = Path(str(importlib.resources.files(__name__.split(".")[0]))) / "weights"
+#: The pack's top package is ``promptweave`` when installed, and any folder name under ComfyUI's custom_nodes.
+SHIPPED_WEIGHTS_DIR = Path(str(importlib.resources.files(sys.modules[__name__.rsplit(".", 3)[0]]))) / "weights"
 
 
 class ConfigError(ValueError):

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import BackboneMismatchError
+from .artifacts import BackboneMismatchError, ConfigError
 from .learned_prompt import LearnedPrompt, LearnedPromptConfig
 from .vlm import VisionLanguageModel, clip_tokenizer
 
@@ -64,15 +64,18 @@ class DeepPromptConfig:
     def __post_init__(self) -> None:
         for name in ("n_text", "n_visual", "text_depth", "visual_depth"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(name, f"{name} must be >= 0, got {getattr(self, name)}")
         if self.coupling and self.visual_active:
             if not self.text_active:
-                raise ValueError("coupling projects text prompts to the image tower: it needs text prompts")
+                raise ConfigError("n_text", "coupling projects text prompts to the image tower: it needs text prompts")
             if self.n_visual != self.n_text:
-                raise ValueError(f"coupling needs n_visual == n_text (got {self.n_visual} and {self.n_text})")
+                raise ConfigError(
+                    "n_visual", f"coupling needs n_visual == n_text (got {self.n_visual} and {self.n_text})"
+                )
             if self.visual_depth > self.text_depth:
-                raise ValueError(
-                    f"coupling needs visual_depth <= text_depth (got {self.visual_depth} > {self.text_depth})"
+                raise ConfigError(
+                    "visual_depth",
+                    f"coupling needs visual_depth <= text_depth (got {self.visual_depth} > {self.text_depth})",
                 )
 
     @property

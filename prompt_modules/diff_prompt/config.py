@@ -133,8 +133,8 @@ class PromptConfig:
     step, ``"latent"`` the noisy DDIM state itself (closer to the paper's wording, noisier masks). The ablation
     "no global prompts" is ``n_global = 0``; ``n_generated = 0`` leaves static global prompts only (VPT-deep).
     ``ddim_steps`` is 10 (paper 25) to keep CPU inference affordable; ``lr`` 1e-3 (paper 1e-4) for short runs.
-    ``init_from``: a pretrained prompt bundle (RPP, :mod:`~..prompt_pretraining`) whose prompts start the global
-    prompts (:func:`~..prompt_pretraining.init_diff_prompt_from_bundle`); ``""``: the plain initialisation.
+    ``init_from``: a pretrained prompt bundle (RPP, :mod:`~..pretraining`) whose prompts start the global
+    prompts (:func:`~.model.init_diff_prompt_from_bundle`); ``""``: the plain initialisation.
     """
 
     n_generated: int = 4

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DiTConfig
+from .losses import epsilon_loss
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -148,10 +149,15 @@ class DiT(nn.Module):
         caption_features: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The simple epsilon-prediction loss (DDPM eq. 14) at uniformly drawn timesteps."""
-        t = torch.randint(0, self.config.num_timesteps, (z0.shape[0],), generator=generator).to(z0.device)
-        noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
-        return F.mse_loss(self(self.q_sample(z0, t, noise), t, image_features, caption_features), noise)
+        """The simple epsilon-prediction loss (DDPM eq. 14) at uniformly drawn timesteps
+        (:func:`~.losses.epsilon_loss`)."""
+        return epsilon_loss(
+            lambda z_t, t: self(z_t, t, image_features, caption_features),
+            self.q_sample,
+            z0,
+            self.config.num_timesteps,
+            generator,
+        )
 
 
 class EMA:

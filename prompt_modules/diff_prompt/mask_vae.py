@@ -3,17 +3,17 @@
 A diffusers ``AutoencoderKL`` with one input and one output channel and small blocks. Masks in ``{0, 1}``
 (float ``[B, 1, S, S]``) are scaled to ``[-1, 1]``; the loss is the paper's eq. 3,
 ``MSE(x_hat, x) + kl_weight * KL(q(z | x) || N(0, I))`` (sum over latent elements, mean over the batch, as
-``DiagonalGaussianDistribution.kl`` computes it) against the per-pixel MSE.
+``DiagonalGaussianDistribution.kl`` computes it) against the per-pixel MSE (:func:`~.losses.mask_vae_loss`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
 from .config import MaskVAEConfig
+from .losses import mask_vae_loss
 
 
 class MaskVAE(nn.Module):
@@ -65,10 +65,7 @@ class MaskVAE(nn.Module):
         x = self._check(masks) * 2.0 - 1.0
         dist = self.vae.encode(x).latent_dist
         recon = self.vae.decode(dist.sample()).sample
-        mse = F.mse_loss(recon, x)
-        kl = dist.kl().mean()
-        loss = mse + self.config.kl_weight * kl
-        return loss, {"mse": float(mse.detach()), "kl": float(kl.detach())}
+        return mask_vae_loss(recon, x, dist, self.config.kl_weight)
 
     @torch.no_grad()
     def iou(self, masks: torch.Tensor) -> float:

@@ -16,15 +16,17 @@ features, the last visual block's patch tokens through ``ln_post`` and the proje
 with the prompted expression feature: FiLM by the expression, a per-patch cosine map and two coordinate channels
 go through two 3x3 convs to mask logits on the patch grid (upsampled to the mask size), and an attention-pooled
 feature plus the soft centroid and spread of the mask predicts the box. Loss: BCE + Dice on the mask, L1 + GIoU on
-the box. Only the adapters, the global prompts and the head train.
+the box (:func:`~.losses.grounding_loss`). Only the adapters, the global prompts and the head train.
 
 :class:`StaticPromptGrounder` is the same head on static :class:`~..deep_prompts.DeepPrompts` (the CoOp and VPT
 baselines) and :func:`zero_shot_ground` the training-free baseline (the best-matching crop by VLM similarity).
+:func:`init_diff_prompt_from_bundle` starts the global prompts from RPP pretrained prompts (:mod:`..pretraining`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,8 +44,11 @@ from ..core.deep_prompts import (
     encode_text_prompted,
 )
 from ..core.vlm import VisionLanguageModel
+from ..pretraining.io import PretrainedPromptBundle, as_bundle, copy_prompt_tensors
+from ..pretraining.model import layer_input_from_storage
 from .config import DiTConfig, MaskVAEConfig, PromptConfig
 from .dit import DiT, ddim_sample
+from .losses import grounding_loss
 from .mask_vae import MaskVAE
 
 
@@ -224,7 +229,7 @@ class GroundingHead(nn.Module):
         return mask, boxes
 
 
-# ----- outputs and losses ---------------------------------------------------------------------------------------
+# ----- outputs --------------------------------------------------------------------------------------------------
 @dataclass
 class GroundingOutput:
     """``mask_logits`` ``[B, S, S]``; ``boxes`` ``[B, 4]`` normalised ``x0, y0, x1, y1``; for Diff-Prompt also the
@@ -252,43 +257,6 @@ class GroundingOutput:
         inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])
         inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])
         return (inside_y[:, :, None] & inside_x[:, None, :]).float()
-
-
-def _area(x: torch.Tensor) -> torch.Tensor:
-    return (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of paired boxes ``[B, 4]`` (``x0, y0, x1, y1``, any consistent unit)."""
-    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (_area(a) + _area(b) - inter).clamp(min=1e-9)
-
-
-def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """GIoU of paired boxes (Rezatofighi et al. 2019)."""
-    iou = box_iou(a, b)
-    lt, rb = torch.minimum(a[:, :2], b[:, :2]), torch.maximum(a[:, 2:], b[:, 2:])
-    hull = (rb - lt).clamp(min=0).prod(-1).clamp(min=1e-9)
-    lt2, rb2 = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb2 - lt2).clamp(min=0).prod(-1)
-    union = _area(a) + _area(b) - inter
-    return iou - (hull - union) / hull
-
-
-def grounding_loss(
-    out: GroundingOutput, masks: torch.Tensor, boxes: torch.Tensor, *, mask_weight: float = 1.0, box_weight: float = 2.0
-) -> torch.Tensor:
-    """BCE + Dice on the mask (targets ``[B, S, S]`` in 0..1) and L1 + GIoU on normalised boxes ``[B, 4]``."""
-    target = masks.float().to(out.mask_logits.device)
-    bce = F.binary_cross_entropy_with_logits(out.mask_logits, target)
-    prob = out.mask_logits.sigmoid().flatten(1)
-    t = target.flatten(1)
-    dice = 1 - (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)
-    boxes = boxes.to(out.boxes)
-    l1 = (out.boxes - boxes).abs().sum(-1)
-    giou = 1 - generalized_box_iou(out.boxes, boxes)
-    return mask_weight * (bce + dice.mean()) + box_weight * (l1.mean() + giou.mean())
 
 
 def _check_batch(images: torch.Tensor, texts: Sequence[str]) -> list[str]:
@@ -559,6 +527,35 @@ class DiffPrompt(nn.Module):
                     adapter.set_bias(i, target[: cfg.n_generated])
                 if len(globals_):
                     globals_[i].copy_(target[cfg.n_generated :])
+
+
+@torch.no_grad()
+def init_diff_prompt_from_bundle(
+    model: DiffPrompt, bundle: PretrainedPromptBundle | str | os.PathLike[str], vlm: VisionLanguageModel
+) -> dict[str, int]:
+    """Initialise a Diff-Prompt model's learnable global prompts from an RPP pretrained prompt bundle (what
+    ``PromptConfig(init_from=path)`` does in :func:`~.train.train_prompts`): layer ``i``'s global tokens of each
+    tower start as the bundle's shared-token equivalents of layer ``i``, as the block sees them
+    (:func:`~..pretraining.model.layer_input_from_storage`); overlapping tokens and layers only. The generated
+    tokens come from the mask adapters and keep their own initialisation. Returns the number of layers copied per
+    tower."""
+    bundle = as_bundle(bundle, vlm)
+    if bundle.backbone != model.backbone or vlm.name != model.backbone:
+        raise BackboneMismatchError(
+            f"the pretrained prompts were made for the VLM '{bundle.backbone}', the Diff-Prompt model is for "
+            f"'{model.backbone}' (VLM given: '{vlm.name}'): pretrain prompts on this model"
+        )
+    if model.config.n_global == 0:
+        raise ValueError(
+            "the Diff-Prompt model has no global prompts (n_global=0), so there is nothing to start from the "
+            "pretrained prompts: use n_global > 0 or leave init_from empty"
+        )
+    done = {}
+    for tower, targets in (("text", model.global_prompts.text), ("visual", model.global_prompts.visual)):
+        stored = getattr(bundle.layer_tokens, tower)
+        sources = [layer_input_from_storage(vlm, tower, i, t) for i, t in enumerate(stored)]
+        done[tower] = copy_prompt_tensors(list(targets), sources, f"{tower} global prompt")
+    return done
 
 
 class StaticPromptGrounder(nn.Module):

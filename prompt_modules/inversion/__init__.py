@@ -3,9 +3,15 @@
 Target space: all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised). An image encoder (a VLM image tower,
 a ComfyUI CLIP_VISION, a trainable pixel CNN, or the generator's own denoiser: white box) feeds an MLP head;
 a vocabulary head predicts the prompt's keywords. Loss: cosine + 0.1 BCE + Huber; curriculum learning against
-noisy pairs; DAKL kernel refinement; decoding into keywords, nearest bank prompts and a composed prompt. The
-paper's second finding, as an option: :func:`finetune_worldgen_unet` fine-tunes the generator's U-Net on the
-inversion task for reuse in text-to-image (``python -m promptweave.bench inversion_unet`` measures it).
+noisy pairs; DAKL kernel refinement; decoding into keywords, nearest bank prompts and a composed prompt.
+:func:`image_features` picks the image encoder an inverter's backbone names (the nodes and ``diffusers_api`` both
+call it). The paper's second finding, fine-tuning the generator's U-Net on the inversion task for reuse in
+text-to-image, is WorldGen-specific and lives with the world
+(:func:`promptweave.prompt_modules.world.inversion_finetune.finetune_worldgen_unet`).
+
+Layout: ``config``, ``model`` (image encoders, the inverter), ``encoders`` (the encoder choice), ``losses``,
+``data`` (pair folders, prompt targets), ``train``, ``io`` (inverter files), and the method's parts
+``curriculum``, ``dakl``, ``decode``, ``targets`` (MiniLM), ``vocabulary``.
 
 Quick start::
 
@@ -24,9 +30,10 @@ from .curriculum import curriculum_subsets, weighted_scores
 from .dakl import DAKL, cosine_kernel, kmeans
 from .data import load_pair_folder, prompt_targets
 from .decode import IVFIndex, PromptBank, compose_prompt, fit_calibration, keywords
+from .encoders import ENCODER_KINDS, MissingEncoderInput, UnknownImageEncoder, encoder_kind, image_features
+from .io import METHOD, load_inverter, save_inverter
 from .losses import inversion_loss
 from .model import (
-    METHOD,
     PIXELS,
     LDMUNetEncoder,
     PixelEncoder,
@@ -35,21 +42,18 @@ from .model import (
     VLMImageEncoder,
     WorldGenEncoder,
     check_images,
-    load_inverter,
-    save_inverter,
     worldgen_features,
 )
 from .targets import MiniLMEmbedder, default_embedder, mean_cosine
 from .train import TrainResult, finish, loss_curve_image, train_inverter
-from .unet_finetune import UNetFinetuneConfig, finetune_worldgen_unet
 from .vocabulary import STOP_WORDS, Vocabulary, content_words
 
 __all__ = [
-    "DAKL", "IVFIndex", "InverterConfig", "LDMUNetEncoder", "METHOD", "MiniLMEmbedder", "PIXELS", "PixelEncoder",
-    "PromptBank", "PromptInverter", "STOP_WORDS", "TARGET_DIM", "TrainResult", "UNetEncoder",
-    "UNetFinetuneConfig", "VLMImageEncoder", "Vocabulary", "WorldGenEncoder", "check_images", "compose_prompt",
-    "content_words", "cosine_kernel", "curriculum_subsets", "default_embedder", "finetune_worldgen_unet",
-    "finish", "fit_calibration", "inversion_loss", "keywords", "kmeans", "load_inverter", "load_pair_folder",
-    "loss_curve_image", "mean_cosine", "prompt_targets", "save_inverter", "train_inverter", "weighted_scores",
-    "worldgen_features",
+    "DAKL", "ENCODER_KINDS", "IVFIndex", "InverterConfig", "LDMUNetEncoder", "METHOD", "MiniLMEmbedder",
+    "MissingEncoderInput", "PIXELS", "PixelEncoder", "PromptBank", "PromptInverter", "STOP_WORDS", "TARGET_DIM",
+    "TrainResult", "UNetEncoder", "UnknownImageEncoder", "VLMImageEncoder", "Vocabulary", "WorldGenEncoder",
+    "check_images", "compose_prompt", "content_words", "cosine_kernel", "curriculum_subsets", "default_embedder",
+    "encoder_kind", "finish", "fit_calibration", "image_features", "inversion_loss", "keywords", "kmeans",
+    "load_inverter", "load_pair_folder", "loss_curve_image", "mean_cosine", "prompt_targets", "save_inverter",
+    "train_inverter", "weighted_scores", "worldgen_features",
 ]

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.artifacts import config_from_dict
+from ..core.artifacts import ConfigError, config_from_dict
 
 #: all-MiniLM-L6-v2 sentence embeddings, the target space of Reverse Stable Diffusion (Croitoru et al. 2023).
 TARGET_DIM = 384
@@ -22,6 +22,7 @@ class InverterConfig:
     ``hidden`` are the MLP widths (the paper uses 1024 -> 8192 -> 8192 -> 384 on CLIP features; the default is
     smaller for CPU training). Loss = cosine + ``vocab_weight`` * BCE(vocabulary) + ``huber_weight`` * Huber.
     Optimiser as the paper: AdamW ``lr`` with cosine decay to ``min_lr``, batch ``batch_size``.
+    A value that cannot work raises :class:`~promptweave.prompt_modules.core.artifacts.ConfigError` naming the field.
     """
 
     backbone: str = "pixels"
@@ -47,14 +48,17 @@ class InverterConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.curriculum_fractions = tuple(float(f) for f in self.curriculum_fractions)
         if self.feature_dim < 1 or any(h < 1 for h in self.hidden) or self.target_dim < 1:
-            raise ValueError("feature_dim, hidden widths and target_dim must be positive")
+            bad = "feature_dim" if self.feature_dim < 1 else "target_dim" if self.target_dim < 1 else "hidden"
+            raise ConfigError(bad, "feature_dim, hidden widths and target_dim must be positive")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError("dropout", f"dropout must be in [0, 1), got {self.dropout}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
+            raise ConfigError("epochs" if self.epochs < 1 else "batch_size", "epochs and batch_size must be at least 1")
         fr = self.curriculum_fractions
         if not fr or any(not 0 < f <= 1 for f in fr) or list(fr) != sorted(fr) or fr[-1] != 1.0:
-            raise ValueError(f"curriculum_fractions must rise within (0, 1] and end at 1, got {fr}")
+            raise ConfigError(
+                "curriculum_fractions", f"curriculum_fractions must rise within (0, 1] and end at 1, got {fr}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

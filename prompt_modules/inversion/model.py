@@ -26,29 +26,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.artifacts import (
-    ArtifactError,
-    BackboneMismatchError,
-    base_metadata,
-    check_method,
-    meta_field,
-    read_safetensors,
-    save_safetensors_atomic,
-)
+from ..core.artifacts import BackboneMismatchError
 from .config import InverterConfig
 from .dakl import DAKL
 from .decode import PromptBank, compose_prompt, keywords
 from .vocabulary import Vocabulary
 
-METHOD = "prompt_inversion"
 PIXELS = "pixels"
 
 
@@ -272,7 +261,8 @@ class WorldGenEncoder:
 
 def worldgen_features(unet: nn.Module, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """The WorldGen white-box features of latent codes: ``unet.encode_features`` at t=0, each activation averaged
-    over space, concatenated ``[B, dim]``; differentiable (the U-Net fine-tuning of :mod:`.unet_finetune`)."""
+    over space, concatenated ``[B, dim]``; differentiable (the U-Net fine-tuning of
+    :mod:`promptweave.prompt_modules.world.inversion_finetune`)."""
     t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)
     return torch.cat([f.mean(dim=(2, 3)) for f in unet.encode_features(latents, t, context)], dim=1)
 
@@ -362,43 +352,3 @@ class PromptInverter(nn.Module):
              "prompt": compose_prompt(nn_[0][0] if nn_ else None, kw, threshold)}
             for e, kw, nn_ in zip(emb, kws, nearest, strict=True)
         ]
-
-
-# ----- files ------------------------------------------------------------------------------------------------
-def save_inverter(inverter: PromptInverter, path: str | os.PathLike[str], **extra_meta: object) -> Path:
-    """One safetensors file: weights, calibration, optional prompt bank and DAKL, config/vocabulary metadata."""
-    tensors = dict(inverter.state_dict())
-    meta_bank: list[str] = []
-    if inverter.bank is not None:
-        tensors["bank.embeddings"] = inverter.bank.embeddings.half()
-        meta_bank = inverter.bank.texts
-    if inverter.dakl is not None:
-        tensors.update(inverter.dakl.state())
-    meta = base_metadata(
-        METHOD, inverter.backbone, config=inverter.config.to_dict(), vocabulary=inverter.vocabulary.words,
-        bank=meta_bank, feature_dim=inverter.config.feature_dim, target_dim=inverter.config.target_dim,
-        **extra_meta,
-    )
-    return save_safetensors_atomic(path, tensors, meta)
-
-
-def load_inverter(path: str | os.PathLike[str], backbone: str | None = None) -> PromptInverter:
-    """Load an inverter; with ``backbone`` given, one trained for another image encoder is refused."""
-    tensors, metadata = read_safetensors(path)
-    check_method(metadata, METHOD, path)
-    found = str(meta_field(metadata, "backbone"))
-    if backbone is not None and found != backbone:
-        raise BackboneMismatchError(f"{path} is an inverter for the '{found}' image encoder, not '{backbone}'")
-    try:
-        config = InverterConfig.from_dict(meta_field(metadata, "config"))
-        vocab = Vocabulary(meta_field(metadata, "vocabulary") or [])
-        inverter = PromptInverter(config, vocab)
-        own = {k: v for k, v in tensors.items() if not k.startswith(("bank.", "dakl."))}
-        inverter.load_state_dict(own)
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        raise ArtifactError(f"{path} is not a usable prompt inverter: {str(exc)[:300]}") from None
-    texts = meta_field(metadata, "bank") or []
-    if texts and "bank.embeddings" in tensors:
-        inverter.bank = PromptBank(list(texts), tensors["bank.embeddings"].float())
-    inverter.dakl = DAKL.from_state(tensors)
-    return inverter.eval()

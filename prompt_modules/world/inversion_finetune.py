@@ -2,12 +2,16 @@
 
 The paper's second finding: the white-box inverter's U-Net encoder, fine-tuned on the inversion task and put
 back into the diffusion model, generates images that follow their prompts better. Here for WorldGen: the
-encoder half of its denoiser (:func:`~.model.worldgen_features` on the latent code at t=0, empty-caption
-context, as the white-box nodes use it) and a :class:`~.model.PromptInverter` head are trained together on the
+encoder half of its denoiser (:func:`~promptweave.prompt_modules.inversion.model.worldgen_features` on the latent
+code at t=0, empty-caption context, as the white-box nodes use it) and a
+:class:`~promptweave.prompt_modules.inversion.PromptInverter` head are trained together on the
 inversion loss (cosine + ``vocab_weight`` BCE + Huber, eq. of sec. 3). The encoder half is shared with the
 denoising path, and the paper does not say how the decoder half is kept matched to the changed encoder, so the
 standard denoising loss on the same pairs is kept alongside (``denoise_weight``; with ``inversion_weight=0``
 the same loop is the control: as much extra denoising training and no inversion task).
+
+It fine-tunes WorldGen, a world backbone, so it lives with the world (methods never import the world);
+``python -m promptweave.bench inversion_unet`` measures it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .losses import inversion_loss
-from .model import PromptInverter, worldgen_features
+from ..inversion.losses import inversion_loss
+from ..inversion.model import PromptInverter, worldgen_features
+from .gen_training import diffusion_loss
 
 
 @dataclass
@@ -62,8 +67,6 @@ def finetune_worldgen_unet(
     and ``labels`` ``[N, V]`` the prompts' MiniLM embeddings and vocabulary labels; ``head`` a white-box inverter
     trained on the frozen features (its ``feature_dim`` must match).
     """
-    from ..world.gen_training import diffusion_loss
-
     config = config or UNetFinetuneConfig()
     n = latents.shape[0]
     if not n == context.shape[0] == targets.shape[0] == labels.shape[0]:

@@ -1,6 +1,6 @@
 """Val pilot for the ``adaptation`` benchmark: one style, one method, chosen stage-2 settings (BENCHMARKS.md).
 
-    .venv/bin/python scripts/adaptation_pilot.py METHOD STYLE [--lr LR] [--steps N] [--batch-size B]
+    .venv/bin/python -m promptweave.bench.pilots.adaptation_pilot METHOD STYLE [--lr LR] [--steps N] [--batch-size B]
         [--lambda-domain L] [--seed S] [--mapper-file F] [--png out.png]
 
 Same setting as ``python -m promptweave.bench adaptation`` (WorldGen's decoder, latents sampled from flat
@@ -33,9 +33,17 @@ from promptweave.bench.adaptation import (
     source_content,
     style_prototypes,
 )
-from promptweave.prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, sample_worldgen_latents
-from promptweave.prompt_modules.adaptation.mapper import load_mapper, save_mapper
-from promptweave.prompt_modules.adaptation.model import PromptEncoder, nada_direction, train_mapper
+from promptweave.prompt_modules.adaptation import (
+    IPLConfig,
+    PromptEncoder,
+    WorldGenGenerator,
+    load_mapper,
+    nada_direction,
+    run_adaptation,
+    sample_worldgen_latents,
+    save_mapper,
+    train_mapper,
+)
 from promptweave.prompt_modules.world.models import load_world_models
 from promptweave.prompt_modules.world.zero_shot import single_object_scenes
 

@@ -1,6 +1,6 @@
 """How far the WorldGen LoRA moves under IPL and NADA at a given learning rate (a diagnostic for BENCHMARKS.md).
 
-    .venv/bin/python scripts/adaptation_lr_sweep.py METHOD LR STEPS [--mapper-steps N] [--png out.png]
+    .venv/bin/python -m promptweave.bench.pilots.adaptation_lr_sweep METHOD LR STEPS [--mapper-steps N] [--png out.png]
 
 Adapts WorldGen's decoder from "a flat illustration" to "a neon glow picture" (the ``adaptation`` benchmark's
 setting, one style) and prints, for 16 fixed source latents: the stage-2 loss at the start and the end, the
