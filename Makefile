@@ -16,6 +16,10 @@ lint: setup
 test: setup lint
 	PW_REQUIRE_COMFYUI=1 .venv/bin/pytest tests -p no:cacheprovider -ra
 
+# The quick loop while editing the library: lint and the unit tests not marked slow (well under a minute).
+test-fast: setup lint
+	.venv/bin/pytest tests/unit -m "not slow" -p no:cacheprovider -q
+
 demo: setup
 	$(PY) scripts/demo.py $(if $(SERVE),--serve,)
 

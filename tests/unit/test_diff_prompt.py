@@ -103,6 +103,7 @@ def test_mask_vae_shapes_and_errors(small_set):
         vae.encode(small_set.masks[:, None])
 
 
+@pytest.mark.slow
 def test_mask_vae_loss_decreases(small_set):
     result = train_mask_vae(small_set, VAE_CFG, steps=30, batch_size=8, progress=False)
     assert len(result.losses) == 30 and _decreases(result.losses)
@@ -183,6 +184,7 @@ def test_diff_prompt_shapes_and_frozen_parts(vlm, small_set, stages):
     assert ids.shape == (2, 8) and bool((ids < 49406).all())
 
 
+@pytest.mark.slow
 def test_prompt_stage_loss_decreases_and_only_prompts_train(vlm, small_set, stages):
     vae, dit = stages
     vlm_before = {k: v.clone() for k, v in vlm.clip.state_dict().items()}
@@ -329,6 +331,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_the_recipe_decides_batch_sizes_and_resumes_from_a_partial_bundle(vlm, small_set, tmp_path):
     seen = []
     full = train_diff_prompt(vlm, small_set, callback=lambda step, total, loss: seen.append((step, total)), **RECIPE)

@@ -326,6 +326,7 @@ def test_pretraining_fits_a_batch(vlm):
     assert after > before
 
 
+@pytest.mark.slow
 def test_soft_labels_keep_the_student_close_to_the_teacher(vlm, source):
     batch = source.batch(0, 999, 32)
     teacher_logits = (

@@ -290,6 +290,7 @@ def test_training_learns_and_decodes(toy):
     assert img.shape == (256, 512, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(toy, tmp_path):
     images, texts, vocab, targets, labels = toy
     cfg = small_config(epochs=2, curriculum=True)
@@ -367,9 +368,10 @@ def test_bench_baselines_run_on_a_tiny_vlm():
     assert torch.allclose(pred, train_t[:3], atol=1e-5)
 
 
-SHIPPED = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = Path(__file__).resolve().parents[2] / "weights"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["inverter-pixels-world.safetensors", "inverter-worldclip.safetensors"])
 def test_a_shipped_inverter_reads_the_image_and_beats_the_mean_prompt(name):
     """Guards against a collapsed head: an inverter that gives every image the same prompt scores like the mean
@@ -398,6 +400,7 @@ def test_a_shipped_inverter_reads_the_image_and_beats_the_mean_prompt(name):
     assert mean_cosine(predicted, truth) > mean_cosine(mean_prompt, truth) + 0.03
 
 
+@pytest.mark.slow
 def test_finetuning_the_worldgen_unet_on_inversion_leaves_the_inputs_and_lowers_the_loss():
     from promptweave.prompt_modules.core.vlm import VisionLanguageModel
     from promptweave.prompt_modules.inversion import worldgen_features

@@ -37,7 +37,7 @@ from promptweave.prompt_modules.world import (
 )
 from promptweave.prompt_modules.world.render import boxes_from_masks, secondary_shade, shape_template
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEEDS = range(0, 300)
 
 
@@ -245,6 +245,7 @@ def test_dataset_and_batch() -> None:
         WorldDataset("val", n=10**9)
 
 
+@pytest.mark.slow
 def test_preview_cli(tmp_path: Path) -> None:
     out = tmp_path / "p.png"
     res = subprocess.run(

@@ -26,7 +26,7 @@ from promptweave.prompt_modules.world.worldgen import (
     save_worldgen,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_GEN = ROOT / "weights" / "worldgen.safetensors"
 SHIPPED_CLIP = ROOT / "weights" / "worldclip.safetensors"
 
@@ -65,6 +65,7 @@ def test_shapes(vlm: VisionLanguageModel) -> None:
     assert features[-1].shape[0] == 2 and all(torch.isfinite(f).all() for f in features)
 
 
+@pytest.mark.slow
 def test_autoencoder_loss_decreases(vlm: VisionLanguageModel) -> None:
     gen = tiny_gen(vlm)
     log = train_autoencoder(gen, steps=30, batch_size=8, lr=3e-3, warmup=1, progress=False, stats_images=64)
@@ -73,6 +74,7 @@ def test_autoencoder_loss_decreases(vlm: VisionLanguageModel) -> None:
     assert gen.config.latent_scale > 0 and gen.config.latent_scale != 1.0
 
 
+@pytest.mark.slow
 def test_diffusion_loss_decreases_on_a_fixed_batch(vlm: VisionLanguageModel) -> None:
     gen = tiny_gen(vlm)
     g = torch.Generator().manual_seed(0)
@@ -167,6 +169,7 @@ def test_a_vlm_carrying_the_same_text_space_is_accepted(vlm: VisionLanguageModel
         gen.check_vlm(other_space)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(vlm: VisionLanguageModel, tmp_path: Path) -> None:
     base = tiny_gen(vlm)
     pool = build_pool(base, vlm, size=16, progress=False)
@@ -201,6 +204,7 @@ def test_resume_equals_uninterrupted(vlm: VisionLanguageModel, tmp_path: Path) -
 @pytest.mark.skipif(
     not (SHIPPED_GEN.is_file() and SHIPPED_CLIP.is_file()), reason="shipped WorldGen/WorldCLIP weights not built"
 )
+@pytest.mark.slow
 def test_shipped_worldgen_follows_colour_prompts() -> None:
     """A small real measurement (the full targets are measured by the benchmark, not here)."""
     from promptweave.prompt_modules.core.vlm import load_vlm

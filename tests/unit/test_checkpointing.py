@@ -111,6 +111,7 @@ train_dual_prompt(VisionLanguageModel("tiny", seed=0), WorldSource(config=config
 """
 
 
+@pytest.mark.slow
 def test_a_killed_training_process_leaves_a_checkpoint_that_resumes_exactly(tmp_path):
     """SIGKILL in the middle of training (no chance to clean up): the checkpoint under the real name is the last
     good one, and resuming from it gives the uninterrupted run's result bit for bit."""

@@ -225,6 +225,7 @@ def test_adaptive_layer_selection_trains_only_the_chosen_layers(vlm, worldgen, p
     assert changed == set(result.selected_layers)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_result(vlm, worldgen, pool, tmp_path):
     cfg = IPLConfig(**{**FAST, "steps": 4}, auto_layer_k=2)
     whole = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, cfg)
@@ -412,6 +413,7 @@ def test_bench_metrics_position_cells_and_diversity():
     assert STAGE2_LR["nada_same_lr"] == STAGE2_LR["ipl"]
 
 
+@pytest.mark.slow
 def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch):
     from promptweave.bench.adaptation import METRICS, STAGE2_LR, STYLE_TEXTS, run
 

@@ -28,7 +28,7 @@ from promptweave.testing.tiny import (
     tiny_autoencoder,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SENTENCES = ["a photo of a cat", "A RED Car, parked!", "naïve café 123, highly-detailed: 8k", ""]
 #: diffusers' default UNet2DConditionModel arguments are the full SD1.5 UNet apart from these
 SD15_FULL_UNET = {"block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8}
@@ -356,7 +356,9 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["bogus", str(out)])
 
 
-@pytest.mark.parametrize("module", ["tiny.py", "prompt_modules/vlm.py", "prompt_modules/tokenizer_files.py"])
+@pytest.mark.parametrize(
+    "module", ["testing/tiny.py", "prompt_modules/core/vlm.py", "prompt_modules/core/tokenizer_files.py"]
+)
 def test_no_comfyui_imports(module: str) -> None:
     tree = ast.parse((REPO / module).read_text(encoding="utf-8"))
     names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]

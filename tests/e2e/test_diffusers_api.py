@@ -16,7 +16,7 @@ from promptweave import diffusers_api as pw
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR
 from promptweave.testing.tiny import tiny_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

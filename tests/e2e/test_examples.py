@@ -13,7 +13,7 @@ from PIL import Image
 
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR, WORLDCLIP_FILE
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "diffusers_examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "diffusers_examples"
 SIZE = 64
 needs_worldclip = pytest.mark.skipif(
     not (WEIGHTS_DIR / WORLDCLIP_FILE).is_file(), reason="the shipped WorldCLIP weights are missing"
