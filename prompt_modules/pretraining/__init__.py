@@ -74,7 +74,7 @@ bundle files and the generic start of deep prompts from a bundle. The world's cl
 
 from ..core.data import IMAGE_EXTENSIONS, ClassBatch, ClassSource
 from .config import METHOD, QKV_FORMS, QKV_MODES, TOWERS, RPPConfig
-from .data import FolderClassSource, sample_class_subset
+from .data import FolderClassSource, read_class_map, sample_class_subset
 from .io import (
     PretrainedPromptBundle,
     as_bundle,
@@ -111,6 +111,7 @@ __all__ = [
     "pretrain_bundle",
     "pretrain_prompts",
     "project_qkv",
+    "read_class_map",
     "rpp_loss",
     "sample_class_subset",
     "save_pretrained_prompts",
