@@ -52,11 +52,14 @@ from .prompt_modules.core.vlm import VisionLanguageModel
 from .prompt_modules.diff_prompt import DiffPrompt, load_diff_prompt
 from .prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, rank_images, rank_texts
 from .prompt_modules.inversion import (
+    PIXELS,
     MissingEncoderInput,
     PromptInverter,
     UNetEncoder,
     image_features,
     load_inverter,
+    save_inverter,
+    train_inverter_on_prompts,
 )
 from .prompt_modules.pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
 from .prompt_modules.world.models import load_world_models, load_worldclip
@@ -90,6 +93,7 @@ __all__ = [
     "rank_texts",
     "to_pil",
     "to_tensor",
+    "train_inverter",
     "white_box_features",
 ]
 
@@ -218,6 +222,35 @@ def invert_images(
         raise ValueError(f"this inverter reads '{inverter.backbone}' features: {needs}") from None
     inverter.check_backbone(name)
     return inverter.invert(features)
+
+
+def train_inverter(
+    images: ImagesLike,
+    prompts: Sequence[str],
+    *,
+    vlm: VisionLanguageModel | None = None,
+    pipe: StableDiffusionPipeline | None = None,
+    out: str | os.PathLike[str] | None = None,
+    **recipe: Any,
+) -> PromptInverter:
+    """Train a prompt inverter on images and their prompts (Croitoru et al., sec. 3), the recipe of ComfyUI's
+    Train Prompt Inverter (:func:`~promptweave.prompt_modules.inversion.train_inverter_on_prompts`; ``recipe``:
+    ``vocab_size``, ``epochs``, ``batch_size``, ``lr``, ``hidden_width``, ``curriculum``, ``seed``, checkpointing).
+
+    The image encoder: ``vlm``'s image features when given, else the pipeline's own U-Net (the white box,
+    :func:`white_box_features`) when ``pipe`` is given, else a trainable pixel encoder. Saved to ``out`` if given.
+    """
+    pixels = to_tensor(images)
+    if vlm is not None:
+        name, inputs = image_features(f"vlm:{vlm.name}", pixels, vlm=vlm)
+    elif pipe is not None:
+        name, inputs = white_box_features(pipe, pixels)
+    else:
+        name, inputs = PIXELS, pixels
+    inverter = train_inverter_on_prompts(inputs.float().cpu(), list(prompts), name, **recipe).inverter
+    if out is not None:
+        save_inverter(inverter, out)
+    return inverter
 
 
 #: What :func:`invert_images` asks for when an image encoder's input is missing (``MissingEncoderInput.input``).

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError, read_metadata
+from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError, ConfigError, read_metadata
 from ..prompt_modules.inversion import (
-    PIXELS,
-    InverterConfig,
     LDMUNetEncoder,
     MissingEncoderInput,
+    PixelEncoder,
     UnknownImageEncoder,
-    Vocabulary,
     image_features,
     load_inverter,
     load_pair_folder,
     loss_curve_image,
-    prompt_targets,
     save_inverter,
-    train_inverter,
+    train_inverter_on_prompts,
 )
-from ..prompt_modules.inversion import targets as inversion_targets
 from ._common import (
     NodeInputError,
     TrainingProgress,
@@ -86,6 +83,27 @@ def _sd_unet_encoder(node: str, model, vae, clip) -> LDMUNetEncoder:
         return LDMUNetEncoder(unet, int(context.shape[-1]), to_latents=to_latents, context=context)
     except ValueError as exc:
         raise NodeInputError(node, "model", str(exc), "use an SD1.x or SD2.x checkpoint") from None
+
+
+#: The pixel CNN's input size (PixelEncoder resizes to it), the size a ``pixels`` inverter's images are read at.
+_PIXEL_SIZE = int(inspect.signature(PixelEncoder).parameters["size"].default)
+#: Stable Diffusion 1.x/2.x's base resolution: a dataset for the white-box ``sd_unet`` encoder is read at it.
+_SD_SIZE = 512
+
+
+def _dataset_size(backbone: str, vlm, clip_vision, worldgen) -> int:
+    """The side a dataset folder's images are read at: the chosen encoder's own resolution (the VLM's
+    ``image_size``, CLIP vision's, WorldGen's, the pixel CNN's, SD's 512), so training sees the images inference
+    sees; nothing is 64 px unless the model is."""
+    if backbone == "vlm" and vlm is not None:
+        return int(vlm.image_size)
+    if backbone == "clip_vision" and clip_vision is not None:
+        return int(getattr(clip_vision, "image_size", 224))
+    if backbone == "worldgen" and worldgen is not None:
+        return int(getattr(getattr(worldgen, "config", None), "image_size", 64))
+    if backbone == "sd_unet":
+        return _SD_SIZE
+    return _PIXEL_SIZE
 
 
 #: How to connect what an image encoder is missing (MissingEncoderInput.kind -> fix).
@@ -293,7 +311,8 @@ class TrainPromptInverter(io.ComfyNode):
         folder = (dataset_folder or "").strip()
         if folder:
             try:
-                pixels, texts = load_pair_folder(os.path.expanduser(folder))
+                size = _dataset_size(backbone, vlm, clip_vision, worldgen)
+                pixels, texts = load_pair_folder(os.path.expanduser(folder), size)
             except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
                 raise NodeInputError(node, "dataset_folder", str(exc),
                                      "point it at a folder holding image.png + image.txt pairs") from None
@@ -306,43 +325,35 @@ class TrainPromptInverter(io.ComfyNode):
         else:
             raise NodeInputError(node, "dataset_folder", "no training data", "set a dataset folder of image.png + "
                                  "image.txt pairs, or connect images and write their prompts")
-        if len(texts) < 2:  # the head's BatchNorm layers cannot train on a single sample
-            raise NodeInputError(node, "dataset_folder" if folder else "images", "there is only one training pair",
-                                 "give at least two image/prompt pairs")
-        if batch_size < 2:
-            raise NodeInputError(node, "batch_size", "the inverter's BatchNorm layers cannot train on batches of one",
-                                 "use a batch_size of 2 or more")
-        try:
-            vocab = Vocabulary.build(texts, size=vocab_size)
-        except ValueError as exc:
-            raise NodeInputError(node, "prompts", str(exc), "use descriptive prompts") from None
         # no captions as WorldGen context: Prompt Inversion has none at inference either (empty caption both ways)
         name, inputs = _features(node, backbone, pixels, vlm, clip_vision, worldgen, model=model, vae=vae, clip=clip)
+        target = output_model_path(node, "filename", stem)
+        settings = [vocab_size, epochs, batch_size, learning_rate, hidden_width, curriculum, seed]
+        ckpt = run_checkpoint(stem, [name, settings, texts, tensors_key({"inputs": inputs})])
         try:
-            targets, labels = prompt_targets(texts, vocab, inversion_targets.default_embedder())
+            result = train_inverter_on_prompts(
+                inputs, texts, name, vocab_size=vocab_size, epochs=epochs, batch_size=batch_size, lr=learning_rate,
+                hidden_width=hidden_width, curriculum=curriculum, seed=seed, checkpoint_path=ckpt,
+                checkpoint_every=checkpoint_every, callback=TrainingProgress(),
+            )
+        except ConfigError as exc:
+            input_name = {"texts": "dataset_folder" if folder else "prompts"}.get(exc.field, exc.field)
+            raise NodeInputError(node, input_name, str(exc), _TRAIN_FIXES.get(exc.field, "change this input")) from None
         except ImportError as exc:
             raise NodeInputError(node, "(MiniLM)", str(exc), "install the packages named above") from None
-        config = InverterConfig(
-            backbone=name, feature_dim=128 if name == PIXELS else int(inputs.shape[1]),
-            hidden=(hidden_width, hidden_width), epochs=epochs, batch_size=batch_size, lr=learning_rate,
-            curriculum=curriculum, seed=seed, dropout=0.5 if name != PIXELS else 0.1,
-        )
-        target = output_model_path(node, "filename", stem)
-        data_key = tensors_key({"inputs": inputs, "targets": targets})
-        ckpt = run_checkpoint(stem, [name, config.to_dict(), vocab.words, data_key])
-        callback = TrainingProgress()
-        with torch.inference_mode(False), torch.enable_grad():
-            inputs_t, targets_t, labels_t = inputs.clone(), targets.clone(), labels.clone()
-            try:
-                result = train_inverter(inputs_t, targets_t, labels_t, config, vocab, texts=texts,
-                                        checkpoint_path=ckpt, checkpoint_every=checkpoint_every, callback=callback)
-            except ArtifactError as exc:
-                raise NodeInputError(node, "filename", f"the checkpoint {ckpt} does not fit this run: {exc}",
-                                     f"delete {ckpt} or choose another filename") from None
+        except ArtifactError as exc:
+            raise NodeInputError(node, "filename", f"the checkpoint {ckpt} does not fit this run: {exc}",
+                                 f"delete {ckpt} or choose another filename") from None
         path = save_inverter(result.inverter, target)
         ckpt.unlink(missing_ok=True)
         curve = loss_curve_image(result.losses).unsqueeze(0)
         return io.NodeOutput(result.inverter, curve, str(path))
 
+
+#: The fix a Train Prompt Inverter error suggests, by the recipe's ``ConfigError.field``.
+_TRAIN_FIXES = {
+    "texts": "give at least two image/prompt pairs with descriptive prompts, one prompt per image",
+    "batch_size": "use a batch_size of 2 or more",
+}
 
 NODES: list[type[io.ComfyNode]] = [LoadPromptInverter, PromptInversion, TrainPromptInverter]

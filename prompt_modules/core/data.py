@@ -30,26 +30,49 @@ def list_images(folder: str | os.PathLike[str], what: str = "dataset folder") ->
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def load_image(path: str | os.PathLike[str], size: int | None = None) -> torch.Tensor:
-    """An RGB image ``[3, H, W]`` in 0..1. With ``size``: the short side resized to ``size`` (bicubic) and the
-    centre ``size x size`` crop taken, the way CLIP preprocesses; without: the image at its own size.
-    An unreadable file is a ``ValueError`` naming it."""
+#: How :func:`load_image` brings an image to ``size x size``: ``"crop"`` resizes the short side and takes the
+#: centre (CLIP's preprocessing), ``"stretch"`` resizes the whole image (what box and mask annotations need).
+FITS = ("crop", "stretch")
+
+
+def load_image(path: str | os.PathLike[str], size: int | None = None, *, fit: str = "crop") -> torch.Tensor:
+    """An RGB image ``[3, H, W]`` in 0..1: at its own size without ``size``; with ``size``, brought to
+    ``size x size`` by ``fit`` (:data:`FITS`): ``"crop"`` resizes the short side (bicubic) and centre-crops, the way
+    CLIP preprocesses; ``"stretch"`` resizes the whole image (bilinear; a large JPEG is decoded at a reduced scale
+    that is still at least ``size``, so big photos load fast). An unreadable file is a ``ValueError`` naming it."""
     from PIL import Image
 
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
     path = Path(path)
     try:
         with Image.open(path) as im:
+            if size is not None and fit == "stretch" and im.format == "JPEG":
+                im.draft("RGB", (size, size))
             im = im.convert("RGB")
-            if size is not None:
+            if size is not None and fit == "crop":
                 scale = size / min(im.size)
                 w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
                 im = im.resize((w, h), Image.BICUBIC)
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
+            elif size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
             array = np.asarray(im, dtype=np.float32) / 255.0
     except OSError as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def image_file_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header. An unreadable file is a ``ValueError``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
 
 
 def load_mask(path: str | os.PathLike[str]) -> torch.Tensor:

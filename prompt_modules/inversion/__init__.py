@@ -28,7 +28,16 @@ Quick start::
 from .config import TARGET_DIM, InverterConfig
 from .curriculum import curriculum_subsets, weighted_scores
 from .dakl import DAKL, cosine_kernel, kmeans
-from .data import load_pair_folder, prompt_targets
+from .data import (
+    IMAGE_COLUMNS,
+    PROMPT_COLUMNS,
+    ManifestPair,
+    load_pair_folder,
+    load_pair_manifest,
+    load_pairs,
+    prompt_targets,
+    read_pair_manifest,
+)
 from .decode import IVFIndex, PromptBank, compose_prompt, fit_calibration, keywords
 from .encoders import ENCODER_KINDS, MissingEncoderInput, UnknownImageEncoder, encoder_kind, image_features
 from .io import METHOD, load_inverter, save_inverter
@@ -45,15 +54,16 @@ from .model import (
     worldgen_features,
 )
 from .targets import MiniLMEmbedder, default_embedder, mean_cosine
-from .train import TrainResult, finish, loss_curve_image, train_inverter
+from .train import TrainResult, finish, loss_curve_image, train_inverter, train_inverter_on_prompts
 from .vocabulary import STOP_WORDS, Vocabulary, content_words
 
 __all__ = [
-    "DAKL", "ENCODER_KINDS", "IVFIndex", "InverterConfig", "LDMUNetEncoder", "METHOD", "MiniLMEmbedder",
-    "MissingEncoderInput", "PIXELS", "PixelEncoder", "PromptBank", "PromptInverter", "STOP_WORDS", "TARGET_DIM",
-    "TrainResult", "UNetEncoder", "UnknownImageEncoder", "VLMImageEncoder", "Vocabulary", "WorldGenEncoder",
-    "check_images", "compose_prompt", "content_words", "cosine_kernel", "curriculum_subsets", "default_embedder",
-    "encoder_kind", "finish", "fit_calibration", "image_features", "inversion_loss", "keywords", "kmeans",
-    "load_inverter", "load_pair_folder", "loss_curve_image", "mean_cosine", "prompt_targets", "save_inverter",
-    "train_inverter", "weighted_scores", "worldgen_features",
+    "DAKL", "ENCODER_KINDS", "IMAGE_COLUMNS", "IVFIndex", "InverterConfig", "LDMUNetEncoder", "METHOD",
+    "MiniLMEmbedder", "ManifestPair", "MissingEncoderInput", "PIXELS", "PROMPT_COLUMNS", "PixelEncoder", "PromptBank",
+    "PromptInverter", "STOP_WORDS", "TARGET_DIM", "TrainResult", "UNetEncoder", "UnknownImageEncoder",
+    "VLMImageEncoder", "Vocabulary", "WorldGenEncoder", "check_images", "compose_prompt", "content_words",
+    "cosine_kernel", "curriculum_subsets", "default_embedder", "encoder_kind", "finish", "fit_calibration",
+    "image_features", "inversion_loss", "keywords", "kmeans", "load_inverter", "load_pair_folder", "load_pair_manifest",
+    "load_pairs", "loss_curve_image", "mean_cosine", "prompt_targets", "read_pair_manifest", "save_inverter",
+    "train_inverter", "train_inverter_on_prompts", "weighted_scores", "worldgen_features",
 ]

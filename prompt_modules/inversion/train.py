@@ -22,15 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.artifacts import ArtifactError
+from ..core.artifacts import ArtifactError, ConfigError
 from ..core.checkpointing import load_training_state, save_training_state
 from ..core.plots import loss_curve_image  # noqa: F401  (re-exported)
 from .config import InverterConfig
 from .curriculum import curriculum_subsets, weighted_scores
 from .dakl import DAKL
+from .data import prompt_targets
 from .decode import PromptBank, fit_calibration
 from .losses import inversion_loss
-from .model import PromptInverter
+from .model import PIXELS, PromptInverter
+from .targets import TextEmbedder, default_embedder
 from .vocabulary import Vocabulary
 
 StepCallback = Callable[[int, int, float], None]
@@ -196,3 +198,58 @@ def finish(
         inverter.dakl = DAKL.fit(emb, targets, clusters=dakl_clusters, seed=seed)
 
 
+
+
+def train_inverter_on_prompts(
+    inputs: torch.Tensor,
+    texts: Sequence[str],
+    backbone: str,
+    *,
+    vocab_size: int = 1000,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    hidden_width: int = 512,
+    curriculum: bool = True,
+    seed: int = 0,
+    embedder: TextEmbedder | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 200,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """The recipe behind Train Prompt Inverter and ``diffusers_api.train_inverter``: image features (or pixels,
+    ``backbone == "pixels"``) and their prompts -> vocabulary of the prompts' content words (sec. 3.2), MiniLM
+    targets (sec. 3.1) -> :func:`train_inverter` with a two-layer head of ``hidden_width`` (dropout 0.5 on
+    features, 0.1 on the pixel encoder). A plan that cannot work raises :class:`ConfigError` naming the argument.
+
+    Runs with inference mode off and gradients on (so it works inside a ComfyUI node).
+    """
+    texts = [t.strip() for t in texts]
+    if len(texts) != inputs.shape[0]:
+        raise ConfigError("texts", f"{len(texts)} prompts for {inputs.shape[0]} images: give one prompt per image")
+    if len(texts) < 2:  # the head's BatchNorm layers cannot train on a single sample
+        raise ConfigError("texts", "there is only one training pair: give at least two image/prompt pairs")
+    if batch_size < 2:
+        raise ConfigError("batch_size", "the inverter's BatchNorm layers cannot train on batches of one")
+    try:
+        vocabulary = Vocabulary.build(texts, size=vocab_size)
+    except ValueError as exc:
+        raise ConfigError("texts", str(exc)) from None
+    targets, labels = prompt_targets(texts, vocabulary, embedder or default_embedder())
+    config = InverterConfig(
+        backbone=backbone,
+        feature_dim=128 if backbone == PIXELS else int(inputs.shape[1]),
+        hidden=(hidden_width, hidden_width),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        curriculum=curriculum,
+        seed=seed,
+        dropout=0.5 if backbone != PIXELS else 0.1,
+    )
+    with torch.inference_mode(False), torch.enable_grad():
+        return train_inverter(
+            inputs.clone(), targets.clone(), labels.clone(), config, vocabulary, texts=texts,
+            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, callback=callback, progress=progress,
+        )

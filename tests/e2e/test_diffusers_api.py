@@ -143,3 +143,26 @@ def test_the_readme_calls_only_functions_that_exist():
     names = set(re.findall(r"\bpw\.(\w+)", (ROOT / "README.md").read_text(encoding="utf-8")))
     assert {"load_pipeline", "generate", "invert_images", "adapt_to_domain", "ground"} <= names
     assert all(name in pw.__all__ for name in names), sorted(names - set(pw.__all__))
+
+
+def test_train_inverter_runs_the_node_recipe_on_pixels_and_on_vlm_features(tmp_path):
+    """diffusers_api.train_inverter trains what Train Prompt Inverter trains, from PIL images and prompts."""
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.inversion import load_inverter
+
+    generator = torch.Generator().manual_seed(0)
+    images = pw.to_pil(torch.rand(6, 3, 32, 32, generator=generator))
+    prompts = ["a red star", "a blue star", "a red square", "a blue square", "a green star", "a green square"]
+    out = tmp_path / "inv.safetensors"
+    inverter = pw.train_inverter(images, prompts, epochs=2, batch_size=4, vocab_size=8, out=out)
+    assert inverter.backbone == "pixels" and out.is_file()
+    assert load_inverter(out).backbone == "pixels"
+    result = pw.invert_images(inverter, images[:2])
+    assert len(result) == 2 and isinstance(result[0]["prompt"], str) and result[0]["prompt"]
+
+    vlm = VisionLanguageModel("tiny", seed=0)
+    on_vlm = pw.train_inverter(images, prompts, vlm=vlm, epochs=2, batch_size=4, vocab_size=8)
+    assert on_vlm.backbone == f"vlm:{vlm.name}"
+    assert len(pw.invert_images(on_vlm, images[:1], vlm=vlm)) == 1
+    with pytest.raises(ValueError, match="one prompt per image"):
+        pw.train_inverter(images, prompts[:5], epochs=1, batch_size=4)
