@@ -38,13 +38,14 @@ KS = (1, 5, 10)
 def variants() -> dict[str, DualPromptConfig | None]:
     """The method (``dcar``) and its baselines; ``None`` = zero-shot."""
     plain = {"token_reweighting": False, "category_aware": False}
+    depth = {"text_depth": 2, "visual_depth": 2}  # WorldCLIP's benchmarked depth (the library's 0.75 rule gives 3)
     return {
         "zero_shot": None,
         "coop": DualPromptConfig(n_text=4, n_visual=0, text_depth=1, visual_depth=0, coupling=False, **plain),
-        "maple": DualPromptConfig(**plain),
-        "dcar_mi_only": DualPromptConfig(token_reweighting=True, category_aware=False),
-        "dcar_category_only": DualPromptConfig(token_reweighting=False, category_aware=True),
-        "dcar": DualPromptConfig(),
+        "maple": DualPromptConfig(**plain, **depth),
+        "dcar_mi_only": DualPromptConfig(token_reweighting=True, category_aware=False, **depth),
+        "dcar_category_only": DualPromptConfig(token_reweighting=False, category_aware=True, **depth),
+        "dcar": DualPromptConfig(**depth),
     }
 
 

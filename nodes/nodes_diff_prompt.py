@@ -103,6 +103,13 @@ def _plan_error_input(field: str, first_stage: str) -> tuple[str, str]:
         "stages": ("stage", f"train {list(earlier_stages(first_stage))} first"),
         "previous": ("bundle_name", "train stage 'vae' (then 'dit') into this bundle first"),
         "vlm": ("vlm", "connect that VLM, or retrain stage 'dit'"),
+        "ddim_steps": ("ddim_steps", "use at least one DDIM step per prompted layer, or 0 (automatic)"),
+        "keep_steps": ("ddim_steps", "use 0 (automatic) or at least one DDIM step per prompted layer"),
+        "prompted_layers": ("prompted_layers", "use 0 (automatic) or at most the VLM's layers"),
+        "text_depth": ("prompted_layers", "use 0 (automatic) or at most the VLM's layers"),
+        "visual_depth": ("prompted_layers", "use 0 (automatic) or at most the VLM's layers"),
+        "lr": ("learning_rate", "use a learning rate > 0, or 0 (each stage's default)"),
+        "mask_size": ("mask_size", "use 0 (automatic: the VLM's image size) or a multiple of 16"),
     }.get(field, ("stage", "check the stage and the bundle"))
 
 
@@ -301,7 +308,11 @@ class TrainDiffPrompt(io.ComfyNode):
             "the Mask-VAE, 'dit' the DiT prompt generator (needs the VAE in the bundle), 'prompt' the adapters, "
             "global prompts and grounding head (needs both). Resumes from its checkpoint when run again.",
             inputs=[
-                VLMType.Input("vlm", tooltip="The frozen VLM (WorldCLIP from Load World Models); unused by 'vae'."),
+                VLMType.Input(
+                    "vlm",
+                    tooltip="The frozen VLM (WorldCLIP from Load World Models, or a loaded CLIP); stage 'vae' reads "
+                    "only its image size (the automatic mask size).",
+                ),
                 io.Combo.Input(
                     "stage",
                     options=STAGE_CHOICES,
@@ -349,6 +360,46 @@ class TrainDiffPrompt(io.ComfyNode):
                     tooltip="Optional RPP pretrained prompts (Pretrain Prompts or Load Pretrained Prompts, made for "
                     "this VLM): stage 'prompt' starts its global prompts from them.",
                 ),
+                io.Int.Input(
+                    "ddim_steps",
+                    default=0,
+                    min=0,
+                    max=200,
+                    optional=True,
+                    tooltip="DDIM steps of the prompt generator (stage 'prompt'); 0 = automatic (10; the paper "
+                    "uses 25). Needs at least one step per prompted layer.",
+                ),
+                io.Int.Input(
+                    "prompted_layers",
+                    default=0,
+                    min=0,
+                    max=64,
+                    optional=True,
+                    tooltip="Layers (from the first) of each tower that get prompts (stage 'prompt'; a shallower "
+                    "tower prompts all of its layers); 0 = automatic: every layer, at most 9 (the paper's) and at "
+                    "most the DDIM steps.",
+                ),
+                io.Float.Input(
+                    "learning_rate",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=1e-5,
+                    optional=True,
+                    tooltip="AdamW learning rate of every trained stage; 0 = each stage's default (vae 1e-3, dit "
+                    "3e-4, prompt 1e-3; the paper uses 1e-4).",
+                ),
+                io.Int.Input(
+                    "mask_size",
+                    default=0,
+                    min=0,
+                    max=256,
+                    step=16,
+                    optional=True,
+                    tooltip="Side of the masks the Mask-VAE encodes (stage 'vae'; later stages use the bundle's); "
+                    "0 = automatic: the VLM's image size rounded to 16, within 64..224 (the paper's 224). A "
+                    "multiple of 16.",
+                ),
             ],
             outputs=[
                 DiffPromptType.Output(
@@ -376,6 +427,10 @@ class TrainDiffPrompt(io.ComfyNode):
         masks=None,
         expressions: str = "",
         pretrained_prompts=None,
+        ddim_steps: int = 0,
+        prompted_layers: int = 0,
+        learning_rate: float = 0.0,
+        mask_size: int = 0,
     ) -> io.NodeOutput:
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
@@ -400,6 +455,8 @@ class TrainDiffPrompt(io.ComfyNode):
         settings = [vlm.name, source, path, batch_size, seed, bundle_name, steps, len(getattr(data, "texts", []))]
         if init_key is not None:  # appended only when given, so earlier runs' checkpoints still resume
             settings.append(init_key)
+        knobs = {"ddim": ddim_steps, "layers": prompted_layers, "lr": learning_rate, "mask": mask_size}
+        settings += [f"{name}-{value}" for name, value in knobs.items() if value]  # likewise: only when set
 
         def checkpoint(name: str) -> Path:
             stage_batch = stage_batch_size(name, batch_size)
@@ -424,6 +481,10 @@ class TrainDiffPrompt(io.ComfyNode):
                 callback=TrainingProgress(steps * len(stages)),
                 progress=False,
                 init_prompts=pretrained_prompts,
+                ddim_steps=ddim_steps or None,
+                prompted_layers=prompted_layers or None,
+                lr=learning_rate or None,
+                mask_size=mask_size or None,
             )
         except ConfigError as exc:
             input_name, fix = _plan_error_input(exc.field, stages[0])

@@ -113,7 +113,9 @@ class TrainDualPrompt(io.ComfyNode):
                 io.Int.Input("n_visual", default=4, min=0, max=32,
                              tooltip="Learned image prompt tokens (must equal n_text when coupled)."),
                 io.Int.Input("depth", default=2, min=0, max=24,
-                             tooltip="Layers (from the first) that get their own prompt vectors in both towers."),
+                             tooltip="Layers (from the first) that get their own prompt vectors in both towers "
+                             "(capped at each tower's layers). Kept at 2 for saved workflows; MaPLe prompts 9 of 12 "
+                             "layers, the library's default when no depth is given is round(0.75 x layers)."),
                 io.String.Input("save_name", default="dcar_prompt",
                                 tooltip="File name in models/promptweave (no extension); empty: do not save."),
                 PretrainedPromptsType.Input(

@@ -1,16 +1,48 @@
 """Dataclass configs of Diff-Prompt's three stages (Yan et al., ICLR 2025, arXiv 2504.21423).
 
 Defaults are the paper's structure scaled to the procedural world (64x64 images and masks, a 4-layer VLM) so
-that every stage trains on two CPU cores; the paper's sizes are noted field by field.
+that every stage trains on two CPU cores; the paper's sizes are noted field by field. The defaults fit a VLM of any
+depth and image size: the prompted layers are capped by the tower's depth, by the paper's 9 and by the DDIM steps
+(:meth:`PromptConfig.depths`), and the recipe (:func:`~.train.train_diff_prompt`) sizes the masks from the VLM's
+image size (:func:`mask_size_for_image`). A value that cannot work raises
+:class:`~promptweave.prompt_modules.core.artifacts.ConfigError` naming the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..core.artifacts import config_from_dict
+from ..core.artifacts import ConfigError, config_from_dict
+
+#: The layers the paper prompts (9 of GLIP-T's 12): the cap of the automatic prompt depth.
+PAPER_PROMPTED_LAYERS = 9
+#: Bounds of the automatic mask size (:func:`mask_size_for_image`): the world's 64 and the paper's 224.
+MIN_AUTO_MASK_SIZE, MAX_AUTO_MASK_SIZE = 64, 224
+
+
+def mask_size_for_image(image_size: int, multiple: int = 16) -> int:
+    """The automatic mask size for a VLM of ``image_size`` pixels: the image size rounded to a ``multiple`` (the
+    Mask-VAE's down-sampling times the DiT's patch: 8 * 2 for the defaults) and kept within
+    :data:`MIN_AUTO_MASK_SIZE` .. :data:`MAX_AUTO_MASK_SIZE` (64 .. 224: a 64 px world model keeps 64 px masks, a
+    224 px CLIP gets the paper's 224 x 224 masks and 28 x 28 latents, larger images are not worth bigger masks)."""
+    if image_size < 1 or multiple < 1:
+        raise ConfigError("mask_size", f"image size {image_size} and multiple {multiple} must be positive")
+    low = -(-MIN_AUTO_MASK_SIZE // multiple) * multiple
+    high = max(low, MAX_AUTO_MASK_SIZE // multiple * multiple)
+    return int(min(max(int(image_size / multiple + 0.5) * multiple, low), high))
+
+
+def check_lr(lr: float, field: str = "lr") -> None:
+    """Refuse a learning rate that is not a finite number > 0 (:class:`ConfigError` naming ``field``)."""
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(lr, bool) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(field, f"{field} must be a finite number > 0, got {lr!r}")
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -25,6 +57,8 @@ def _from_dict(cls, data: dict[str, Any]):
 class MaskVAEConfig:
     """Stage 1: a 1-channel ``AutoencoderKL`` (paper sec. 3.1: blocks 4, 8, 16, 16; 4 latent channels; a 224
     mask becomes a 4x28x28 latent). Here a 64x64 mask becomes a 4x8x8 latent (three down-samplings).
+    ``mask_size`` 64 is the world's; :meth:`for_image_size` (what :func:`~.train.train_diff_prompt` uses when no
+    config is given) sizes the masks from the VLM's image size instead (224 px CLIP: the paper's 224).
 
     The block widths are the paper's; ``norm_num_groups`` is 4 so that GroupNorm fits the 4-channel block.
 
@@ -43,12 +77,24 @@ class MaskVAEConfig:
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(
+            raise ConfigError(
+                "block_out_channels",
                 f"every block width {self.block_out_channels} must be divisible by norm_num_groups "
-                f"{self.norm_num_groups}"
+                f"{self.norm_num_groups}",
             )
-        if self.mask_size % self.downsample:
-            raise ValueError(f"mask_size {self.mask_size} is not a multiple of the down-sampling {self.downsample}")
+        if self.mask_size < 1 or self.mask_size % self.downsample:
+            raise ConfigError(
+                "mask_size",
+                f"mask_size {self.mask_size} is not a positive multiple of the down-sampling {self.downsample}",
+            )
+        check_lr(self.lr)
+
+    @classmethod
+    def for_image_size(cls, image_size: int, patch_size: int = 2, **fields: Any) -> MaskVAEConfig:
+        """A config whose ``mask_size`` follows a VLM's ``image_size`` (:func:`mask_size_for_image`, a multiple of
+        the down-sampling times the DiT's ``patch_size``); ``fields`` set the others."""
+        probe = cls(**fields)
+        return dataclasses.replace(probe, mask_size=mask_size_for_image(image_size, probe.downsample * patch_size))
 
     @property
     def downsample(self) -> int:
@@ -98,11 +144,16 @@ class DiTConfig:
 
     def __post_init__(self) -> None:
         if self.latent_size % self.patch_size:
-            raise ValueError(f"latent_size {self.latent_size} is not a multiple of patch_size {self.patch_size}")
+            raise ConfigError(
+                "latent_size",
+                f"latent_size {self.latent_size} is not a multiple of patch_size {self.patch_size} (mask sizes must "
+                f"be multiples of the Mask-VAE's down-sampling times {self.patch_size})",
+            )
         if self.hidden % self.heads:
-            raise ValueError(f"hidden {self.hidden} is not divisible by {self.heads} heads")
+            raise ConfigError("hidden", f"hidden {self.hidden} is not divisible by {self.heads} heads")
         if self.num_timesteps < 2:
-            raise ValueError("num_timesteps must be at least 2")
+            raise ConfigError("num_timesteps", "num_timesteps must be at least 2")
+        check_lr(self.lr)
 
     @property
     def tokens(self) -> int:
@@ -126,12 +177,17 @@ class PromptConfig:
     Paper: DDIM 25 steps; one kept latent per prompted layer (9 layers of GLIP-T); 4 generated tokens per layer
     and modality from a small conv adapter, plus 4 learnable global tokens per layer; AdamW 1e-4, wd 0.05.
 
-    ``text_depth`` / ``visual_depth`` (``None``: every layer of that tower) are the prompted layers; the
-    generator keeps ``max(text_depth, visual_depth)`` latents, layer ``i`` of both towers reads kept latent
-    ``i``. ``keep_steps`` (0-based DDIM step indices, ascending) picks them; ``None`` spreads them evenly over the
-    trajectory, ending with the last step. ``kept="pred_x0"`` decodes the clean latent the DiT predicts at that
-    step, ``"latent"`` the noisy DDIM state itself (closer to the paper's wording, noisier masks). The ablation
-    "no global prompts" is ``n_global = 0``; ``n_generated = 0`` leaves static global prompts only (VPT-deep).
+    ``text_depth`` / ``visual_depth`` are the prompted layers of each tower (from the first). ``None`` (the
+    default) is automatic and fits any VLM: every layer of the tower, but at most ``max_depth`` (9, the paper's
+    prompted layers; ``None``: no cap) and, when prompts are generated, at most the DDIM steps (one kept latent per
+    layer), so a 4-layer world model prompts all 4 layers and a 12- or 24-layer CLIP its first 9. A given depth is
+    used as it is and must fit the tower and the DDIM steps. :class:`~.model.DiffPrompt` stores the resolved depths
+    in its config (the bundle records them). The generator keeps ``max(text_depth, visual_depth)`` latents, layer
+    ``i`` of both towers reads kept latent ``i``. ``keep_steps`` (0-based DDIM step indices, ascending) picks them;
+    ``None`` spreads them evenly over the trajectory, ending with the last step. ``kept="pred_x0"`` decodes the
+    clean latent the DiT predicts at that step, ``"latent"`` the noisy DDIM state itself (closer to the paper's
+    wording, noisier masks). The ablation "no global prompts" is ``n_global = 0``; ``n_generated = 0`` leaves
+    static global prompts only (VPT-deep).
     ``ddim_steps`` is 10 (paper 25) to keep CPU inference affordable; ``lr`` 1e-3 (paper 1e-4) for short runs.
     ``init_from``: a pretrained prompt bundle (RPP, :mod:`~..pretraining`) whose prompts start the global
     prompts (:func:`~.model.init_diff_prompt_from_bundle`); ``""``: the plain initialisation.
@@ -154,22 +210,31 @@ class PromptConfig:
     mask_loss_weight: float = 1.0
     box_loss_weight: float = 2.0
     init_from: str = ""
+    max_depth: int | None = PAPER_PROMPTED_LAYERS
 
     def __post_init__(self) -> None:
         if self.n_generated < 0 or self.n_global < 0:
-            raise ValueError("n_generated and n_global must be >= 0")
+            raise ConfigError(
+                "n_generated" if self.n_generated < 0 else "n_global", "n_generated and n_global must be >= 0"
+            )
+        for name in ("text_depth", "visual_depth", "max_depth"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(name, f"{name} must be >= 0 (or None: automatic), got {value}")
         if self.ddim_steps < 1:
-            raise ValueError("ddim_steps must be at least 1")
+            raise ConfigError("ddim_steps", f"ddim_steps must be at least 1, got {self.ddim_steps}")
+        check_lr(self.lr)
         if self.kept not in ("pred_x0", "latent"):
-            raise ValueError(f"kept must be 'pred_x0' or 'latent', got {self.kept!r}")
+            raise ConfigError("kept", f"kept must be 'pred_x0' or 'latent', got {self.kept!r}")
         if self.keep_steps is not None:
             self.keep_steps = tuple(int(s) for s in self.keep_steps)
             if list(self.keep_steps) != sorted(set(self.keep_steps)) or not all(
                 0 <= s < self.ddim_steps for s in self.keep_steps
             ):
-                raise ValueError(
+                raise ConfigError(
+                    "keep_steps",
                     f"keep_steps {self.keep_steps} must be ascending, distinct DDIM step indices in "
-                    f"0..{self.ddim_steps - 1}"
+                    f"0..{self.ddim_steps - 1}",
                 )
 
     @property
@@ -177,16 +242,33 @@ class PromptConfig:
         """Prompt tokens per prompted layer and tower (generated + global)."""
         return self.n_generated + self.n_global
 
+    def auto_depth(self, layers: int) -> int:
+        """The automatic prompt depth of a tower with ``layers`` layers (see the class docstring)."""
+        depth = layers if self.max_depth is None else min(layers, self.max_depth)
+        if self.n_generated:  # one kept DDIM latent per prompted layer
+            depth = min(depth, len(self.keep_steps) if self.keep_steps is not None else self.ddim_steps)
+        return depth
+
     def depths(self, text_layers: int, vision_layers: int) -> tuple[int, int]:
         """``(text_depth, visual_depth)`` resolved for a VLM with these layer counts."""
-        t = text_layers if self.text_depth is None else self.text_depth
-        v = vision_layers if self.visual_depth is None else self.visual_depth
-        if t > text_layers or v > vision_layers or t < 0 or v < 0:
-            raise ValueError(
-                f"prompt depths (text {t}, visual {v}) do not fit a VLM with {text_layers} text and "
-                f"{vision_layers} vision layers"
-            )
+        t = self.auto_depth(text_layers) if self.text_depth is None else self.text_depth
+        v = self.auto_depth(vision_layers) if self.visual_depth is None else self.visual_depth
+        for name, depth, layers, tower in (
+            ("text_depth", t, text_layers, "text"),
+            ("visual_depth", v, vision_layers, "vision"),
+        ):
+            if depth > layers or depth < 0:
+                raise ConfigError(
+                    name,
+                    f"prompt depths (text {t}, visual {v}) do not fit a VLM with {text_layers} text and "
+                    f"{vision_layers} vision layers: {name} {depth} > the {layers} {tower} layers",
+                )
         return t, v
+
+    def resolved(self, text_layers: int, vision_layers: int) -> PromptConfig:
+        """This config with the depths resolved for a VLM with these layer counts (what a bundle records)."""
+        t, v = self.depths(text_layers, vision_layers)
+        return dataclasses.replace(self, text_depth=t, visual_depth=v)
 
     def resolved_keep_steps(self, n_kept: int) -> tuple[int, ...]:
         """The DDIM step indices whose latents are kept (``n_kept`` of them)."""
@@ -194,10 +276,16 @@ class PromptConfig:
             return ()
         if self.keep_steps is not None:
             if len(self.keep_steps) != n_kept:
-                raise ValueError(f"keep_steps has {len(self.keep_steps)} entries, the prompted layers need {n_kept}")
+                raise ConfigError(
+                    "keep_steps", f"keep_steps has {len(self.keep_steps)} entries, the prompted layers need {n_kept}"
+                )
             return self.keep_steps
         if n_kept > self.ddim_steps:
-            raise ValueError(f"{n_kept} prompted layers need at least {n_kept} DDIM steps (got {self.ddim_steps})")
+            raise ConfigError(
+                "ddim_steps",
+                f"{n_kept} prompted layers need at least {n_kept} DDIM steps (got {self.ddim_steps}): raise "
+                f"ddim_steps to {n_kept} or prompt fewer layers",
+            )
         stride = self.ddim_steps // n_kept
         return tuple(self.ddim_steps - 1 - (n_kept - 1 - i) * stride for i in range(n_kept))
 
@@ -206,4 +294,8 @@ class PromptConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptConfig:
-        return _from_dict(cls, data)
+        """The inverse of :meth:`to_dict`. A dict without ``max_depth`` was written before the automatic depth had
+        a cap (``None`` then meant every layer): it keeps that meaning, so older bundles load as they were."""
+        values = dict(data)
+        values.setdefault("max_depth", None)
+        return _from_dict(cls, values)

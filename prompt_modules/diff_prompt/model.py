@@ -281,7 +281,9 @@ def _square(images: torch.Tensor, size: int) -> torch.Tensor:
 class DiffPrompt(nn.Module):
     """The whole Diff-Prompt model: frozen ``vae`` and ``dit`` (stages 1-2) plus the stage-3 prompt learner.
 
-    Built for one VLM (``backbone``, widths and layer counts are checked by :meth:`check_vlm`).
+    Built for one VLM (``backbone``, widths and layer counts are checked by :meth:`check_vlm`). ``config`` is the
+    prompt config with the depths resolved for that VLM (:meth:`~.config.PromptConfig.resolved`); a plan that
+    does not fit it (depths, DDIM steps) raises :class:`~..core.artifacts.ConfigError` naming the field.
     """
 
     def __init__(
@@ -307,11 +309,12 @@ class DiffPrompt(nn.Module):
             raise ValueError("the DiT's latent shape does not match the Mask-VAE's")
         self.vae = MaskVAE(vae_config).requires_grad_(False).eval()
         self.dit = DiT(dit_config).requires_grad_(False).eval()
-        self.config = cfg = prompt_config
+        # the depths resolved for this VLM (automatic ones included), so that the bundle records them
+        self.config = cfg = prompt_config.resolved(text_layers, vision_layers)
         self.backbone, self.embed_dim = backbone, embed_dim
         self.text_width, self.vision_width = text_width, vision_width
         self.text_layers, self.vision_layers = text_layers, vision_layers
-        self.text_depth, self.visual_depth = cfg.depths(text_layers, vision_layers)
+        self.text_depth, self.visual_depth = cfg.text_depth, cfg.visual_depth
         self.n_kept = max(self.text_depth, self.visual_depth) if cfg.n_generated else 0
         self.keep_steps = cfg.resolved_keep_steps(self.n_kept)
         self.text_adapter = self.visual_adapter = None

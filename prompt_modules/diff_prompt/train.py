@@ -33,7 +33,7 @@ from ..core.artifacts import ConfigError
 from ..core.data import GroundingBatch, GroundingSource, resize_masks
 from ..core.training import StepCallback, train_frozen
 from ..core.vlm import VisionLanguageModel
-from .config import DiTConfig, MaskVAEConfig, PromptConfig
+from .config import DiTConfig, MaskVAEConfig, PromptConfig, check_lr
 from .dit import EMA, DiT
 from .io import STAGES, Bundle, load_bundle, save_bundle
 from .mask_vae import MaskVAE
@@ -361,6 +361,91 @@ def _check_plan(
         )
 
 
+def resolve_configs(
+    vlm: VisionLanguageModel,
+    stages: Sequence[str] = STAGES,
+    previous: Bundle | None = None,
+    *,
+    vae_config: MaskVAEConfig | None = None,
+    dit_config: DiTConfig | None = None,
+    prompt_config: PromptConfig | None = None,
+    ddim_steps: int | None = None,
+    prompted_layers: int | None = None,
+    lr: float | None = None,
+    mask_size: int | None = None,
+) -> tuple[MaskVAEConfig, DiTConfig, PromptConfig]:
+    """The three stage configs :func:`train_diff_prompt` trains ``stages`` with on ``vlm``, checked before anything
+    trains (:class:`~..core.artifacts.ConfigError` naming the field or argument).
+
+    - ``vae_config`` ``None``: :meth:`~.config.MaskVAEConfig.for_image_size`, masks sized from ``vlm.image_size``
+      (a 64 px world model: 64, a 224 px CLIP: the paper's 224). ``mask_size`` (``None`` or 0: automatic) sets it;
+      a run that starts after stage ``vae`` uses the bundle's Mask-VAE, so a ``mask_size`` other than its size is
+      refused.
+    - ``ddim_steps`` and ``prompted_layers`` (``None``: the prompt config's) set the prompt stage's DDIM steps and
+      its prompted layers per tower (a shallower tower prompts all of its layers); with neither the depth is
+      automatic and fits any VLM (:meth:`~.config.PromptConfig.depths`).
+    - ``lr`` (``None``: each config's own) sets the learning rate of every stage.
+    """
+    stages = tuple(stages)
+    text_layers, vision_layers = len(vlm.text_blocks), len(vlm.visual.transformer.resblocks)
+    if lr is not None:
+        check_lr(lr)
+    dit = dit_config or DiTConfig()
+    if lr is not None:
+        dit = dataclasses.replace(dit, lr=float(lr))
+    if previous is not None and previous.vae is not None and stages and stages[0] != "vae":
+        vae = previous.vae.config
+        if mask_size and int(mask_size) != vae.mask_size:
+            raise ConfigError(
+                "mask_size",
+                f"the bundle's Mask-VAE works on {vae.mask_size} px masks, not {mask_size}: leave the mask size "
+                "automatic (0) or retrain stage 'vae'",
+            )
+    else:
+        vae = vae_config or MaskVAEConfig.for_image_size(vlm.image_size, dit.patch_size)
+        if mask_size:
+            step = vae.downsample * dit.patch_size
+            if int(mask_size) < step or int(mask_size) % step:
+                raise ConfigError(
+                    "mask_size",
+                    f"mask size {mask_size} must be a positive multiple of {step} (the Mask-VAE's down-sampling "
+                    f"{vae.downsample} times the DiT's patch {dit.patch_size}); 0 = automatic",
+                )
+            vae = dataclasses.replace(vae, mask_size=int(mask_size))
+        if lr is not None:
+            vae = dataclasses.replace(vae, lr=float(lr))
+    if "dit" in stages and vae.latent_size % dit.patch_size:
+        raise ConfigError(
+            "mask_size",
+            f"{vae.mask_size} px masks give {vae.latent_size} x {vae.latent_size} latents, not a multiple of the "
+            f"DiT's patch {dit.patch_size}: use a mask size that is a multiple of {vae.downsample * dit.patch_size}",
+        )
+    prompt = prompt_config or PromptConfig()
+    changes: dict[str, Any] = {}
+    if ddim_steps is not None:
+        changes["ddim_steps"] = int(ddim_steps)
+    if lr is not None:
+        changes["lr"] = float(lr)
+    if prompted_layers is not None:
+        deepest = max(text_layers, vision_layers)
+        if not 0 <= int(prompted_layers) <= deepest:
+            raise ConfigError(
+                "prompted_layers",
+                f"{prompted_layers} prompted layers do not fit the VLM '{vlm.name}' ({text_layers} text and "
+                f"{vision_layers} vision layers): use 0..{deepest}",
+            )
+        changes.update(
+            text_depth=min(int(prompted_layers), text_layers), visual_depth=min(int(prompted_layers), vision_layers)
+        )
+    if changes:
+        prompt = dataclasses.replace(prompt, **changes)
+    if "prompt" in stages:
+        resolved = prompt.resolved(text_layers, vision_layers)
+        n_kept = max(resolved.text_depth, resolved.visual_depth) if resolved.n_generated else 0
+        resolved.resolved_keep_steps(n_kept)
+    return vae, dit, prompt
+
+
 def train_diff_prompt(
     vlm: VisionLanguageModel,
     source: GroundingSource,
@@ -382,6 +467,10 @@ def train_diff_prompt(
     callback: Callback | None = None,
     progress: bool = True,
     init_prompts: Any = None,
+    ddim_steps: int | None = None,
+    prompted_layers: int | None = None,
+    lr: float | None = None,
+    mask_size: int | None = None,
 ) -> DiffPromptRun:
     """Diff-Prompt's recipe: ``stages`` (consecutive, in the order vae -> dit -> prompt) trained one after the
     other, each resumable from its checkpoint, the bundle at ``bundle_path`` written after each.
@@ -395,14 +484,31 @@ def train_diff_prompt(
     - ``callback(step, total, loss)`` counts steps over all the run's stages (``total`` = their sum); returning
       ``False`` stops the run after that step (``interrupted``), an exception it raises propagates.
     - ``init_prompts``: RPP pretrained prompts (a bundle or its path) that start the global prompts.
+    - Configs (:func:`resolve_configs`): ``vae_config`` ``None`` sizes the masks from the VLM's image size; the
+      knobs ``ddim_steps``, ``prompted_layers``, ``lr`` and ``mask_size`` (``None``: the configs' own, automatic
+      where they are) override the configs; the defaults fit a VLM of any depth (the prompted layers are capped by
+      the tower, the paper's 9 and the DDIM steps). The bundle records the resolved configs.
 
     A plan that cannot work is refused before anything trains: :class:`~..core.artifacts.ConfigError` whose
-    ``field`` names the argument (``stages``, ``previous``, ``vlm`` or ``init_prompts``).
+    ``field`` names the argument (``stages``, ``previous``, ``vlm``, ``init_prompts``, ``ddim_steps``,
+    ``prompted_layers``, ``lr``, ``mask_size``) or the config field (e.g. ``text_depth``, ``keep_steps``).
     """
     stages = tuple(stages)
     if previous is None and stages and stages[0] in STAGES[1:] and bundle_path and Path(bundle_path).is_file():
         previous = load_bundle(bundle_path)
     _check_plan(vlm, stages, previous, init_prompts)
+    vae_config, dit_config, prompt_config = resolve_configs(
+        vlm,
+        stages,
+        previous,
+        vae_config=vae_config,
+        dit_config=dit_config,
+        prompt_config=prompt_config,
+        ddim_steps=ddim_steps,
+        prompted_layers=prompted_layers,
+        lr=lr,
+        mask_size=mask_size,
+    )
     steps = {"vae": vae_steps, "dit": dit_steps, "prompt": prompt_steps}
     total = sum(steps[s] for s in stages)
 
@@ -471,6 +577,7 @@ __all__ = [
     "TrainResult",
     "earlier_stages",
     "measure_latent_scale",
+    "resolve_configs",
     "stage_batch_size",
     "train_all",
     "train_diff_prompt",

@@ -39,8 +39,9 @@ R@1): 3 negatives 22.8 / 81.2, 2 negatives 23.2 / 81.7, 1 (the other-family view
 82.1, plain MaPLe prompts 23.0 / 81.8. The differences are within seed noise; two is the fewest that keeps
 both views of the category-aware augmentation.
 
-**Prompt shape defaults** (the paper gives none): 4 text and 4 image tokens, depth 2 in both towers (half of
-WorldCLIP's 4 layers; MaPLe prompts 9 of 12), MaPLe coupling (image prompts = linear map of the text prompts).
+**Prompt shape defaults** (the paper gives none): 4 text and 4 image tokens, a depth that scales with the tower as
+MaPLe prompts 9 of 12 layers (``round(0.75 * layers)``, :func:`~.config.maple_depth`; the world benchmarks keep the
+depth 2 chosen on WorldCLIP's 4 layers), MaPLe coupling (image prompts = linear map of the text prompts).
 The caption keeps its unprompted token positions (``keep_positions``; WorldCLIP never saw captions start
 later) and visual/deep prompts start close to the unprompted model (class-token copies and measured mean
 hidden states, :meth:`~..core.deep_prompts.DeepPrompts.init_from_vlm`): randomly initialised prompts cost a trained
@@ -67,7 +68,7 @@ category-aware loss; ``model.py`` :class:`DualPrompt`, its start from RPP bundle
 """
 
 from ..core.data import IMAGE_EXTENSIONS, RetrievalBatch, RetrievalSource
-from .config import FDRD_NEGATIVES, METHOD, DualPromptConfig
+from .config import FDRD_NEGATIVES, METHOD, DualPromptConfig, maple_depth
 from .data import FDRDEntry, FDRDSource, FolderSource, read_fdrd_json
 from .io import load_dual_prompt, save_dual_prompt
 from .losses import (
@@ -103,6 +104,7 @@ __all__ = [
     "encode_gallery",
     "init_dual_prompt_from_bundle",
     "load_dual_prompt",
+    "maple_depth",
     "mi_token_weights",
     "rank_images",
     "rank_texts",

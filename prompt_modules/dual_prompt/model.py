@@ -40,6 +40,7 @@ class DualPrompt(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        config = config.resolved(text_layers, vision_layers)  # automatic depths for this VLM (files record them)
         self.config, self.backbone, self.embed_dim = config, backbone, embed_dim
         self.prompts = DeepPrompts(
             config.deep_config(), text_width=text_width, vision_width=vision_width, text_layers=text_layers,

@@ -288,6 +288,41 @@ def test_train_node_input_errors(comfy, tiny_vlm, world, tmp_path):
         _train(comfy, tiny_vlm, "vae", world, bundle_name="../escape")
 
 
+def test_train_node_knobs_go_through_the_recipe_and_the_bundle_records_them(comfy, mods, tiny_vlm, comfy_base, world):
+    """Issue 33: the optional inputs DDIM steps, prompted layers, learning rate and mask size (0 = automatic) go
+    through the library recipe, the bundle records them, and a plan that cannot work names the input; on a
+    12-layer VLM the old failure ("12 prompted layers need at least 12 DDIM steps") is now a choice of inputs."""
+    target = comfy_base / "models" / "promptweave" / "pw-test-knobs.safetensors"
+    target.unlink(missing_ok=True)
+    knobs = dict(ddim_steps=3, prompted_layers=1, learning_rate=2e-3, mask_size=32)
+    model, path, _ = _train(comfy, tiny_vlm, "all", world, bundle_name="pw-test-knobs", steps=1, **knobs)
+    assert (model.text_depth, model.visual_depth, model.n_kept, model.mask_size) == (1, 1, 1, 32)
+    _, meta = read_safetensors(path)
+    prompt = json.loads(meta["promptweave.prompt_config"])
+    vae = json.loads(meta["promptweave.vae_config"])
+    assert (prompt["ddim_steps"], prompt["text_depth"], prompt["visual_depth"], prompt["lr"]) == (3, 1, 1, 2e-3)
+    assert (vae["mask_size"], vae["lr"]) == (32, 2e-3) and json.loads(meta["promptweave.dit_config"])["lr"] == 2e-3
+    loaded = _node(comfy, "PWLoadDiffPrompt").execute(bundle_name="pw-test-knobs.safetensors")[0]
+    mask = _node(comfy, "PWDiffPromptGround").execute(
+        vlm=tiny_vlm, diff_prompt=loaded, image=_images(world, 1), text=world.texts[0], seed=0, threshold=0.5,
+        ddim_steps=0,
+    )[0]
+    assert mask.shape == (1, 64, 64) and loaded.keep_steps == (2,)
+    with pytest.raises(ValueError, match=r"PWTrainDiffPrompt: input 'mask_size': the bundle's Mask-VAE works on 32 "
+                       r"px masks, not 64.*Fix: "):
+        _train(comfy, tiny_vlm, "prompt", world, bundle_name="pw-test-knobs", steps=1, mask_size=64)
+    deep = mods.vlm.VisionLanguageModel(mods.vlm.VLMConfig(name="deep12", vision_layers=12, text_layers=12), seed=0)
+    errors = {  # refused before anything trains
+        "ddim_steps": dict(prompted_layers=12, ddim_steps=10),
+        "prompted_layers": dict(prompted_layers=13),
+        "mask_size": dict(mask_size=24),
+    }
+    for name, kw in errors.items():
+        with pytest.raises(ValueError, match=rf"PWTrainDiffPrompt: input '{name}': .*Fix: "):
+            _train(comfy, deep, "all", world, bundle_name="pw-test-knobs-deep", steps=1, **kw)
+    assert not (comfy_base / "models" / "promptweave" / "pw-test-knobs-deep.safetensors").exists()
+
+
 def test_train_node_starts_global_prompts_from_pretrained_prompts(comfy, comfy_base, tiny_vlm, bundle, world, tmp_path):
     pp = comfy.pack_module("prompt_modules.pretraining")
     folder = comfy_base / "models" / "promptweave"

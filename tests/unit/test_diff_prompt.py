@@ -498,3 +498,120 @@ def test_global_prompts_start_from_pretrained_prompts_by_one_config_switch(vlm, 
     other = VisionLanguageModel(VLMConfig(name="other"), seed=1)
     with pytest.raises(BackboneMismatchError, match="made for the VLM 'tiny'"):
         init_diff_prompt_from_bundle(model, path, other)
+
+
+# ----- defaults for any VLM depth and image size (issue 33) ------------------------------------------------------
+def test_default_depth_fits_any_tower_and_the_world_keeps_its_plan():
+    """The automatic depth: every layer, at most the paper's 9 and at most the DDIM steps (one kept latent per
+    prompted layer); the 4-layer world model keeps all 4 layers and keep steps 3, 5, 7, 9."""
+    cfg = PromptConfig()
+    assert cfg.depths(4, 4) == (4, 4) and cfg.resolved_keep_steps(4) == (3, 5, 7, 9)
+    assert cfg.depths(12, 12) == (9, 9) and cfg.depths(12, 24) == (9, 9) and cfg.depths(32, 48) == (9, 9)
+    assert PromptConfig(ddim_steps=5).depths(12, 12) == (5, 5)  # capped by the DDIM steps
+    assert PromptConfig(ddim_steps=25, max_depth=None).depths(12, 24) == (12, 24)
+    assert PromptConfig(ddim_steps=25, max_depth=None, n_generated=0).depths(24, 24) == (24, 24)
+    assert PromptConfig(n_generated=0, max_depth=None).depths(24, 24) == (24, 24)  # nothing kept: no DDIM cap
+    assert PromptConfig(keep_steps=(2, 5, 9)).depths(12, 12) == (3, 3)
+    assert PromptConfig(text_depth=2).depths(12, 12) == (2, 9)
+    resolved = PromptConfig().resolved(12, 12)
+    assert (resolved.text_depth, resolved.visual_depth) == (9, 9)
+    with pytest.raises(ConfigError, match="visual_depth 6 > the 4 vision layers") as err:
+        PromptConfig(visual_depth=6).depths(4, 4)
+    assert err.value.field == "visual_depth"
+    with pytest.raises(ConfigError, match="12 prompted layers need at least 12 DDIM steps") as err:
+        PromptConfig(text_depth=12).resolved_keep_steps(12)
+    assert err.value.field == "ddim_steps"
+    # a bundle written before the cap (no max_depth): automatic depths still mean every layer, as it was trained
+    old = PromptConfig().to_dict()
+    old.pop("max_depth")
+    assert PromptConfig.from_dict(old).max_depth is None
+    assert PromptConfig.from_dict(old).depths(10, 10) == (10, 10)
+
+
+def test_mask_size_follows_the_image_size_within_bounds():
+    from promptweave.prompt_modules.diff_prompt import mask_size_for_image
+
+    assert [mask_size_for_image(s) for s in (32, 64, 96, 224, 336, 448)] == [64, 64, 96, 224, 224, 224]
+    assert MaskVAEConfig.for_image_size(64) == MaskVAEConfig()  # the world's 64 px masks, as before
+    paper = MaskVAEConfig.for_image_size(224)
+    assert paper.mask_size == 224 and paper.latent_size == 28  # the paper's 224 mask -> 4 x 28 x 28 latent
+    assert MaskVAEConfig.for_image_size(96, lr=5e-4).lr == 5e-4
+    with pytest.raises(ConfigError) as err:
+        MaskVAEConfig(mask_size=36)
+    assert err.value.field == "mask_size"
+
+
+def test_resolve_configs_applies_the_knobs_and_names_what_cannot_work(small_set, stages, tmp_path):
+    from promptweave.prompt_modules.diff_prompt import resolve_configs
+
+    vae, dit = stages
+    deep = VisionLanguageModel(VLMConfig(name="deep12", vision_layers=12, text_layers=12), seed=0)
+    big = VisionLanguageModel(VLMConfig(name="big", image_size=96, patch_size=16), seed=0)
+    v, d, p = resolve_configs(deep)
+    assert v.mask_size == 64 and p.depths(12, 12) == (9, 9)  # valid for 12 layers out of the box
+    assert resolve_configs(big)[0].mask_size == 96  # masks sized from the image
+    v, d, p = resolve_configs(deep, ddim_steps=12, prompted_layers=12, lr=2e-4, mask_size=32)
+    assert (v.mask_size, v.lr, d.lr, p.lr, p.ddim_steps, p.text_depth, p.visual_depth) == (
+        32, 2e-4, 2e-4, 2e-4, 12, 12, 12
+    )
+    tiny = VisionLanguageModel("tiny", seed=0)  # 2 layers per tower: prompted_layers is capped per tower
+    assert resolve_configs(tiny, prompted_layers=2)[2].text_depth == 2
+    previous = load_bundle(save_bundle(tmp_path / "b.safetensors", vae=vae, dit=dit, backbone="tiny"))
+    assert resolve_configs(tiny, ("prompt",), previous)[0].mask_size == 32  # the bundle's Mask-VAE
+    bad = {
+        "ddim_steps": dict(vlm=deep, ddim_steps=4, prompted_layers=6),  # 6 prompted layers, 4 DDIM steps
+        "prompted_layers": dict(vlm=deep, prompted_layers=13),
+        "lr": dict(vlm=deep, lr=float("nan")),
+        "mask_size": dict(vlm=deep, mask_size=40),
+        "text_depth": dict(vlm=deep, prompt_config=PromptConfig(text_depth=14)),
+        "keep_steps": dict(vlm=deep, prompt_config=PromptConfig(keep_steps=(8, 9)), prompted_layers=3),
+    }
+    for field, kwargs in bad.items():
+        with pytest.raises(ConfigError) as err:
+            resolve_configs(**kwargs)
+        assert err.value.field == field, (field, str(err.value))
+    with pytest.raises(ConfigError, match="works on 32 px masks, not 64") as err:
+        resolve_configs(tiny, ("dit", "prompt"), previous, mask_size=64)
+    assert err.value.field == "mask_size"
+    resolve_configs(deep, ("vae",), ddim_steps=4, prompted_layers=6)  # prompt knobs matter only to stage 'prompt'
+    # refused before anything trains
+    with pytest.raises(ConfigError) as err:
+        train_diff_prompt(
+            deep, small_set, ddim_steps=3, prompted_layers=6, bundle_path=tmp_path / "x.safetensors", **RECIPE
+        )
+    assert err.value.field == "ddim_steps" and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_12_layer_vlm_trains_all_three_stages_with_the_defaults_and_grounds(small_set, tmp_path):
+    """Issue 33: the default config used to fail on any VLM with 11 or more layers ("12 prompted layers need at
+    least 12 DDIM steps (got 10)"). A 12-layer VLM now trains the three stages with the defaults and grounds."""
+    deep = VisionLanguageModel(VLMConfig(name="deep12", vision_layers=12, text_layers=12), seed=0)
+    deep.eval().requires_grad_(False)
+    path = tmp_path / "deep12.safetensors"
+    run = train_diff_prompt(
+        deep, small_set, vae_steps=1, dit_steps=1, prompt_steps=2, batch_size=2, bundle_path=path, progress=False
+    )
+    model = run.model
+    assert isinstance(model, DiffPrompt) and [len(v) for v in run.losses.values()] == [1, 1, 2]
+    assert (model.text_depth, model.visual_depth, model.n_kept) == (9, 9, 9)  # the paper's 9 prompted layers
+    assert model.keep_steps == tuple(range(1, 10)) and model.mask_size == 64
+    loaded = load_diff_prompt(path, deep)
+    assert (loaded.config.text_depth, loaded.config.visual_depth) == (9, 9)  # the bundle records the depths
+    out = loaded(deep, small_set.images[:2], small_set.texts[:2], generator=torch.Generator().manual_seed(0))
+    assert out.mask_logits.shape == (2, 64, 64) and out.boxes.shape == (2, 4)
+    assert out.generated_masks.shape == (9, 2, 1, 64, 64)
+    assert len(out.text_tokens) == len(out.visual_tokens) == 9
+    assert torch.isfinite(out.mask_logits).all() and out.masks_at(48, 80).shape == (2, 48, 80)
+
+
+@pytest.mark.slow
+def test_the_masks_follow_the_vlm_image_size(small_set, tmp_path):
+    """A 96 px VLM: the recipe's Mask-VAE and DiT work on 96 px masks (12 x 12 latents), and the grounder's masks
+    come out at 96 px (the world's images are resized to the VLM's size)."""
+    big = VisionLanguageModel(VLMConfig(name="big", image_size=96, patch_size=16), seed=0)
+    big.eval().requires_grad_(False)
+    run = train_diff_prompt(big, small_set, vae_steps=1, dit_steps=1, prompt_steps=1, batch_size=2, progress=False)
+    assert run.bundle.vae.config.mask_size == 96 and run.bundle.dit.config.latent_size == 12
+    out = run.model(big, small_set.images[:2], small_set.texts[:2])
+    assert out.mask_logits.shape == (2, 96, 96) and out.generated_masks.shape[-1] == 96
