@@ -31,6 +31,12 @@ read it to see which library call does the work. A session reads top to bottom::
 
     # 5. RPP (Chen et al. 2024): pretrained prompts initialise DCAR through DualPromptConfig(init_from=path)
 
+    # training, with the recipes the ComfyUI training nodes run (same library functions)
+    inverter = pw.train_inverter(images, prompts, vlm=worldclip, out="inverter.safetensors")
+    dual = pw.train_dual_prompt(worldclip, pw.FDRDSource("pets_test.json", size=worldclip.image_size)).dual
+    run = pw.train_diff_prompt(worldclip, pw.read_refcoco("instances.json", "refs.json", "images/", size=64),
+                               bundle_path="grounder.safetensors")
+
 Images are PIL images or float tensors ``[B, 3, H, W]`` in 0..1 (:func:`to_tensor` / :func:`to_pil` convert).
 The runnable scripts in ``diffusers_examples/`` use these functions end to end, one per capability.
 """
@@ -49,8 +55,25 @@ from PIL import Image
 from .prompt_modules.adaptation import IPLConfig, run_adaptation, save_lora, sd_generator_from_diffusers
 from .prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
 from .prompt_modules.core.vlm import VisionLanguageModel
-from .prompt_modules.diff_prompt import DiffPrompt, load_diff_prompt
-from .prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, rank_images, rank_texts
+from .prompt_modules.diff_prompt import (
+    DiffPrompt,
+    FolderGroundingSource,
+    load_diff_prompt,
+    read_grounding_jsonl,
+    read_refcoco,
+    train_diff_prompt,
+)
+from .prompt_modules.dual_prompt import (
+    DualPrompt,
+    DualPromptConfig,
+    FDRDSource,
+    FolderSource,
+    load_dual_prompt,
+    rank_images,
+    rank_texts,
+    save_dual_prompt,
+    train_dual_prompt,
+)
 from .prompt_modules.inversion import (
     PIXELS,
     MissingEncoderInput,
@@ -71,6 +94,9 @@ ImagesLike = Image.Image | Sequence[Image.Image] | torch.Tensor
 
 __all__ = [
     "DualPromptConfig",
+    "FDRDSource",
+    "FolderGroundingSource",
+    "FolderSource",
     "IPLConfig",
     "RPPConfig",
     "adapt_to_domain",
@@ -91,8 +117,13 @@ __all__ = [
     "pretrain_prompts",
     "rank_images",
     "rank_texts",
+    "read_grounding_jsonl",
+    "read_refcoco",
+    "save_dual_prompt",
     "to_pil",
     "to_tensor",
+    "train_diff_prompt",
+    "train_dual_prompt",
     "train_inverter",
     "white_box_features",
 ]

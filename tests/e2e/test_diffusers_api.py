@@ -166,3 +166,32 @@ def test_train_inverter_runs_the_node_recipe_on_pixels_and_on_vlm_features(tmp_p
     assert len(pw.invert_images(on_vlm, images[:1], vlm=vlm)) == 1
     with pytest.raises(ValueError, match="one prompt per image"):
         pw.train_inverter(images, prompts[:5], epochs=1, batch_size=4)
+
+
+def test_dcar_and_diff_prompt_train_from_python_with_the_node_recipes(tmp_path):
+    """The training entries a ComfyUI user has (Train Dual Prompt, Train Diff-Prompt) are diffusers_api functions."""
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.diff_prompt import TensorGroundingSource
+
+    vlm = VisionLanguageModel("tiny", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i, (image, caption) in enumerate(zip(pw.to_pil(torch.rand(4, 3, 64, 64, generator=generator)),
+                                             ["a red star", "a blue star", "a red square", "a blue square"],
+                                             strict=True)):
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    dual = pw.train_dual_prompt(vlm, pw.FolderSource(folder, size=vlm.image_size), steps=2, batch_size=4,
+                                progress=False).dual
+    path = pw.save_dual_prompt(dual, tmp_path / "dual.safetensors")
+    assert pw.load_dual_prompt(path, vlm).backbone == vlm.name
+
+    masks = torch.zeros(4, 64, 64)
+    masks[:, 16:48, 16:48] = 1
+    source = TensorGroundingSource(torch.rand(4, 3, 64, 64, generator=generator), masks, ["the square"] * 4)
+    run = pw.train_diff_prompt(vlm, source, vae_steps=1, dit_steps=1, prompt_steps=1, batch_size=2,
+                               bundle_path=tmp_path / "grounder.safetensors", progress=False)
+    assert run.model is not None and (tmp_path / "grounder.safetensors").is_file()
+    grounded = pw.ground(tmp_path / "grounder.safetensors", vlm, pw.to_pil(source.images[:1]), ["the square"])
+    assert grounded[0].size == (64, 64)
