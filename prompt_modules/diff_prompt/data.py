@@ -416,14 +416,11 @@ def _check_bbox(bbox: Any, width: int, height: int, where: str) -> tuple[float, 
 
 
 def _image_size(path: Path, where: str) -> tuple[int, int]:
-    """``(width, height)`` from the file's header (the pixels are not read)."""
-    from PIL import Image
-
+    """``(width, height)`` from the file's header (the pixels are not read); errors name ``where``."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as exc:
-        raise ValueError(f"{where}: cannot read image {path}: {exc}") from None
+        return image_file_size(path)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _find_file(name: Any, roots: Sequence[Path], where: str, what: str) -> Path:

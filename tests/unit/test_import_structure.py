@@ -47,3 +47,11 @@ def test_a_function_level_cycle_and_a_method_importing_the_world_are_reported(tm
 
 def test_the_package_itself_has_no_cycle_and_no_method_imports_the_world():
     assert _checker().problems_in(ROOT) == []
+
+
+def test_every_method_package_has_the_same_files():
+    """One shape for every method: config, model, losses, data, train and io in each package."""
+    expected = {"__init__.py", "config.py", "model.py", "losses.py", "data.py", "train.py", "io.py"}
+    for method in ("inversion", "adaptation", "dual_prompt", "diff_prompt", "pretraining"):
+        files = {p.name for p in (ROOT / "prompt_modules" / method).glob("*.py")}
+        assert expected <= files, (method, sorted(expected - files))
