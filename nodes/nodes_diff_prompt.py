@@ -4,6 +4,7 @@ train the three stages, load a bundle."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -21,9 +22,12 @@ from ..prompt_modules.diff_prompt import (
     earlier_stages,
     load_bundle,
     load_diff_prompt,
+    read_grounding_jsonl,
+    read_refcoco,
     stage_batch_size,
     train_diff_prompt,
 )
+from ..prompt_modules.diff_prompt.data import PICKLE_SUFFIXES
 from ..prompt_modules.world.sources import WorldGroundingSource
 from ._common import (
     NodeInputError,
@@ -42,7 +46,11 @@ from .nodes_learned_prompt import tokens_with_learned_prompt
 
 CATEGORY = "PromptWeave/diff prompt"
 STAGE_CHOICES = ["vae", "dit", "prompt", "all"]
-SOURCES = ["world", "folder", "inputs"]
+SOURCES = ["world", "folder", "inputs", "refcoco", "grounding_jsonl"]  # new options only ever appended
+#: Sources read from annotation files whose images load lazily, per batch (they take image_root).
+FILE_SOURCES = ("refcoco", "grounding_jsonl")
+REFCOCO_INSTANCES = "instances.json"
+REFS_SUFFIXES = (".json", ".jsonl")
 
 
 # ----- input checks ---------------------------------------------------------------------------------------------
@@ -111,6 +119,112 @@ def _plan_error_input(field: str, first_stage: str) -> tuple[str, str]:
         "lr": ("learning_rate", "use a learning rate > 0, or 0 (each stage's default)"),
         "mask_size": ("mask_size", "use 0 (automatic: the VLM's image size) or a multiple of 16"),
     }.get(field, ("stage", "check the stage and the bundle"))
+
+
+# ----- referring-expression files (RefCOCO layout, simple JSONL) -------------------------------------------------
+_DATA_FIXES = {
+    "path": "point 'path' at the RefCOCO folder (instances.json + one refs*.json / refs*.jsonl), its instances.json "
+    "or refs file (source 'refcoco'), or at a JSONL of {image, expression, bbox, mask} lines (source "
+    "'grounding_jsonl'), and fix the entry the message names",
+    "image_root": "set 'image_root' to the folder that holds the images (RefCOCO: COCO's train2014; JSONL: the "
+    "folder its relative paths start from), or leave it empty for the default",
+    "split": "use one of the splits the message lists (several comma-separated), or leave 'split' empty for all",
+}
+
+
+def _data_input(message: str) -> str:
+    """The node input a reader's ``ValueError`` is about: a split without refs, images not found or not fitting
+    (under ``image_root``), else the annotation file itself."""
+    if "no refs of split" in message:
+        return "split"
+    if "image_root" in message:
+        return "image_root"
+    return "path"
+
+
+def _data_error(node: str, exc: Exception) -> NodeInputError:
+    name = _data_input(str(exc))
+    return NodeInputError(node, name, str(exc), _DATA_FIXES[name])
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long ...
+        return False
+
+
+def _splits(split: str) -> str | list[str] | None:
+    """The ``split`` input as :func:`read_refcoco` takes it: one name, several (comma-separated), empty = all."""
+    names = [part.strip() for part in (split or "").split(",") if part.strip()]
+    return None if not names else names[0] if len(names) == 1 else names
+
+
+def refcoco_files(node: str, path: str) -> tuple[Path, Path, Path]:
+    """``(instances, refs, folder)`` of the ``path`` input of source ``refcoco``: a folder holding
+    ``instances.json`` and exactly one ``refs*.json`` / ``refs*.jsonl`` (the refer toolkit's ``data/refcoco`` after
+    ``refs(unc).p`` is converted), a refs file (``instances.json`` beside it), or the instances file (the one refs
+    file beside it). A folder with only a pickled ``refs*.p`` gets it, so the library refuses it with the
+    command that converts it."""
+    if not path:
+        raise NodeInputError(node, "path", "no RefCOCO folder given", _DATA_FIXES["path"])
+    given = Path(os.path.expanduser(path))
+    if given.is_dir():
+        folder, instances, refs = given, given / REFCOCO_INSTANCES, None
+    elif given.is_file():
+        folder = given.parent
+        if given.name.lower().startswith("refs"):
+            instances, refs = folder / REFCOCO_INSTANCES, given
+        else:
+            instances, refs = given, None
+    else:
+        raise NodeInputError(node, "path", f"{given} does not exist", _DATA_FIXES["path"])
+    if not instances.is_file():
+        raise NodeInputError(
+            node,
+            "path",
+            f"{folder} holds no {REFCOCO_INSTANCES}",
+            "use the refer toolkit's dataset folder (e.g. data/refcoco) with its instances.json, or point 'path' "
+            "at the instances file",
+        )
+    if refs is None:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().startswith("refs"))
+        found = [p for p in files if p.suffix.lower() in REFS_SUFFIXES]
+        pickles = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+        if len(found) > 1:
+            raise NodeInputError(
+                node,
+                "path",
+                f"{folder} holds several refs files ({', '.join(p.name for p in found)})",
+                "point 'path' at the refs file to use (instances.json is taken from its folder)",
+            )
+        if not found and not pickles:
+            raise NodeInputError(
+                node,
+                "path",
+                f"{folder} holds no refs file (refs(unc).json or refs(unc).jsonl next to {REFCOCO_INSTANCES})",
+                "convert the refer toolkit's refs(unc).p to JSON next to instances.json, or point 'path' at the "
+                "refs file",
+            )
+        refs = found[0] if found else pickles[0]  # a pickle: the library refuses it with the conversion command
+    return instances, refs, folder
+
+
+class _NamedReadErrors:
+    """A lazily read source whose per-batch read errors (an image that cannot be read, or whose size is not the
+    one its annotation gives: another image_root) name the node's input instead of escaping the training loop."""
+
+    def __init__(self, node: str, source) -> None:
+        self.node, self.source = node, source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, seed: int, step: int, batch_size: int):
+        try:
+            return self.source.batch(seed, step, batch_size)
+        except (ValueError, OSError) as exc:
+            raise _data_error(self.node, exc) from None
 
 
 # ----- nodes ----------------------------------------------------------------------------------------------------
@@ -324,9 +438,17 @@ class TrainDiffPrompt(io.ComfyNode):
                     options=SOURCES,
                     default="world",
                     tooltip="world: the procedural world's train split; folder: name.png + "
-                    "name_mask.png + name.txt files; inputs: the images, masks and expressions inputs.",
+                    "name_mask.png + name.txt files; inputs: the images, masks and expressions inputs; refcoco: "
+                    "COCO-style instances.json + refs JSON/JSONL (RefCOCO, RefCOCO+, RefCOCOg); grounding_jsonl: one "
+                    "{image, expression, bbox, mask} object per line.",
                 ),
-                io.String.Input("path", default="", tooltip="The dataset folder (source 'folder' only)."),
+                io.String.Input(
+                    "path",
+                    default="",
+                    tooltip="The dataset folder (source 'folder'); the RefCOCO folder holding instances.json and "
+                    "one refs*.json(l), or that instances.json or refs file (source 'refcoco'); the .jsonl file "
+                    "(source 'grounding_jsonl').",
+                ),
                 io.Int.Input("steps", default=200, min=1, max=1_000_000, tooltip="Optimisation steps per stage."),
                 io.Int.Input(
                     "batch_size",
@@ -400,6 +522,21 @@ class TrainDiffPrompt(io.ComfyNode):
                     "0 = automatic: the VLM's image size rounded to 16, within 64..224 (the paper's 224). A "
                     "multiple of 16.",
                 ),
+                io.String.Input(
+                    "image_root",
+                    default="",
+                    optional=True,
+                    tooltip="Folder of the images (sources 'refcoco' and 'grounding_jsonl'). Empty: for refcoco the "
+                    "images/ sub-folder of the RefCOCO folder if there is one, else that folder; for "
+                    "grounding_jsonl the JSONL's folder (relative paths are tried under image_root first).",
+                ),
+                io.String.Input(
+                    "split",
+                    default="train",
+                    optional=True,
+                    tooltip="The refs to train on (source 'refcoco'): train, val, testA, testB, test ...; several "
+                    "comma-separated; empty = all.",
+                ),
             ],
             outputs=[
                 DiffPromptType.Output(
@@ -431,11 +568,13 @@ class TrainDiffPrompt(io.ComfyNode):
         prompted_layers: int = 0,
         learning_rate: float = 0.0,
         mask_size: int = 0,
+        image_root: str = "",
+        split: str = "train",
     ) -> io.NodeOutput:
         node = "PWTrainDiffPrompt"
         if stage not in STAGE_CHOICES:
             raise NodeInputError(node, "stage", f"unknown stage {stage!r}", f"use one of {STAGE_CHOICES}")
-        data = cls._source(node, source, path, images, masks, expressions)
+        data = cls._source(node, source, path, images, masks, expressions, int(vlm.image_size), image_root, split)
         target = output_model_path(node, "bundle_name", bundle_name.strip())
         stages = list(STAGES) if stage == "all" else [stage]
         previous = None
@@ -457,6 +596,8 @@ class TrainDiffPrompt(io.ComfyNode):
             settings.append(init_key)
         knobs = {"ddim": ddim_steps, "layers": prompted_layers, "lr": learning_rate, "mask": mask_size}
         settings += [f"{name}-{value}" for name, value in knobs.items() if value]  # likewise: only when set
+        if source in FILE_SOURCES:  # sources newer than the checkpoints above: their reading options and size
+            settings += [f"root-{image_root.strip()}", f"split-{split.strip()}", f"samples-{len(data)}"]
 
         def checkpoint(name: str) -> Path:
             stage_batch = stage_batch_size(name, batch_size)
@@ -495,12 +636,18 @@ class TrainDiffPrompt(io.ComfyNode):
         return io.NodeOutput(model, str(target), loss_curve_image(run.all_losses).unsqueeze(0))
 
     @staticmethod
-    def _source(node: str, source: str, path: str, images, masks, expressions: str):
+    def _source(
+        node: str, source: str, path: str, images, masks, expressions: str, size: int, image_root: str, split: str
+    ):
+        """The grounding source of the ``source`` input, its images at ``size`` (the VLM's resolution)."""
+        if source in FILE_SOURCES:
+            return _NamedReadErrors(node, TrainDiffPrompt._file_source(node, source, path.strip(), size,
+                                                                       image_root.strip(), split))
         try:
             if source == "world":
                 return WorldGroundingSource()
             if source == "folder":
-                return FolderGroundingSource(path.strip())
+                return FolderGroundingSource(path.strip(), size=size)
             if source == "inputs":
                 if images is None or masks is None:
                     raise NodeInputError(
@@ -526,7 +673,7 @@ class TrainDiffPrompt(io.ComfyNode):
                         "give exactly one mask per image",
                     )
                 texts = expressions_for_batch(node, expressions, batch.shape[0], "expressions")
-                return TensorGroundingSource(batch, m.float().clone(), texts)
+                return TensorGroundingSource(batch, m.float().clone(), texts, size=size)
         except NodeInputError:
             raise
         except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
@@ -541,6 +688,26 @@ class TrainDiffPrompt(io.ComfyNode):
                 node, "masks", str(exc), "give every image one non-empty mask of its own size"
             ) from None
         raise NodeInputError(node, "source", f"unknown source {source!r}", f"use one of {SOURCES}")
+
+    @staticmethod
+    def _file_source(node: str, source: str, path: str, size: int, image_root: str, split: str):
+        """A RefCOCO-layout or simple-JSONL source through the library's readers; every problem names its input."""
+        root = Path(os.path.expanduser(image_root)) if image_root else None
+        if root is not None and not _is_folder(root):
+            raise NodeInputError(node, "image_root", f"{root} is not a folder", _DATA_FIXES["image_root"])
+        try:
+            if source == "refcoco":
+                instances, refs, folder = refcoco_files(node, path)
+                if root is None:
+                    root = folder / "images" if (folder / "images").is_dir() else folder
+                return read_refcoco(instances, refs, root, split=_splits(split), size=size)
+            if not path:
+                raise NodeInputError(node, "path", "no JSONL file given", _DATA_FIXES["path"])
+            return read_grounding_jsonl(Path(os.path.expanduser(path)), root, size=size)
+        except NodeInputError:
+            raise
+        except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
+            raise _data_error(node, exc) from None
 
 
 NODES: list[type[io.ComfyNode]] = [LoadDiffPrompt, DiffPromptGround, DiffPromptConditioning, TrainDiffPrompt]

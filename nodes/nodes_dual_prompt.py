@@ -122,6 +122,10 @@ class TrainDualPrompt(io.ComfyNode):
                     "pretrained_prompts", optional=True,
                     tooltip="Optional RPP pretrained prompts (Pretrain Prompts or Load Pretrained Prompts, made for "
                     "this VLM) to start from instead of the plain initialisation."),
+                io.String.Input("image_root", default="", optional=True,
+                                tooltip="Source 'fdrd_json': the folder that holds the images (found by file_name or "
+                                "the base name of file_path, also inside <class_name>/ folders); empty: the JSON's "
+                                "folder, then its images/ sub-folder."),
             ],
             outputs=[
                 DualPromptType.Output(display_name="dual_prompt", tooltip="The trained dual prompt."),
@@ -132,7 +136,8 @@ class TrainDualPrompt(io.ComfyNode):
     @classmethod
     @check_inputs
     def execute(cls, vlm, source: str, path: str, steps: int, batch_size: int, learning_rate: float, seed: int,
-                n_text: int, n_visual: int, depth: int, save_name: str, pretrained_prompts=None) -> io.NodeOutput:
+                n_text: int, n_visual: int, depth: int, save_name: str, pretrained_prompts=None,
+                image_root: str = "") -> io.NodeOutput:
         node = "PWTrainDualPrompt"
         try:
             config = DualPromptConfig(n_text=n_text, n_visual=n_visual, text_depth=min(depth, len(vlm.text_blocks)),
@@ -143,11 +148,14 @@ class TrainDualPrompt(io.ComfyNode):
             fix = "use n_visual equal to n_text, or 0" if name in ("n_text", "n_visual") else f"change {name}"
             raise NodeInputError(node, name, str(exc), fix) from None
         size = vlm.image_size
+        root = (image_root or "").strip()
+        if source == "fdrd_json" and root and not os.path.isdir(os.path.expanduser(root)):
+            raise NodeInputError(node, "image_root", f"{root} is not a folder", _IMAGE_ROOT_FIX)
         try:
             if source == "world":
                 data = WorldSource(size=64, config=config)
             elif source == "fdrd_json":
-                data = FDRDSource(path.strip(), size=size, config=config)
+                data = FDRDSource(path.strip(), os.path.expanduser(root) if root else None, size=size, config=config)
             elif source == "folder":
                 data = FolderSource(path.strip(), size=size)
             else:
@@ -155,6 +163,8 @@ class TrainDualPrompt(io.ComfyNode):
         except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
             if isinstance(exc, NodeInputError):
                 raise
+            if source == "fdrd_json" and "does not exist under" in str(exc):  # the JSON is fine, its images are not
+                raise NodeInputError(node, "image_root", str(exc), _IMAGE_ROOT_FIX) from None
             raise NodeInputError(node, "path", str(exc), "point 'path' at a valid FDRD JSON file or "
                                  "dataset folder") from None
         name = save_name.strip()
@@ -166,9 +176,10 @@ class TrainDualPrompt(io.ComfyNode):
                 node, "pretrained_prompts", f"they were pretrained for the VLM '{pretrained_prompts.backbone}', "
                 f"not '{vlm.name}'", "pretrain prompts on this VLM, or disconnect them")
         init_key = None if pretrained_prompts is None else tensors_key(pretrained_prompts.rpp.state_dict())
-        ckpt = run_checkpoint(
-            name or "dcar", [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key]
-        )
+        settings = [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key]
+        if source == "fdrd_json" and root:  # appended only when set, so earlier runs' checkpoints still resume
+            settings.append(f"image_root-{root}")
+        ckpt = run_checkpoint(name or "dcar", settings)
         on_step = TrainingProgress(steps)
         result = train_dual_prompt(trainable_copy(vlm), data, config, steps=steps, batch_size=batch_size,
                                    lr=learning_rate, seed=seed, checkpoint_path=ckpt,
@@ -178,6 +189,12 @@ class TrainDualPrompt(io.ComfyNode):
         if target is not None:
             save_dual_prompt(dual, target)
         return io.NodeOutput(dual, loss_curve_image(result.losses).unsqueeze(0))
+
+
+_IMAGE_ROOT_FIX = (
+    "set 'image_root' to the folder that holds the FDRD images (the authors' file_path is not needed), or leave it "
+    "empty to look in the JSON's folder and its images/ sub-folder"
+)
 
 
 class RankImages(io.ComfyNode):

@@ -17,7 +17,7 @@ from ..prompt_modules.inversion import (
     UnknownImageEncoder,
     image_features,
     load_inverter,
-    load_pair_folder,
+    load_pairs,
     loss_curve_image,
     save_inverter,
     train_inverter_on_prompts,
@@ -266,7 +266,9 @@ class TrainPromptInverter(io.ComfyNode):
                 io.String.Input("filename", default="my-inverter",
                                 tooltip="Name of the .safetensors written to models/promptweave."),
                 io.String.Input("dataset_folder", default="", optional=True,
-                                tooltip="Folder of image.png + image.txt pairs (leave empty to use images/prompts)."),
+                                tooltip="Folder of image.png + image.txt pairs, or a manifest file (.jsonl, .json, "
+                                ".csv, .tsv, .parquet) of (image path, prompt) rows such as DiffusionDB's metadata; "
+                                "leave empty to use images/prompts."),
                 io.Image.Input("images", optional=True, tooltip="Training images generated in the graph."),
                 io.String.Input("prompts", multiline=True, default="", optional=True,
                                 tooltip="One prompt per line, one line per image of 'images'."),
@@ -312,10 +314,13 @@ class TrainPromptInverter(io.ComfyNode):
         if folder:
             try:
                 size = _dataset_size(backbone, vlm, clip_vision, worldgen)
-                pixels, texts = load_pair_folder(os.path.expanduser(folder), size)
+                pixels, texts = load_pairs(os.path.expanduser(folder), size)
+            except ImportError as exc:  # a parquet manifest without pyarrow (or pandas)
+                raise NodeInputError(node, "dataset_folder", str(exc), "run `pip install pyarrow` in ComfyUI's "
+                                     "Python environment and restart ComfyUI, or convert the manifest to JSONL or "
+                                     "CSV") from None
             except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
-                raise NodeInputError(node, "dataset_folder", str(exc),
-                                     "point it at a folder holding image.png + image.txt pairs") from None
+                raise NodeInputError(node, "dataset_folder", str(exc), _DATASET_FIX) from None
         elif images is not None:
             pixels = _images_bchw(node, images, "images")
             texts = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
@@ -350,6 +355,11 @@ class TrainPromptInverter(io.ComfyNode):
         return io.NodeOutput(result.inverter, curve, str(path))
 
 
+_DATASET_FIX = (
+    "point it at a folder holding image.png + image.txt pairs, or at a .jsonl / .json / .csv / .tsv / .parquet "
+    "manifest with an image column (image, image_name, file_name or path; relative to the manifest's folder) and a "
+    "prompt column (prompt, text or caption)"
+)
 #: The fix a Train Prompt Inverter error suggests, by the recipe's ``ConfigError.field``.
 _TRAIN_FIXES = {
     "texts": "give at least two image/prompt pairs with descriptive prompts, one prompt per image",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 from comfy_api.latest import io
 
 from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
@@ -13,6 +16,7 @@ from ..prompt_modules.pretraining import (
     RPPConfig,
     load_pretrained_prompts,
     pretrain_bundle,
+    read_class_map,
 )
 from ..prompt_modules.world.sources import WorldClassSource, world_classes
 from ._common import (
@@ -108,6 +112,29 @@ class PretrainPrompts(io.ComfyNode):
                     default="rpp_prompts",
                     tooltip="File name in models/promptweave (no extension); empty: do not save.",
                 ),
+                io.String.Input(
+                    "class_map",
+                    default="",
+                    optional=True,
+                    tooltip="Source 'folder': a file naming the class folders, WordNet id -> name as ImageNet / "
+                    "ImageNet-21K (text lines 'n01440764 tench, Tinca tinca' or JSON {\"n01440764\": \"tench\"}); "
+                    "empty: the folder names are the class names.",
+                ),
+                io.Int.Input(
+                    "shots",
+                    default=0,
+                    min=0,
+                    max=1_000_000,
+                    optional=True,
+                    tooltip="Source 'folder': images kept per class, the first by file name (RPP / POMP use 16); "
+                    "0 = all.",
+                ),
+                VLMType.Input(
+                    "teacher",
+                    optional=True,
+                    tooltip="The frozen VLM whose zero-shot probabilities are the soft labels, e.g. a larger CLIP as "
+                    "in the paper; not connected: the VLM itself without prompts.",
+                ),
             ],
             outputs=[
                 PretrainedPromptsType.Output(display_name="pretrained_prompts", tooltip="The pretrained bundle."),
@@ -135,6 +162,9 @@ class PretrainPrompts(io.ComfyNode):
         temperature: float,
         classes_per_step: int,
         save_name: str,
+        class_map: str = "",
+        shots: int = 0,
+        teacher=None,
     ) -> io.NodeOutput:
         node = "PWPretrainPrompts"
         if qkv_prompts not in QKV_MODES:
@@ -158,20 +188,27 @@ class PretrainPrompts(io.ComfyNode):
             name = {"soft_weight": "soft_label_weight", "qkv_mode": "qkv_prompts", "text_depth": "depth",
                     "visual_depth": "depth"}.get(exc.field, exc.field)
             raise NodeInputError(node, name, str(exc), f"change {name}: see its tooltip for the valid range") from None
+        class_file = (class_map or "").strip()
+        short: dict[str, int] = {}
         if source == "world":
             data = WorldClassSource(world_classes(), size=64)
         elif source == "folder":
-            try:
-                data = FolderClassSource(path.strip(), size=vlm.image_size)
-            except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
-                raise NodeInputError(
-                    node, "path", str(exc), "point 'path' at a folder with one sub-folder of images per class"
-                ) from None
+            data = cls._folder(node, path.strip(), int(vlm.image_size), class_file, shots)
+            short = data.short_classes
         else:
             raise NodeInputError(node, "source", f"unknown source {source!r}", f"use one of {SOURCES}")
         name = save_name.strip()
         target = output_model_path(node, "save_name", name) if name else None
         settings = [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict()]
+        info = {"source": source}
+        if source == "folder" and (class_file or shots):  # appended only when set: earlier checkpoints resume
+            settings += [f"class_map-{class_file}", f"shots-{shots}"]
+            info["shots"] = shots
+            if class_file:
+                info["class_map"] = os.path.basename(class_file)
+        if teacher is not None:
+            settings.append(f"teacher-{teacher.name}")
+            info["teacher"] = teacher.name
         ckpt = run_checkpoint(name or "rpp", settings)
         on_step = TrainingProgress(steps)
         result, bundle = pretrain_bundle(
@@ -179,7 +216,8 @@ class PretrainPrompts(io.ComfyNode):
             data,
             config,
             save_path=target,
-            info={"source": source},
+            info=info,
+            teacher=teacher,
             steps=steps,
             batch_size=batch_size,
             lr=learning_rate,
@@ -189,8 +227,49 @@ class PretrainPrompts(io.ComfyNode):
             callback=on_step,
             progress=False,
         )
-        summary = bundle.summary() + (f"\nsaved: {target}" if target else "")
+        summary = bundle.summary()
+        if teacher is not None:
+            summary += f"\nsoft-label teacher: {teacher.name}"
+        if source == "folder" and shots:
+            summary += f"\nshots: {shots} per class"
+            if short:
+                listed = ", ".join(f"{k} ({v})" for k, v in list(short.items())[:10])
+                more = " ..." if len(short) > 10 else ""
+                summary += f"; {len(short)} class(es) with fewer, used with all they have: {listed}{more}"
+        summary += f"\nsaved: {target}" if target else ""
         return io.NodeOutput(bundle, loss_curve_image(result.losses).unsqueeze(0), summary)
+
+    @staticmethod
+    def _folder(node: str, path: str, size: int, class_map: str, shots: int) -> FolderClassSource:
+        """The ImageFolder source (:class:`FolderClassSource`); a bad mapping file names ``class_map``, anything
+        else about the folder ``path``."""
+        if class_map:
+            try:
+                read_class_map(os.path.expanduser(class_map))  # its own errors name class_map
+            except (ValueError, OSError) as exc:  # OSError: a path too long ...
+                raise NodeInputError(node, "class_map", str(exc), _CLASS_MAP_FIX) from None
+        try:
+            with warnings.catch_warnings():  # classes with fewer than `shots` images: reported in the summary
+                warnings.simplefilter("ignore", UserWarning)
+                return FolderClassSource(
+                    path,
+                    size=size,
+                    class_map=os.path.expanduser(class_map) if class_map else None,
+                    shots=shots,
+                )
+        except (ValueError, OSError) as exc:  # OSError: a path too long, unreadable ...
+            if class_map and "class-name mapping" in str(exc):  # a class folder the mapping does not name
+                raise NodeInputError(node, "class_map", str(exc), _CLASS_MAP_FIX) from None
+            raise NodeInputError(
+                node, "path", str(exc), "point 'path' at a folder with one sub-folder of images per class"
+            ) from None
+
+
+_CLASS_MAP_FIX = (
+    "point 'class_map' at a mapping file with one line per class folder ('n01440764 tench, Tinca tinca', as "
+    "ImageNet's LOC_synset_mapping.txt or words.txt) or a JSON object {folder id: name}, or leave it empty to use "
+    "the folder names"
+)
 
 
 class LoadPretrainedPrompts(io.ComfyNode):

@@ -369,3 +369,147 @@ def test_world_workflow_as_shipped(comfy):
     assert len(files) == 4 and all(f.is_file() for f in files)  # inpainted, generated masks, mask, loss plot
     folder = Path(comfy.folder_paths.get_folder_paths("promptweave")[0])
     assert (folder / f"{workflow['4']['inputs']['bundle_name']}.safetensors").is_file()
+
+
+# ----- issue 33: the referring-expression readers behind sources 'refcoco' and 'grounding_jsonl' ----------------------
+def _photo(path: Path, width: int, height: int, seed: int) -> None:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def _refcoco_folder(root: Path) -> Path:
+    """The refer toolkit's ``data/refcoco`` after ``refs(unc).p`` is converted to JSON: ``instances.json`` (a polygon
+    and an uncompressed-RLE annotation), ``refs(unc).json`` (two train refs, one val) and the images in ``images/``."""
+    (root / "images").mkdir(parents=True)
+    sizes = {1: (24, 16), 2: (20, 20)}
+    for i, (w, h) in sizes.items():
+        _photo(root / "images" / f"COCO_train2014_{i:012d}.png", w, h, seed=i)
+    rle = np.zeros((20, 20), bool)
+    rle[3:9, 4:15] = True
+    flat, counts, current, run = rle.flatten(order="F"), [], False, 0  # COCO's column-major 0/1 runs
+    for value in flat:
+        if bool(value) != current:
+            counts.append(run)
+            current, run = bool(value), 0
+        run += 1
+    counts.append(run)
+    instances = {
+        "images": [{"id": i, "file_name": f"COCO_train2014_{i:012d}.png", "width": w, "height": h}
+                   for i, (w, h) in sizes.items()],
+        "annotations": [
+            {"id": 11, "image_id": 1, "bbox": [2, 2, 6, 4], "category_id": 1,
+             "segmentation": [[2, 2, 8, 2, 8, 6, 2, 6]]},
+            {"id": 12, "image_id": 2, "bbox": [4, 3, 11, 6], "category_id": 1,
+             "segmentation": {"counts": counts, "size": [20, 20]}},
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    refs = [
+        {"ref_id": 0, "ann_id": 11, "image_id": 1, "split": "train",
+         "sentences": [{"sent": "the left square"}, {"sent": "small square"}]},
+        {"ref_id": 1, "ann_id": 12, "image_id": 2, "split": "train", "sentences": [{"sent": "the wide box"}]},
+        {"ref_id": 2, "ann_id": 11, "image_id": 1, "split": "val", "sentences": [{"sent": "the square"}]},
+    ]
+    (root / "instances.json").write_text(json.dumps(instances))
+    (root / "refs(unc).json").write_text(json.dumps(refs))
+    return root
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Record the calls (args, kwargs, result) of ``module.name`` while still calling it."""
+    calls, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs, real(*args, **kwargs)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def test_train_node_reads_refcoco_and_grounding_jsonl(comfy, mods, tiny_vlm, comfy_base, tmp_path, monkeypatch):
+    """Sources 'refcoco' (a dataset folder; image_root and split left at their defaults, then the instances file with
+    both set) and 'grounding_jsonl' go through the library's readers at the VLM's image size and train."""
+    module = comfy.pack_module("nodes.nodes_diff_prompt")
+    refcoco, jsonl = _spy(monkeypatch, module, "read_refcoco"), _spy(monkeypatch, module, "read_grounding_jsonl")
+    folder = _refcoco_folder(tmp_path / "refcoco")
+    target = comfy_base / "models" / "promptweave" / "pw-test-refcoco.safetensors"
+    target.unlink(missing_ok=True)
+    model, path, _ = _train(comfy, tiny_vlm, "vae", world_stub(), source="refcoco", path=str(folder), steps=1,
+                            bundle_name="pw-test-refcoco")
+    assert model is None and path == str(target) and mods.dp.load_bundle(target).stages == ("vae",)
+    (instances, refs, root), kwargs, source = refcoco[-1]
+    assert (instances, refs, root) == (folder / "instances.json", folder / "refs(unc).json", folder / "images")
+    assert kwargs == {"split": "train", "size": tiny_vlm.image_size} and len(source) == 3  # the train sentences
+    _train(comfy, tiny_vlm, "vae", world_stub(), source="refcoco", path=str(folder / "instances.json"), steps=1,
+           bundle_name="pw-test-refcoco-val", image_root=str(folder / "images"), split="val, testA")
+    (_, _, root), kwargs, source = refcoco[-1]
+    assert root == folder / "images" and kwargs["split"] == ["val", "testA"] and len(source) == 1
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    _photo(images / "a.png", 30, 20, seed=3)
+    _photo(images / "b.jpg", 16, 16, seed=4)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 10:20] = 255
+    Image.fromarray(mask).save(images / "a_mask.png")
+    lines = [
+        {"image": "a.png", "expression": "the square in the middle", "bbox": [10, 5, 10, 10], "mask": "a_mask.png"},
+        {"image": "b.jpg", "expression": "the left half", "bbox": [0, 0, 8, 16]},
+    ]
+    data = tmp_path / "grounding.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _train(comfy, tiny_vlm, "vae", world_stub(), source="grounding_jsonl", path=str(data), steps=1,
+           bundle_name="pw-test-jsonl", image_root=str(images))
+    (given, root), kwargs, source = jsonl[-1]
+    assert (given, root, kwargs) == (data, images, {"size": tiny_vlm.image_size}) and len(source) == 2
+    batch = source.batch(0, 0, 2)
+    assert batch.images.shape == (2, 3, 64, 64) and sorted(batch.texts) == ["the left half", "the square in the middle"]
+
+
+def world_stub():
+    """The ``world`` argument of :func:`_train` for the file sources (their images and masks inputs are unused)."""
+    return SimpleNamespace(masks=torch.zeros(1, 8, 8), texts=["unused"], images=torch.zeros(1, 3, 8, 8))
+
+
+def test_file_source_errors_name_the_input(comfy, tiny_vlm, tmp_path):
+    folder = _refcoco_folder(tmp_path / "refcoco")
+
+    def refcoco(path=folder, **kw):
+        return _train(comfy, tiny_vlm, "vae", world_stub(), source="refcoco", path=str(path), steps=1,
+                      bundle_name="pw-test-refcoco-errors", **kw)
+
+    def expect(name: str, message: str, call, **kw):
+        with pytest.raises(ValueError, match=rf"PWTrainDiffPrompt: input '{name}': {message}.*Fix: "):
+            call(**kw)
+
+    expect("path", r".*absent does not exist", refcoco, path=tmp_path / "absent")
+    expect("path", r".*holds no instances.json", refcoco, path=folder / "images")
+    expect("image_root", r".*nowhere is not a folder", refcoco, image_root=str(tmp_path / "nowhere"))
+    expect("image_root", r".*COCO_train2014_000000000001.png \(image 1\) is not in .*refcoco", refcoco,
+           image_root=str(folder))
+    expect("split", r".*no refs of split \['testB'\]; its splits are \['train', 'val'\]", refcoco, split="testB")
+    shutil.copy(folder / "refs(unc).json", folder / "refs(google).json")
+    expect("path", r".*holds several refs files \(refs\(google\).json, refs\(unc\).json\)", refcoco)
+    (folder / "refs(google).json").unlink()
+    (folder / "refs(unc).json").unlink()
+    expect("path", r".*holds no refs file", refcoco)
+    (folder / "refs(unc).p").write_bytes(b"\x80\x04N.")  # the refer toolkit's pickle: refused, never unpickled
+    expect("path", r".*refs\(unc\).p is a Python pickle.*json.dump\(pickle.load", refcoco)
+    (folder / "refs(unc).p").unlink()
+    (folder / "refs(unc).jsonl").write_text(json.dumps({"ann_id": 11, "split": "train", "sentences": ["the square"]}))
+    _photo(folder / "images" / "COCO_train2014_000000000001.png", 32, 16, seed=9)  # not the annotated 24x16 image
+    expect("image_root", r".*is 32x16 but .* gives it as 24x16", refcoco)  # found while training (lazy pixels)
+
+    def grounding(lines, **kw):
+        data = tmp_path / "data.jsonl"
+        data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return _train(comfy, tiny_vlm, "vae", world_stub(), source="grounding_jsonl", path=str(data), steps=1,
+                      bundle_name="pw-test-jsonl-errors", **kw)
+
+    _photo(tmp_path / "a.png", 30, 20, seed=3)
+    expect("path", r".*line 1: the box \[x, y, w, h\] = \[25, 0, 10, 10\] lies outside", grounding,
+           lines=[{"image": "a.png", "expression": "x", "bbox": [25, 0, 10, 10]}])
+    expect("image_root", r".*line 1: the image file b.png does not exist", grounding,
+           lines=[{"image": "b.png", "expression": "x", "bbox": [0, 0, 5, 5]}])
+    expect("path", r".*no JSONL file given", _train, comfy=comfy, vlm=tiny_vlm, stage="vae", world=world_stub(),
+           source="grounding_jsonl", path=" ")

@@ -203,3 +203,40 @@ def test_out_of_memory_names_the_node_and_what_to_lower(comfy, tiny_vlm, world_i
     monkeypatch.setattr(module, "rank_images", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="^shape mismatch$"):
         _node(comfy, "PWRankImages").execute(vlm=tiny_vlm, images=images, text="a star", top_k=1)
+
+
+def test_train_node_reads_published_fdrd_from_image_root(comfy, tiny_vlm, tmp_path, monkeypatch):
+    """Issue 33: an FDRD test file as the DCAR authors publish it (an object keyed by image id, ``file_name``
+    without extension, the authors' absolute ``file_path``) whose images live elsewhere: the optional image_root
+    reaches the library's FDRDSource; without it, or when it is not a folder, the error names image_root."""
+    module = comfy.pack_module("nodes.nodes_dual_prompt")
+    sources, real = [], module.FDRDSource
+    monkeypatch.setattr(module, "FDRDSource", lambda *a, **k: sources.append(real(*a, **k)) or sources[-1])
+    images = tmp_path / "oxford_pets" / "images"
+    images.mkdir(parents=True)
+    author = "/root/autodl-tmp/wyf/CoOp-main/DATA/oxford_pets/images"  # the authors' machine: never exists here
+    data = {}
+    for i, (name, cls) in enumerate([("Sphynx_43", "Sphynx"), ("Ragdoll_4", "Ragdoll"), ("Bengal_7", "Bengal")]):
+        Image.fromarray(np.full((40, 50, 3), (70 * i, 200 - 60 * i, 90), dtype=np.uint8)).save(images / f"{name}.jpg")
+        others = [c for c in ("Sphynx", "Ragdoll", "Bengal", "Persian", "Birman") if c != cls][:4]
+        data[name] = {"file_name": name, "file_path": f"{author}/{name}.jpg", "class_name": cls,
+                      "positive": f"A {cls} cat sits on a sofa.",
+                      "negative": [f"A {c} cat sits on a sofa." for c in others]}
+    annotations = tmp_path / "FDRD" / "test"
+    annotations.mkdir(parents=True)
+    path = annotations / "pets_test.json"
+    path.write_text(json.dumps(data, indent=4))
+    args = {"vlm": tiny_vlm, "source": "fdrd_json", "path": str(path), "steps": 1, "batch_size": 2,
+            "learning_rate": 0.005, "seed": 0, "n_text": 2, "n_visual": 2, "depth": 1, "save_name": ""}
+    node = _node(comfy, "PWTrainDualPrompt")
+    with pytest.raises(ValueError, match=r"PWTrainDualPrompt: input 'image_root': .*entry 'Sphynx_43': image file "
+                                         r"Sphynx_43 does not exist under .*Fix: set 'image_root'"):
+        node.execute(**args)  # the default: the JSON's folder and its images/ sub-folder
+    with pytest.raises(ValueError, match=r"PWTrainDualPrompt: input 'image_root': .*absent is not a folder"):
+        node.execute(**args, image_root=str(tmp_path / "absent"))
+    with torch.inference_mode():
+        dual, plot = node.execute(**args, image_root=str(images))
+    entries = sources[-1].entries
+    assert [e.path for e in entries] == [images / f"{name}.jpg" for name in data]
+    assert sources[-1].size == tiny_vlm.image_size and sources[-1].class_names == ["Bengal", "Ragdoll", "Sphynx"]
+    assert plot.shape[0] == 1 and dual.config.n_text == 2

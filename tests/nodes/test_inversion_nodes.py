@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import load_api_workflow
+from PIL import Image
 
 from promptweave.headless import PACK_DIR
 from promptweave.testing.defaults import TINY_SD15_NAME
@@ -270,3 +275,44 @@ def test_sd_unet_features_in_comfyui_equal_the_diffusers_white_box(comfy, sd15):
     latents, context = torch.randn(2, 4, 8, 8), torch.randn(1, 5, 16)
     assert ldm2.name == ref2.name == "sd-unet:16:32-64" and ldm2.level_ends == [2, 3]
     assert torch.allclose(ldm2.encode_latents(latents, context), ref2.encode_latents(latents, context), atol=1e-5)
+
+
+def test_train_from_a_manifest_and_its_errors(comfy, comfy_base, tmp_path, fast_targets, monkeypatch):
+    """Issue 33: dataset_folder also takes a manifest file (here a Hugging Face imagefolder ``metadata.jsonl``), read
+    through the library's ``load_pairs`` at the encoder's resolution; a manifest's errors, and a parquet manifest
+    without pyarrow, name dataset_folder and the fix, and write nothing."""
+    module = comfy.pack_module("nodes.nodes_inversion")
+    calls, real = [], module.load_pairs
+    monkeypatch.setattr(module, "load_pairs", lambda *a, **k: calls.append((a, k, real(*a, **k))) or calls[-1][2])
+    images, prompts = _pairs(6)
+    (tmp_path / "train").mkdir()
+    rows = []
+    for i, (image, prompt) in enumerate(zip(images, prompts.splitlines(), strict=True)):
+        Image.fromarray((image.numpy() * 255).astype(np.uint8)).save(tmp_path / "train" / f"{i}.png")
+        rows.append({"file_name": f"train/{i}.png", "text": prompt, "seed": i})
+    manifest = tmp_path / "metadata.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    vlm_mod = comfy.pack_module("prompt_modules.core.vlm")
+    vlm = vlm_mod.VisionLanguageModel(vlm_mod.VLMConfig(name="small32", image_size=32), seed=0)
+    inverter, _, path = _train(comfy, backbone="vlm", vlm=vlm, filename="manifest-inverter",
+                               dataset_folder=str(manifest), images=None, prompts="")
+    (source, size), _, (pixels, texts) = calls[-1]
+    assert (source, size) == (str(manifest), 32) and pixels.shape == (6, 3, 32, 32)  # the VLM's resolution
+    assert texts == prompts.splitlines() and inverter.backbone == "vlm:small32"
+    assert Path(path) == comfy_base / "models" / "promptweave" / "manifest-inverter.safetensors"
+
+    folder = comfy_base / "models" / "promptweave"
+    before = set(folder.iterdir())
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("image,prompt\ntrain/0.png,a red square\ntrain/absent.png,a blue square\n")
+    with pytest.raises(ValueError, match=r"PWTrainPromptInverter: input 'dataset_folder': manifest .*pairs.csv, line "
+                                         r"3: image .*absent.png does not exist.*Fix: point it at a folder"):
+        _train(comfy, filename="never", dataset_folder=str(csv), images=None)
+    parquet = tmp_path / "metadata.parquet"
+    parquet.write_bytes(b"PAR1")
+    for name in ("pyarrow", "pyarrow.parquet", "pandas"):  # as where neither is installed
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ValueError, match=r"PWTrainPromptInverter: input 'dataset_folder': reading the parquet "
+                                         r"manifest .*needs pyarrow.*Fix: run `pip install pyarrow`"):
+        _train(comfy, filename="never", dataset_folder=str(parquet), images=None)
+    assert set(folder.iterdir()) == before

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 from promptweave.headless import PACK_DIR, WorkflowError
 
@@ -165,3 +166,45 @@ def test_train_dual_prompt_node_starts_from_pretrained_prompts(comfy, mods, infe
     other = mods.vlm.VisionLanguageModel(mods.vlm.VLMConfig(name="other"), seed=1)
     with pytest.raises(ValueError, match=r"PWTrainDualPrompt: input 'pretrained_prompts': .*'other'"):
         _node(comfy, "PWTrainDualPrompt").execute(**{**args, "vlm": other}, pretrained_prompts=saved_bundle.bundle)
+
+
+def test_folder_source_with_class_map_shots_and_a_teacher(comfy, mods, inference_vlm, tmp_path, monkeypatch):
+    """Issue 33: the folder source's optional class_map (WordNet id -> name, ImageNet's LOC_synset_mapping.txt) and
+    shots reach the library's FolderClassSource (images at the VLM's size), and the optional teacher (another VLM,
+    e.g. a larger CLIP, as in the RPP paper) gives the soft labels; bad values name class_map and teacher."""
+    module = comfy.pack_module("nodes.nodes_pretraining")
+    calls, real = [], module.pretrain_bundle
+    monkeypatch.setattr(module, "pretrain_bundle", lambda *a, **k: calls.append((a, k, real(*a, **k))) or calls[-1][2])
+    root = tmp_path / "train"
+    classes = {"n01440764": ("tench, Tinca tinca", 3), "n01443537": ("goldfish, Carassius auratus", 3),
+               "n01484850": ("great white shark, white shark, man-eater", 1)}
+    for i, (wnid, (_, count)) in enumerate(classes.items()):
+        (root / wnid).mkdir(parents=True)
+        for k in range(count):
+            Image.new("RGB", (50 + k, 37), (80 * i, 200 - 60 * i, 40 * k)).save(root / wnid / f"{wnid}_{k}.JPEG")
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("".join(f"{wnid} {names}\n" for wnid, (names, _) in classes.items()))
+    with torch.inference_mode():  # as a loader node hands it over
+        teacher = mods.vlm.VisionLanguageModel(mods.vlm.VLMConfig(name="teacher", embed_dim=48, image_size=32), seed=3)
+    args = {"source": "folder", "path": str(root), "class_map": str(mapping), "shots": 2, "soft_label_weight": 1.0}
+    bundle, _, summary = _pretrain(comfy, inference_vlm, teacher=teacher, **args)
+    (_, data, _), kwargs, (result, _) = calls[-1]
+    assert data.class_names == ["tench", "goldfish", "great white shark"] and data.size == inference_vlm.image_size
+    assert len(data) == 2 + 2 + 1 and data.short_classes == {"n01484850": 1}
+    assert "shots: 2 per class; 1 class(es) with fewer, used with all they have: n01484850 (1)" in summary
+    assert kwargs["teacher"] is teacher and bundle.info["teacher"] == "teacher"
+    assert "soft-label teacher: teacher" in summary
+    _pretrain(comfy, inference_vlm, **args)  # no teacher connected: the VLM itself, as before
+    _, kwargs, (itself, _) = calls[-1]
+    assert kwargs["teacher"] is None and itself.parts["soft"] != result.parts["soft"]
+
+    def expect(name, message, **overrides):
+        with pytest.raises(ValueError, match=rf"PWPretrainPrompts: input '{name}': {message}.*Fix: "):
+            _pretrain(comfy, inference_vlm, **{**args, **overrides})
+
+    expect("class_map", r"class-name mapping file .*absent.txt does not exist", class_map=str(tmp_path / "absent.txt"))
+    mapping.write_text("n01440764 tench\nn01443537\n")
+    expect("class_map", r"class-name mapping .*line 2: 'n01443537' has an id but no name")
+    mapping.write_text("n01440764 tench\nn01443537 goldfish\n")
+    expect("class_map", r"class-name mapping .* has no entry for class folder .*'n01484850'")
+    expect("teacher", r"got str", teacher="a larger CLIP")
