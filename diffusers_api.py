@@ -8,6 +8,7 @@ read it to see which library call does the work. A session reads top to bottom::
 
     pipe = pw.load_pipeline("path/to/stable-diffusion-v1-5")      # a local folder; never downloads
     worldclip, worldgen = pw.load_world_models()                    # the backbones shipped with the pack
+    clip = pw.load_vlm("clip_l.safetensors", vision="clip_vision_vit_l.safetensors")  # or any CLIP you have
 
     # 1. prompt inversion (Croitoru et al., CVIU 2024): image -> prompt text -> prompt_embeds -> a new image
     result = pw.invert_images(pw.load_inverter("inverter.safetensors"), images, vlm=worldclip)[0]
@@ -54,7 +55,7 @@ from PIL import Image
 
 from .prompt_modules.adaptation import IPLConfig, run_adaptation, save_lora, sd_generator_from_diffusers
 from .prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig, encode_prompt_for_pipeline
-from .prompt_modules.core.vlm import VisionLanguageModel
+from .prompt_modules.core.vlm import VisionLanguageModel, load_vlm
 from .prompt_modules.diff_prompt import (
     DiffPrompt,
     FolderGroundingSource,
@@ -111,6 +112,7 @@ __all__ = [
     "load_inverter",
     "load_pipeline",
     "load_pretrained_prompts",
+    "load_vlm",
     "load_world_models",
     "load_worldclip",
     "new_learned_prompt",

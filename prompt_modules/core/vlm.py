@@ -8,7 +8,9 @@ the pieces prompt-learning methods need: running the text tower on custom token 
 (:meth:`VisionLanguageModel.encode_image_with_prompts`).
 
 Weights are stored as safetensors only (:func:`save_vlm` / :func:`load_vlm`); nothing here unpickles and
-nothing here imports ComfyUI.
+nothing here imports ComfyUI. :func:`load_vlm` also reads the CLIP files users have (open_clip hub folders and
+files, transformers CLIP folders, ComfyUI's text-encoder + CLIP-vision pairs), converted to open_clip's layout by
+:mod:`.clip_formats` and named by a fingerprint of their weights.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
+from . import clip_formats
 from .artifacts import (
     ArtifactError,
     base_metadata,
@@ -49,6 +52,8 @@ class VLMConfig:
     """Shape of a CLIP-style model: a ViT image tower and a causal text transformer sharing ``embed_dim``.
 
     ``*_heads`` are attention head counts (open_clip's vision config uses ``head_width = width // heads``).
+    ``mlp_ratio`` is the MLP width over the model width of the vision tower and, unless ``text_mlp_ratio`` is set,
+    of the text tower too (ViT-bigG/14 has 4.9231 in its vision tower, 4 in its text tower).
     ``quick_gelu`` is True for OpenAI-trained weights, False for models trained with open_clip defaults.
     ``conv_stem`` replaces the ViT's patchify convolution by a convolutional stem (:class:`ConvStem`) with
     these channel counts, one stride-2 3x3 convolution each (so ``2 ** len(conv_stem) == patch_size``):
@@ -56,6 +61,10 @@ class VLMConfig:
     the layout of every open_clip checkpoint a user brings. ``text_space`` names the model whose text tower
     (weights included) this one carries, when it is another model's (``""``: its own): artifacts that read
     text features only, such as WorldGen's conditioning, check it instead of ``name``.
+    ``image_mean`` / ``image_std`` normalise images (OpenAI CLIP's by default; a model's own preprocess config
+    may give others) and ``interpolation`` is the resize filter of :meth:`VisionLanguageModel.preprocess`:
+    ``bilinear`` (the default, what the world models were trained with) or ``bicubic`` (CLIP's own
+    preprocessing; every CLIP :func:`load_vlm` reads from another format gets it).
     """
 
     name: str = "tiny"
@@ -76,9 +85,16 @@ class VLMConfig:
     quick_gelu: bool = False
     conv_stem: tuple[int, ...] = ()
     text_space: str = ""
+    text_mlp_ratio: float | None = None
+    # image preprocessing
+    image_mean: tuple[float, ...] = tuple(OPENAI_DATASET_MEAN)
+    image_std: tuple[float, ...] = tuple(OPENAI_DATASET_STD)
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conv_stem", tuple(int(c) for c in self.conv_stem))  # JSON gives a list
+        object.__setattr__(self, "image_mean", tuple(float(c) for c in self.image_mean))
+        object.__setattr__(self, "image_std", tuple(float(c) for c in self.image_std))
         if self.conv_stem and (2 ** len(self.conv_stem) != self.patch_size or min(self.conv_stem) < 1):
             raise ValueError(
                 f"conv_stem {self.conv_stem} needs one positive channel count per stride-2 convolution, "
@@ -97,6 +113,15 @@ class VLMConfig:
                 f"vocab_size {self.vocab_size} is smaller than the CLIP BPE vocabulary "
                 f"({CLIP_VOCAB_SIZE}); PromptWeave uses the standard CLIP tokenizer"
             )
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean / image_std need 3 values, std > 0: {self.image_mean}, {self.image_std}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', not {self.interpolation!r}")
+
+    @property
+    def text_mlp(self) -> float:
+        """MLP ratio of the text tower (``text_mlp_ratio``, else ``mlp_ratio``)."""
+        return self.mlp_ratio if self.text_mlp_ratio is None else self.text_mlp_ratio
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (the form stored in file metadata)."""
@@ -104,7 +129,8 @@ class VLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VLMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (keys added later take their defaults, so files
+        written before them load unchanged)."""
         return config_from_dict(cls, data)
 
     def to_open_clip_cfg(self) -> dict[str, Any]:
@@ -127,13 +153,19 @@ class VLMConfig:
                 "width": self.text_width,
                 "heads": self.text_heads,
                 "layers": self.text_layers,
-                "mlp_ratio": self.mlp_ratio,
+                "mlp_ratio": self.text_mlp,
             },
         }
 
     @classmethod
     def from_open_clip_cfg(cls, cfg: dict[str, Any], name: str = "custom") -> VLMConfig:
-        """Read an open_clip model config JSON (plain ViT + text transformer variants only)."""
+        """Read an open_clip model config JSON (plain ViT + text transformer variants only).
+
+        Options that only change training (``patch_dropout``, ``cast_dtype``, ``init_logit_scale``) are ignored;
+        the others must have open_clip's default value (LayerScale, attentional pooling, custom attention
+        blocks, timm or Hugging Face towers are not supported). A config without ``quick_gelu`` means GELU, as
+        in open_clip: OpenAI's weights need ``quick_gelu: true`` (the ``-quickgelu`` configs).
+        """
         vision = dict(cfg.get("vision_cfg") or {})
         text = dict(cfg.get("text_cfg") or {})
         if "embed_dim" not in cfg or not vision or not text:
@@ -141,23 +173,30 @@ class VLMConfig:
         supported_v = {"image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio"}
         supported_t = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
         extra = sorted(
-            {f"vision_cfg.{k}" for k in vision if k not in supported_v}
-            | {f"text_cfg.{k}" for k in text if k not in supported_t}
-            | {k for k in cfg if k not in {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}}
+            {f"vision_cfg.{k}" for k, v in vision.items() if k not in supported_v and not _default(k, v, "tok")}
+            | {f"text_cfg.{k}" for k, v in text.items() if k not in supported_t and not _default(k, v, "argmax")}
+            | {
+                k
+                for k, v in cfg.items()
+                if k not in {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"} and not _default(k, v, None)
+            }
         )
         if extra:
             raise ValueError(f"unsupported open_clip config options (plain ViT CLIP only): {extra}")
         if not isinstance(vision.get("layers", 12), int):
             raise ValueError("ResNet vision towers are not supported (vision_cfg.layers must be an int)")
+        image_size = vision.get("image_size", 224)
+        if isinstance(image_size, (list, tuple)):
+            if len(set(image_size)) != 1:
+                raise ValueError(f"non-square image_size {image_size} is not supported")
+            image_size = image_size[0]
         v_width = int(vision.get("width", 768))
         v_mlp = float(vision.get("mlp_ratio", 4.0))
         t_mlp = float(text.get("mlp_ratio", 4.0))
-        if v_mlp != t_mlp:
-            raise ValueError(f"different mlp_ratio for vision ({v_mlp}) and text ({t_mlp}) is not supported")
         return cls(
             name=name,
             embed_dim=int(cfg["embed_dim"]),
-            image_size=int(vision.get("image_size", 224)),
+            image_size=int(image_size),
             patch_size=int(vision.get("patch_size", 16)),
             vision_width=v_width,
             vision_layers=int(vision.get("layers", 12)),
@@ -168,8 +207,53 @@ class VLMConfig:
             text_layers=int(text.get("layers", 12)),
             text_heads=int(text.get("heads", 8)),
             mlp_ratio=v_mlp,
+            text_mlp_ratio=None if t_mlp == v_mlp else t_mlp,
             quick_gelu=bool(cfg.get("quick_gelu", False)),
         )
+
+
+#: open_clip config options accepted at their default value (they leave a plain ViT CLIP as it is).
+_OPEN_CLIP_DEFAULTS: dict[str, Any] = {
+    "ls_init_value": None,
+    "attentional_pool": False,
+    "no_ln_pre": False,
+    "pos_embed_type": "learnable",
+    "final_ln_after_pool": False,
+    "output_tokens": False,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "timm_model_name": None,
+    "hf_model_name": None,
+    "hf_tokenizer_name": None,
+    "tokenizer_kwargs": None,
+    "embed_cls": False,
+    "pad_id": 0,
+    "no_causal_mask": False,
+    "proj_bias": False,
+    "proj_type": "linear",
+    "custom_text": False,
+    "init_logit_bias": None,
+}
+#: open_clip config options that only matter for training: ignored whatever their value.
+_OPEN_CLIP_TRAINING_ONLY = {"patch_dropout", "cast_dtype", "init_logit_scale"}
+
+
+def _default(key: str, value: Any, pool_type: str | None) -> bool:
+    """True for an open_clip option that leaves a plain CLIP as it is (``pool_type``: the tower's CLIP pooling,
+    the class token of the vision tower, the end-of-text token of the text tower)."""
+    if key in _OPEN_CLIP_TRAINING_ONLY:
+        return True
+    if key == "pool_type":
+        return pool_type is not None and value == pool_type
+    if key == "block_type":
+        return value in (None, "default")
+    return key in _OPEN_CLIP_DEFAULTS and value == _OPEN_CLIP_DEFAULTS[key]
 
 
 VLM_PRESETS: dict[str, VLMConfig] = {
@@ -256,9 +340,43 @@ class VisionLanguageModel(nn.Module):
             self.clip = open_clip.CLIP(oc["embed_dim"], oc["vision_cfg"], oc["text_cfg"], quick_gelu=oc["quick_gelu"])
             if self.config.conv_stem:
                 self.clip.visual.conv1 = ConvStem(self.config.conv_stem, self.config.vision_width)
-        self.register_buffer("image_mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_mean", torch.tensor(self.config.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(self.config.image_std).view(1, 3, 1, 1), persistent=False)
         self.eval()
+
+    @classmethod
+    def from_state_dict(
+        cls, config: VLMConfig | str, state: dict[str, torch.Tensor], source: str | os.PathLike[str] = "weights"
+    ) -> VisionLanguageModel:
+        """The model of ``config`` holding ``state`` (open_clip keys), without a random initialisation first.
+
+        The modules are built on the meta device and the tensors assigned (cast to float32 where they are
+        floating point): loading a 2.5 B-parameter ViT-bigG costs no time initialising weights it then throws
+        away, nor twice its memory. Raises :class:`ArtifactError` naming ``source`` for missing, unexpected or
+        mis-shaped tensors.
+        """
+        config = get_config(config)
+        with torch.device("meta"):
+            model = cls(config)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        try:
+            missing, unexpected = model.clip.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as exc:  # shape mismatches
+            raise ArtifactError(f"{source} does not fit the '{config.name}' config: {exc}") from None
+        if missing or unexpected:
+            raise ArtifactError(
+                f"{source} does not fit the '{config.name}' config: "
+                f"missing keys {_preview(missing)}, unexpected keys {_preview(unexpected)}"
+            )
+        # the non-persistent buffers, as __init__ makes them (open_clip's causal mask: -inf above the diagonal)
+        model.image_mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
+        model.image_std = torch.tensor(config.image_std).view(1, 3, 1, 1)
+        length = config.context_length
+        model.clip.attn_mask = torch.empty(length, length).fill_(float("-inf")).triu_(1)
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"tensors left unset when building from a state dict: {left}")
+        return model.eval()
 
     # ----- description -------------------------------------------------------------------------------------
     @property
@@ -408,8 +526,11 @@ class VisionLanguageModel(nn.Module):
 
     # ----- images ----------------------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images ``[B, 3, H, W]`` in 0..1 -> CLIP input: shorter side resized to ``image_size``
-        (bilinear, antialiased), centre-cropped to a square, normalised with the OpenAI CLIP mean/std."""
+        """Float images ``[B, 3, H, W]`` in 0..1 -> CLIP input at the model's own resolution: shorter side
+        resized to ``image_size`` (antialiased, with the config's ``interpolation``: bicubic as CLIP's own
+        preprocessing, clamped to 0..1 as PIL's bicubic is; bilinear for the world models), centre-cropped to a
+        square, normalised with the config's mean/std (OpenAI CLIP's by default). Images already at
+        ``image_size`` x ``image_size`` are only normalised."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
         x = images.to(self.device, torch.float32)
@@ -418,7 +539,10 @@ class VisionLanguageModel(nn.Module):
         if (h, w) != (size, size):
             scale = size / min(h, w)
             new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+            mode = self.config.interpolation
+            x = F.interpolate(x, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
+            if mode == "bicubic":
+                x = x.clamp(0.0, 1.0)
             top, left = (new_h - size) // 2, (new_w - size) // 2
             x = x[..., top : top + size, left : left + size]
         return (x - self.image_mean) / self.image_std
@@ -471,8 +595,8 @@ def trainable_copy(vlm: VisionLanguageModel, device: str | torch.device | None =
     """A frozen copy in eval mode with ordinary (non-inference) tensors, so gradients can flow *through* it
     (a model loaded under ``torch.inference_mode()``, as ComfyUI loads, cannot be backpropagated through)."""
     with torch.inference_mode(False):
-        copy = VisionLanguageModel(vlm.config)
-        copy.clip.load_state_dict({k: v.clone() for k, v in vlm.clip.state_dict().items()})
+        state = {k: v.clone() for k, v in vlm.clip.state_dict().items()}
+        copy = VisionLanguageModel.from_state_dict(vlm.config, state, source=f"the VLM '{vlm.name}'")
         copy.requires_grad_(False)
     return copy.to(device if device is not None else vlm.device).eval()
 
@@ -490,53 +614,304 @@ def save_vlm(model: VisionLanguageModel, path: str | os.PathLike[str]) -> Path:
     return save_safetensors_atomic(path, model.clip.state_dict(), metadata)
 
 
-def _sidecar_config(path: Path) -> VLMConfig | None:
-    """Config from an open_clip model config JSON ``<stem>.json`` next to the weights, if there is one."""
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
+@dataclass
+class _Weights:
+    """A CLIP state dict brought to open_clip keys, with what its own config files said (if anything)."""
+
+    tensors: dict[str, torch.Tensor]
+    cfg: dict[str, Any] | None = None  # open_clip model config
+    quick_gelu: bool | None = None  # the activation the config gives (None: no config)
+    preprocess: dict[str, Any] = dataclasses.field(default_factory=dict)  # VLMConfig image fields
+    origin: str = ""  # where the config came from, for messages
+
+
+def _read_json(path: Path) -> Any:
     try:
-        cfg = json.loads(sidecar.read_text(encoding="utf-8"))
-        if isinstance(cfg, dict) and "model_cfg" in cfg:  # open_clip hub layout: open_clip_config.json
-            cfg = cfg["model_cfg"]
-        return VLMConfig.from_open_clip_cfg(cfg, name=path.stem)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
-        raise ArtifactError(f"{sidecar}: not a usable open_clip model config: {exc}") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a usable JSON config: {exc}") from None
 
 
-def load_vlm(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> VisionLanguageModel:
-    """Load a model written by :func:`save_vlm`, or an open_clip state dict with a ``<stem>.json`` config.
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    clip_formats.refuse_pickle(path)
+    return clip_formats.to_open_clip_layout(read_safetensors(path)[0], path)
 
-    Raises :class:`ArtifactError` (a ``ValueError``) naming the file for a missing, corrupt, truncated or
-    non-safetensors file, a missing config, or missing/unexpected/mis-shaped weights.
-    """
-    path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    raw = meta_field(metadata, "config")
-    if raw is not None:
-        check_method(metadata, METHOD, path)
-        try:
-            config = VLMConfig.from_dict(raw)
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{path}: bad promptweave.config metadata: {exc}") from None
+
+def _config_file(weights: _Weights, config: Path) -> _Weights:
+    """Fill ``weights`` from a config JSON: open_clip's (``{embed_dim, vision_cfg, text_cfg}`` or the hub's
+    ``{model_cfg, preprocess_cfg}``) or transformers' ``CLIPConfig`` (with ``preprocessor_config.json``)."""
+    data = _read_json(config)
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{config}: not a usable open_clip model config (not a JSON object)")
+    if "text_config" in data or "vision_config" in data:
+        weights.cfg, weights.quick_gelu = clip_formats.open_clip_cfg_from_transformers(data, config)
+        processor = config.parent / "preprocessor_config.json"
+        if processor.is_file() and isinstance(raw := _read_json(processor), dict):
+            weights.preprocess = clip_formats.preprocess_from_transformers(raw)
     else:
-        config = _sidecar_config(path)
-        if config is None:
-            raise ArtifactError(
-                f"{path} has no VLM config: expected promptweave.config metadata (written by save_vlm) "
-                f"or an open_clip model config JSON next to it ({path.with_suffix('.json').name})"
-            )
-    model = VisionLanguageModel(config)
+        cfg = data.get("model_cfg", data)
+        weights.preprocess = clip_formats.preprocess_from_open_clip(data.get("preprocess_cfg"), config)
+        if not isinstance(cfg, dict):
+            raise ArtifactError(f"{config}: not a usable open_clip model config (model_cfg is not an object)")
+        try:
+            VLMConfig.from_open_clip_cfg(cfg)  # validate here, where the file can be named
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"{config}: not a usable open_clip model config: {exc}") from None
+        weights.cfg, weights.quick_gelu = cfg, bool(cfg.get("quick_gelu", False))
+    weights.origin = str(config)
+    return weights
+
+
+def _read_folder(folder: Path) -> _Weights:
+    """An open_clip hub folder (``open_clip_model.safetensors`` + ``open_clip_config.json``) or a transformers
+    CLIP folder (``config.json`` + ``model.safetensors``, or shards listed in ``model.safetensors.index.json``)."""
+    hub_weights, hub_config = folder / "open_clip_model.safetensors", folder / "open_clip_config.json"
+    tf_weights, tf_index, tf_config = (
+        folder / "model.safetensors",
+        folder / "model.safetensors.index.json",
+        folder / "config.json",
+    )
+    if hub_weights.is_file() and hub_config.is_file():
+        return _config_file(_Weights(_read_weights(hub_weights)), hub_config)
+    if tf_config.is_file() and (tf_weights.is_file() or tf_index.is_file()):
+        if tf_weights.is_file():
+            tensors = read_safetensors(tf_weights)[0]
+        else:
+            index = _read_json(tf_index)
+            shards = sorted(set((index.get("weight_map") or {}).values())) if isinstance(index, dict) else []
+            if not shards:
+                raise ArtifactError(f"{tf_index} lists no weight files (weight_map)")
+            tensors = {}
+            for shard in shards:
+                tensors.update(read_safetensors(folder / Path(shard).name)[0])
+        return _config_file(_Weights(clip_formats.to_open_clip_layout(tensors, folder)), tf_config)
+    for pickle in ("open_clip_pytorch_model.bin", "pytorch_model.bin"):
+        if (folder / pickle).is_file():
+            clip_formats.refuse_pickle(folder / pickle)
+    raise ArtifactError(
+        f"{folder} is neither an open_clip hub folder (open_clip_model.safetensors + open_clip_config.json) nor a "
+        "transformers CLIP folder (config.json + model.safetensors); pass a .safetensors file to load one file"
+    )
+
+
+def _read_file(path: Path, tensors: dict[str, torch.Tensor]) -> _Weights:
+    """A safetensors file and the config beside it, if any: ``<stem>.json`` (open_clip or transformers), the hub's
+    ``open_clip_config.json``, or a transformers CLIP ``config.json``."""
+    weights = _Weights(clip_formats.to_open_clip_layout(tensors, path))
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return _config_file(weights, sidecar)
+    if (path.parent / "open_clip_config.json").is_file():
+        return _config_file(weights, path.parent / "open_clip_config.json")
+    tf_config = path.parent / "config.json"
+    if tf_config.is_file():
+        data = _read_json(tf_config)
+        if isinstance(data, dict) and ("text_config" in data or data.get("model_type") == "clip"):
+            return _config_file(weights, tf_config)
+    return weights
+
+
+def _is_device(value: object) -> bool:
+    """True for a device given where ``vision`` now stands (``load_vlm(path, "cuda")``, the old signature)."""
+    if isinstance(value, torch.device):
+        return True
+    if not isinstance(value, str) or Path(value).exists():
+        return False
     try:
-        missing, unexpected = model.clip.load_state_dict(tensors, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ArtifactError(f"{path} does not fit the '{config.name}' config: {exc}") from None
-    if missing or unexpected:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _add_vision(weights: _Weights, source: Path, vision_tensors: dict[str, torch.Tensor], vision: Path) -> None:
+    """Join the text tower of ``source`` and the vision tower of ``vision`` (ComfyUI's split files; both in open_clip
+    keys by now)."""
+    text, own_vision, other = clip_formats.split_towers(weights.tensors)
+    vision_text, vision_tower, _ = clip_formats.split_towers(vision_tensors)
+    if own_vision and not text and vision_text and not vision_tower:
         raise ArtifactError(
-            f"{path} does not fit the '{config.name}' config: "
-            f"missing keys {_preview(missing)}, unexpected keys {_preview(unexpected)}"
+            f"the files are swapped: {source} is a vision tower and {vision} a text encoder; the text encoder goes "
+            "first: load_vlm(text_file, vision=vision_file)"
         )
-    return model.to(device).eval()
+    if own_vision:
+        raise ArtifactError(
+            f"{source} has its own vision tower; pass vision= only with a text-encoder file (clip_l / clip_g)"
+        )
+    if not vision_tower:
+        raise ArtifactError(
+            f"{vision} has no vision tower (vision_model.* or visual.* keys): vision= takes a CLIP-vision file "
+            "(ComfyUI's models/clip_vision), the text encoder goes first: load_vlm(text_file, vision=vision_file)"
+        )
+    if not text:
+        raise ArtifactError(
+            f"{source} has no text tower (text_model.* or open_clip text keys): the first argument is the text "
+            "encoder (ComfyUI's models/text_encoders, e.g. clip_l.safetensors)"
+        )
+    clip_formats.check_pair(text, vision_tower, source, vision)
+    weights.tensors = {**text, **vision_tower, **other}
+
+
+def _load_promptweave(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> VisionLanguageModel:
+    check_method(metadata, METHOD, path)
+    try:
+        config = VLMConfig.from_dict(meta_field(metadata, "config"))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: bad promptweave.config metadata: {exc}") from None
+    return VisionLanguageModel.from_state_dict(config, tensors, path)
+
+
+def load_vlm(
+    source: str | os.PathLike[str],
+    vision: str | os.PathLike[str] | None = None,
+    *,
+    model_name: str | None = None,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> VisionLanguageModel:
+    """Load any CLIP a user has as a :class:`VisionLanguageModel` (open_clip's CLIP underneath, eval mode).
+
+    ``source`` is one of:
+
+    * a file written by :func:`save_vlm` (PromptWeave metadata: config and name as saved; the world models);
+    * an open_clip hub folder (``open_clip_model.safetensors`` + ``open_clip_config.json``);
+    * an open_clip safetensors file with its config beside it (``<stem>.json``, open_clip's model config or the
+      hub's ``{model_cfg, preprocess_cfg}``, or ``open_clip_config.json``), or with ``model_name=`` one of
+      open_clip's built-in configs (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``ViT-H-14``, ``ViT-bigG-14`` and
+      their ``-quickgelu`` forms; read offline);
+    * a transformers CLIP folder (``config.json`` + ``model.safetensors``, ``CLIPModel`` keys), or such a file
+      with its ``config.json`` beside it;
+    * a CLIP text encoder in ComfyUI's ``clip_l`` / ``clip_g`` layout (``text_model.*`` +
+      ``text_projection.weight``) with ``vision=`` a CLIP-vision file of the same model (``vision_model.*`` +
+      ``visual_projection.weight``, or open_clip's ``visual.*``).
+
+    transformers keys are converted to open_clip's (:mod:`.clip_formats`). Without a config the shape comes from
+    the tensors, the heads from the CLIP families, and the activation from the config, else ``quick_gelu``, else
+    the family (OpenAI's CLIP-L: quick_gelu; OpenCLIP's ViT-H and ViT-bigG: GELU; ViT-B: the caller must say).
+    A config without ``quick_gelu`` means GELU, as in open_clip: OpenAI's weights need the ``-quickgelu`` name,
+    ``quick_gelu: true`` in the config, or ``quick_gelu=True`` here (which overrides every config). A file without
+    ``logit_scale`` (split files) gets CLIP's trained 100. Images are preprocessed at the model's resolution with
+    bicubic resizing and the config's mean/std (OpenAI's unless a preprocess config says otherwise).
+
+    The model's ``name`` is ``clip:<family>:<weights fingerprint>`` (:func:`.clip_formats.clip_name`): the same
+    for the same weights and activation in every layout, fp16 or fp32, so artifacts trained on it are accepted
+    whichever way it is loaded. PromptWeave files keep their saved name. ``load_vlm(path, device)`` (the old
+    positional device) still works. Raises :class:`ArtifactError` (a ``ValueError``) naming the file for a
+    missing, corrupt, pickled or non-safetensors file, a missing config, a pair that is not one CLIP, or
+    missing/unexpected/mis-shaped weights.
+    """
+    if _is_device(vision):
+        device, vision = vision, None  # type: ignore[assignment]
+    path = Path(source)
+    if path.is_dir():
+        weights = _read_folder(path)
+    else:
+        clip_formats.refuse_pickle(path)
+        tensors, metadata = read_safetensors(path)
+        if meta_field(metadata, "config") is not None or "promptweave.method" in metadata:
+            if vision is not None or model_name is not None or quick_gelu is not None:
+                raise ArtifactError(
+                    f"{path} is a PromptWeave VLM file, it carries its config: load it without vision=, "
+                    "model_name= or quick_gelu="
+                )
+            return _load_promptweave(path, tensors, metadata).to(device).eval()
+        if model_name is None:
+            weights = _read_file(path, tensors)
+        else:  # the name gives the config: files beside the weights are not read
+            weights = _Weights(clip_formats.to_open_clip_layout(tensors, path))
+    vision_path = None
+    if vision is not None:
+        vision_path = Path(vision)
+        if vision_path.is_dir():
+            raise ArtifactError(f"vision= must be a CLIP-vision .safetensors file, not the folder {vision_path}")
+        _add_vision(weights, path, _read_weights(vision_path), vision_path)
+    return _build(weights, path, vision_path, model_name, quick_gelu).to(device).eval()
+
+
+def vlm_from_state_dicts(
+    state: dict[str, torch.Tensor],
+    vision: dict[str, torch.Tensor] | None = None,
+    *,
+    model_name: str | None = None,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+    source: str = "the text state dict",
+    vision_source: str = "the vision state dict",
+) -> VisionLanguageModel:
+    """:func:`load_vlm` for state dicts already in memory (e.g. what ComfyUI's CLIP / CLIP_VISION loaders hold):
+    ``state`` a full CLIP or a text tower, ``vision`` a vision tower, in open_clip or transformers keys (strip
+    runtime prefixes first, such as ComfyUI's ``clip_l.transformer.`` and ``clip_l.`` of ``CLIP.get_sd()``).
+    Shape, activation, ``logit_scale`` and the fingerprinted name as :func:`load_vlm`; ``source`` /
+    ``vision_source`` name the inputs in error messages. The tensors are copied: the model never shares storage
+    with the caller's (ComfyUI patches its weights in place)."""
+    path, vision_path = Path(source), Path(vision_source)
+
+    def own(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # the caller keeps (and may patch) its own
+        return {k: v.detach().clone() for k, v in tensors.items()}
+
+    weights = _Weights(clip_formats.to_open_clip_layout(own(state), path))
+    if vision is not None:
+        _add_vision(weights, path, clip_formats.to_open_clip_layout(own(vision), vision_path), vision_path)
+    return _build(weights, path, vision_path if vision is not None else None, model_name, quick_gelu).to(device).eval()
+
+
+def _build(
+    weights: _Weights, path: Path, vision_path: Path | None, model_name: str | None, quick_gelu: bool | None
+) -> VisionLanguageModel:
+    """The model of open_clip-keyed ``weights``: config from ``model_name``, the weights' own config or the tensor
+    shapes; activation from ``quick_gelu``, the config or the family; the fingerprinted name."""
+    if model_name is not None:
+        weights.cfg, weights.origin = _registry_cfg(model_name), f"model_name {model_name!r}"
+        weights.quick_gelu = bool(weights.cfg.get("quick_gelu", False))
+    text, vision_tower, _ = clip_formats.split_towers(weights.tensors)
+    if not vision_tower and text:
+        raise ArtifactError(
+            f"{path} has a text tower only: pass its CLIP-vision file too, load_vlm(text_file, vision=vision_file)"
+        )
+    if vision_tower and not text:
+        raise ArtifactError(
+            f"{path} has a vision tower only (a CLIP-vision file): pass the text encoder of the same CLIP first, "
+            "load_vlm(text_file, vision=vision_file)"
+        )
+    clip_formats.check_pair(text, vision_tower, path, vision_path or path)
+    if weights.cfg is None:
+        try:
+            weights.cfg = clip_formats.infer_open_clip_cfg(weights.tensors, path)
+        except ArtifactError as exc:
+            raise ArtifactError(
+                f"{path} has no VLM config: expected promptweave.config metadata (written by save_vlm), an "
+                f"open_clip model config JSON next to it ({path.with_suffix('.json').name}), a transformers "
+                f"config.json, or model_name=; the shape could not be read from the tensors: {exc}"
+            ) from None
+        weights.quick_gelu, weights.origin = clip_formats.quick_gelu_from_shape(weights.cfg), "the tensor shapes"
+    activation = quick_gelu if quick_gelu is not None else weights.quick_gelu
+    if activation is None:
+        raise ArtifactError(
+            f"{path}: the activation of this CLIP cannot be told from its shapes (ViT-B and custom towers were "
+            "trained both ways): pass quick_gelu=True for OpenAI-trained weights, quick_gelu=False for "
+            "OpenCLIP-trained ones (or give its config)"
+        )
+    weights.tensors.setdefault("logit_scale", torch.tensor(clip_formats.CLIP_LOGIT_SCALE))
+    cfg = {**weights.cfg, "quick_gelu": activation}
+    try:
+        config = VLMConfig.from_open_clip_cfg(cfg)
+        config = dataclasses.replace(config, **{"interpolation": "bicubic", **weights.preprocess})
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: the config from {weights.origin} is not usable: {exc}") from None
+    name = clip_formats.clip_name(weights.tensors, config.to_open_clip_cfg(), activation)
+    config = dataclasses.replace(config, name=name)
+    return VisionLanguageModel.from_state_dict(config, weights.tensors, path)
+
+
+def _registry_cfg(model_name: str) -> dict[str, Any]:
+    """open_clip's built-in (offline) model config of ``model_name`` (``ViT-B/32`` is read as ``ViT-B-32``)."""
+    cfg = open_clip.get_model_config(model_name.replace("/", "-"))
+    if cfg is None:
+        raise ArtifactError(
+            f"model_name {model_name!r} is not one of open_clip's built-in configs (e.g. ViT-B-32, ViT-B-16, ViT-L-14, "
+            "ViT-H-14, ViT-bigG-14, and -quickgelu for OpenAI's weights; open_clip.list_models() lists them all)"
+        )
+    return dict(cfg)
 
 
 def _preview(keys: Sequence[str], limit: int = 5) -> str:
