@@ -18,6 +18,7 @@ from ._common import OPTIONAL_DEPENDENCIES, missing_dependency_hint, register_mo
 NODE_MODULE_NAMES = (
     "nodes_learned_prompt",
     "nodes_world",
+    "nodes_vlm",
     "nodes_inversion",
     "nodes_adaptation",
     "nodes_dual_prompt",

@@ -2,7 +2,8 @@
 
 No pretrained weights can be downloaded here, so the defaults are built on demand and cached under
 ``.cache/tiny`` (never committed): the tiny random-weight SD1.x checkpoint from :mod:`promptweave.testing.tiny`, and
-a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase.
+a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase, and a tiny
+random-weight CLIP in transformers' layout in ``models/vlm`` (the "use your own CLIP" workflows load it).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from ..prompt_modules.core.artifacts import read_safetensors
 from ..prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
-from .tiny import build_tiny_sd15
+from .tiny import build_tiny_clip_folder, build_tiny_sd15
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 CACHE_DIR = PACK_DIR / ".cache" / "tiny"
 TINY_SD15_NAME = "promptweave-tiny-sd15.safetensors"
 DEFAULT_PROMPT_NAME = "promptweave-default-sd15.safetensors"
+#: The demo's stand-in for a CLIP a user has: a tiny random transformers CLIP folder in ``models/vlm``.
+DEMO_CLIP_NAME = "pw-demo-clip"
 DEFAULT_PROMPT_PHRASE = "a photo of a"
 SD1_TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 
@@ -60,4 +63,7 @@ def install_default_models(base_dir: str | os.PathLike[str], cache_dir: Path = C
     prompt_path = models / "promptweave" / DEFAULT_PROMPT_NAME
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
     learned_prompt_from_checkpoint(checkpoint).save(prompt_path)
-    return {"checkpoint": link, "learned_prompt": prompt_path}
+    clip = models / "vlm" / DEMO_CLIP_NAME
+    if not (clip / "model.safetensors").is_file():
+        build_tiny_clip_folder(clip, seed=0)
+    return {"checkpoint": link, "learned_prompt": prompt_path, "clip": clip}

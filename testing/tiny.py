@@ -244,6 +244,35 @@ def build_tiny_vlm(path: str | os.PathLike[str], seed: int = 0) -> Path:
 # ----- diffusers pipeline --------------------------------------------------------------------------------------
 
 
+#: A tiny CLIP in transformers' layout (random weights, the real CLIP vocabulary): what a user's CLIP folder looks
+#: like, small enough to build in a second. 32 px images, 8 px patches, quick_gelu as OpenAI's CLIPs.
+TINY_CLIP_CONFIG = {
+    "text_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 2,
+                    "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu"},
+    "vision_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 2,
+                      "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
+    "projection_dim": 64,
+}
+
+
+def build_tiny_clip_folder(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a tiny random-weight transformers ``CLIPModel`` folder (``config.json`` + ``model.safetensors``), the
+    layout of a CLIP a user puts in ``models/vlm``. The folder is replaced atomically."""
+    from transformers import CLIPConfig, CLIPModel
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with _seeded(seed):
+            model = CLIPModel(CLIPConfig(**TINY_CLIP_CONFIG)).eval()
+        model.save_pretrained(staging / "clip", safe_serialization=True)
+        _swap_folder(staging / "clip", path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
 def _tiny_pipeline_components(seed: int, tokenizer_dir: Path) -> dict[str, object]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

@@ -1,0 +1,79 @@
+"""PWLoadVLM in real ComfyUI (in-process): any CLIP from ComfyUI's model folders becomes PromptWeave's VLM."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from promptweave.headless import PACK_DIR
+
+pytestmark = pytest.mark.comfyui
+NODE = "PWLoadVLM"
+DEFAULTS = {"clip_vision_name": "none", "open_clip_model": "", "activation": "auto", "clip_tower": "auto"}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_folder(comfy_base):
+    """A transformers CLIP folder (random weights, tiny widths, the real CLIP vocabulary) in models/vlm."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu"},
+        vision_config={"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
+        projection_dim=24,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    folder = comfy_base / "models" / "vlm" / "pw-test-tinyclip"
+    model.save_pretrained(folder, safe_serialization=True)
+    return SimpleNamespace(folder=folder, model=model, name="vlm/pw-test-tinyclip")
+
+
+def _load(comfy, **inputs):
+    with torch.inference_mode():
+        return comfy.nodes.NODE_CLASS_MAPPINGS[NODE].execute(**{**DEFAULTS, **inputs})[0]
+
+
+def test_node_is_registered_with_docs_and_lists_the_vlm_folder(comfy, tiny_clip_folder):
+    assert NODE in comfy.pack_node_ids()
+    assert (PACK_DIR / "web" / "docs" / f"{NODE}.md").is_file()
+    info = comfy.node_info(NODE)
+    assert info["category"] == "PromptWeave/models" and info["output"] == ["PW_VLM"]
+    assert tiny_clip_folder.name in info["input"]["required"]["clip_name"][1]["options"]
+
+
+def test_a_transformers_clip_folder_loads_equal_to_transformers(comfy, tiny_clip_folder):
+    vlm = _load(comfy, clip_name=tiny_clip_folder.name)
+    assert vlm.image_size == 32 and vlm.embed_dim == 24
+    library = comfy.pack_module("prompt_modules.core.vlm").load_vlm(tiny_clip_folder.folder)
+    assert vlm.name == library.name  # the fingerprinted name is the same whoever loads the weights
+    texts = ["a red star", "a blue square"]
+    with torch.no_grad():
+        ours = vlm.encode_text(texts)
+        tokens = vlm.tokenize(texts)
+        reference = tiny_clip_folder.model.get_text_features(input_ids=tokens)
+        reference = getattr(reference, "text_embeds", getattr(reference, "pooler_output", reference))
+        reference = torch.nn.functional.normalize(reference, dim=-1)
+    assert torch.nn.functional.cosine_similarity(ours, reference).min() > 0.9999
+
+
+def test_the_loaded_vlm_drives_a_capability(comfy, tiny_clip_folder):
+    """Rank Images (DCAR's retrieval) runs on the loaded CLIP: a VLM from any CLIP is a VLM for every node."""
+    vlm = _load(comfy, clip_name=tiny_clip_folder.name)
+    images = torch.rand(3, 40, 40, 3)
+    with torch.inference_mode():
+        out = comfy.nodes.NODE_CLASS_MAPPINGS["PWRankImages"].execute(vlm=vlm, images=images, text="a red star",
+                                                                      top_k=2)
+    assert out[0].shape == (2, 40, 40, 3)
+
+
+def test_bad_choices_name_the_input(comfy, tiny_clip_folder):
+    errors = comfy.pack_module("nodes._common")
+    with pytest.raises(errors.NodeInputError, match="input 'clip_name'.*no CLIP is chosen"):
+        _load(comfy, clip_name="none")
+    with pytest.raises(errors.NodeInputError, match="input 'clip_name'.*not found"):
+        _load(comfy, clip_name="vlm/absent-model")
