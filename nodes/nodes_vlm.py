@@ -96,9 +96,10 @@ def _text_state(clip, tower: str) -> tuple[str, dict[str, torch.Tensor]]:
     prefix = f"{tower}.transformer."
     text = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     projection = text.get("text_projection.weight")
-    if projection is None or not bool(torch.isfinite(projection).all()) or torch.equal(
-        projection.float(), torch.eye(projection.shape[0], dtype=torch.float32)
-    ):
+    # ComfyUI leaves a checkpoint's missing projection as it allocated it (zeros here); identity or non-finite
+    # values are no trained projection either
+    untrained = projection is None or not bool(projection.any()) or not bool(torch.isfinite(projection).all())
+    if untrained or torch.equal(projection.float(), torch.eye(projection.shape[0], dtype=torch.float32)):
         raise NodeInputError(NODE, "clip", f"the {tower} text tower of this CLIP has no trained text projection "
                              "(SD checkpoints do not carry one)",
                              f"load the {tower}.safetensors text encoder with clip_name (models/text_encoders)")

@@ -77,3 +77,17 @@ def test_bad_choices_name_the_input(comfy, tiny_clip_folder):
         _load(comfy, clip_name="none")
     with pytest.raises(errors.NodeInputError, match="input 'clip_name'.*not found"):
         _load(comfy, clip_name="vlm/absent-model")
+
+
+def test_an_untrained_text_projection_is_refused_with_the_file_to_use(comfy, tiny_sd15_path):
+    """SD1.5 checkpoints carry CLIP-L's text tower without a projection, and ComfyUI keeps the projection as it
+    allocated it: zeros are refused (arbitrary leftover memory cannot be told from trained weights; see the docs)."""
+    import importlib
+
+    comfy_sd = importlib.import_module("comfy.sd")  # (the fixture named comfy is the headless ComfyUI)
+    _, clip, _, _ = comfy_sd.load_checkpoint_guess_config(str(tiny_sd15_path), output_vae=False, output_clip=True)
+    with torch.no_grad():
+        clip.cond_stage_model.clip_l.transformer.text_projection.weight.zero_()
+    errors = comfy.pack_module("nodes._common")
+    with pytest.raises(errors.NodeInputError, match="input 'clip'.*no trained text projection.*clip_l.safetensors"):
+        _load(comfy, clip_name="none", clip=clip)
