@@ -30,7 +30,9 @@ read it to see which library call does the work. A session reads top to bottom::
     # 4. Diff-Prompt (Yan et al., ICLR 2025): referring expression -> mask at the image size -> inpainting
     masks = pw.ground(model, worldclip, images, ["the red star left of the arrow"])
 
-    # 5. RPP (Chen et al. 2024): pretrained prompts initialise DCAR through DualPromptConfig(init_from=path)
+    # 5. RPP (Chen et al. 2024): pretrain (Pretrain Prompts' recipe), then start DCAR from the bundle
+    result, bundle = pw.pretrain_bundle(worldclip, source, save_path="rpp.safetensors", teacher=bigger_clip)
+    config = pw.DualPromptConfig(init_from="rpp.safetensors")
 
     # training, with the recipes the ComfyUI training nodes run (same library functions)
     inverter = pw.train_inverter(images, prompts, vlm=worldclip, out="inverter.safetensors")
@@ -85,7 +87,7 @@ from .prompt_modules.inversion import (
     save_inverter,
     train_inverter_on_prompts,
 )
-from .prompt_modules.pretraining import RPPConfig, load_pretrained_prompts, pretrain_prompts
+from .prompt_modules.pretraining import RPPConfig, load_pretrained_prompts, pretrain_bundle, pretrain_prompts
 from .prompt_modules.world.models import load_world_models, load_worldclip
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ __all__ = [
     "load_world_models",
     "load_worldclip",
     "new_learned_prompt",
+    "pretrain_bundle",
     "pretrain_prompts",
     "rank_images",
     "rank_texts",
