@@ -81,9 +81,19 @@ def _resolve(input_name: str, name: str) -> str:
     raise NodeInputError(NODE, input_name, f"'{name}' was not found", f"put it in {where} and refresh the page (R)")
 
 
+def _state_dict(input_name: str, model) -> dict[str, torch.Tensor]:
+    """The weights of a connected ComfyUI CLIP / CLIP_VISION (``get_sd()``), or an error naming the input."""
+    state = model.get_sd() if callable(getattr(model, "get_sd", None)) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        kind = "CLIP" if input_name == "clip" else "CLIP_VISION"
+        raise NodeInputError(NODE, input_name, f"this is not a ComfyUI {kind} with weights",
+                             "connect Load CLIP" if input_name == "clip" else "connect Load CLIP Vision")
+    return state
+
+
 def _text_state(clip, tower: str) -> tuple[str, dict[str, torch.Tensor]]:
     """``(tower, text state dict in transformers keys)`` of a ComfyUI CLIP (``clip_l``/``clip_g`` inside)."""
-    state = clip.get_sd()
+    state = _state_dict("clip", clip)
     towers = sorted({k.split(".", 1)[0] for k in state if ".transformer.text_model." in k})
     if not towers:
         raise NodeInputError(NODE, "clip", "this CLIP holds no CLIP text tower (clip_l / clip_g)",
@@ -112,7 +122,7 @@ class LoadVLM(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE,
+            node_id="PWLoadVLM",
             display_name="Load VLM (any CLIP)",
             category="PromptWeave/models",
             description="Loads a CLIP model you have as the VLM every PromptWeave capability takes: a whole CLIP "
@@ -159,7 +169,7 @@ class LoadVLM(io.ComfyNode):
             if clip_name != NONE:
                 source = _resolve("clip_name", clip_name)
                 if vision_path is None and clip_vision is not None:
-                    vlm = vlm_from_state_dicts(read_safetensors(source)[0], clip_vision.get_sd(),
+                    vlm = vlm_from_state_dicts(read_safetensors(source)[0], _state_dict("clip_vision", clip_vision),
                                                model_name=model_name, quick_gelu=quick_gelu, source=source,
                                                vision_source="the connected CLIP_VISION")
                 else:
@@ -169,7 +179,7 @@ class LoadVLM(io.ComfyNode):
                 if vision_path is not None:
                     vision, vision_source = read_safetensors(vision_path)[0], vision_path
                 elif clip_vision is not None:
-                    vision, vision_source = clip_vision.get_sd(), "the connected CLIP_VISION"
+                    vision, vision_source = _state_dict("clip_vision", clip_vision), "the connected CLIP_VISION"
                 else:
                     raise NodeInputError(NODE, "clip_vision", f"the {tower} text tower needs the vision tower of its "
                                          "model", "connect Load CLIP Vision or pick clip_vision_name")

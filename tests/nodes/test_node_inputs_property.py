@@ -439,6 +439,7 @@ def ctx(comfy, comfy_base):
             save_name="",
         ),
         "PWLoadPretrainedPrompts": dict(prompt_name="pw-prop-rpp.safetensors"),
+        "PWLoadVLM": dict(clip_name="vlm/pw-demo-clip"),  # the random CLIP folder install_default_models puts there
     }
     model_file_names = sorted(p.name for p in folder.glob("*.safetensors"))
     classes = {cls.define_schema().node_id: cls for module in mod.nodes.NODE_MODULES for cls in module.NODES}
