@@ -128,6 +128,7 @@ def test_dit_shapes_adaln_zero_and_ddim(vlm):
         ddim_sample(dit, f, f, steps=6, keep=(6,))
 
 
+@pytest.mark.slow
 def test_dit_loss_decreases_and_ema(vlm, small_set, stages):
     vae, _ = stages
     result = train_dit(vlm, vae, small_set, DIT_CFG, steps=40, batch_size=8, progress=False)
@@ -250,6 +251,7 @@ def test_dit_stage_resumes_exactly_with_ema(vlm, small_set, stages, tmp_path):
         assert torch.allclose(a, b, atol=1e-6)  # the EMA weights too
 
 
+@pytest.mark.slow
 def test_prompt_stage_resumes_exactly(vlm, small_set, stages, tmp_path):
     vae, dit = stages
     full = train_prompts(vlm, vae, dit, small_set, PROMPT_CFG, steps=4, batch_size=4, progress=False)

