@@ -91,3 +91,58 @@ def test_an_untrained_text_projection_is_refused_with_the_file_to_use(comfy, tin
     errors = comfy.pack_module("nodes._common")
     with pytest.raises(errors.NodeInputError, match="input 'clip'.*no trained text projection.*clip_l.safetensors"):
         _load(comfy, clip_name="none", clip=clip)
+
+
+def _run(comfy, node_id: str, **inputs):
+    """Execute a node with ``inputs`` and every other widget at its default, as the frontend sends them."""
+    info = comfy.node_info(node_id)
+    args = {}
+    for group in ("required", "optional"):
+        for name, spec in info["input"].get(group, {}).items():
+            if name not in inputs and len(spec) > 1 and "default" in spec[1]:
+                args[name] = spec[1]["default"]
+    args.update(inputs)
+    with torch.inference_mode():  # ComfyUI runs every node under inference mode
+        return comfy.nodes.NODE_CLASS_MAPPINGS[node_id].execute(**args)
+
+
+def _pairs():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 48, 48, 3, generator=generator)
+    masks = torch.zeros(4, 48, 48)
+    masks[:, 12:36, 12:36] = 1
+    return images, masks, "a red star\na blue star\na red square\na blue square"
+
+
+def test_every_capability_trains_and_runs_on_a_loaded_clip(comfy, tiny_clip_folder, tiny_sd15_path):
+    """Inversion, Diff-Prompt, RPP and IPL's judge on a CLIP from models/vlm (DCAR: the test above and the
+    any_clip workflow): the loaded CLIP is a VLM like WorldCLIP for every node, at its own resolution (32 px)."""
+    vlm = _load(comfy, clip_name=tiny_clip_folder.name)
+    images, masks, prompts = _pairs()
+
+    inverter, _, _ = _run(comfy, "PWTrainPromptInverter", backbone="vlm", filename="pw-test-vlm-inverter",
+                          images=images, prompts=prompts, vlm=vlm, vocab_size=8, epochs=1, batch_size=4,
+                          hidden_width=16)
+    assert inverter.backbone == f"vlm:{vlm.name}"
+    inverted = _run(comfy, "PWPromptInversion", image=images[:1], inverter=inverter, vlm=vlm)
+    assert isinstance(inverted[0], str) and inverted[0]
+
+    model, bundle_path, _ = _run(comfy, "PWTrainDiffPrompt", vlm=vlm, stage="all", source="inputs", steps=1,
+                                 batch_size=2, bundle_name="pw-test-vlm-diff", images=images, masks=masks,
+                                 expressions=prompts)
+    assert model.backbone == vlm.name
+    mask = _run(comfy, "PWDiffPromptGround", vlm=vlm, diff_prompt=model, image=images[:1], text="the red star")[0]
+    assert mask.shape[-2:] == (48, 48)
+
+    bundle, _, summary = _run(comfy, "PWPretrainPrompts", vlm=vlm, source="world", steps=1, batch_size=2,
+                              n_text=2, n_visual=2, depth=1, classes_per_step=4, save_name="")
+    assert bundle.backbone == vlm.name and vlm.name in summary
+
+    import importlib
+
+    comfy_sd = importlib.import_module("comfy.sd")  # (the fixture named comfy is the headless ComfyUI)
+    sd_model, clip, vae, _ = comfy_sd.load_checkpoint_guess_config(str(tiny_sd15_path), output_vae=True,
+                                                                   output_clip=True)
+    mapper = _run(comfy, "PWTrainLatentMapper", model=sd_model, clip=clip, vae=vae, vlm=vlm, steps=1,
+                  batch_size=2, n_ctx=2, width=64, height=64, sample_steps=1, save_name="")[0]
+    assert mapper.backbone == vlm.name  # the loaded CLIP judged the adaptation
