@@ -43,12 +43,12 @@ class NodeInputError(ValueError):
         self.node, self.input_name = node, input_name
 
 
-def register_models_folder() -> str:
-    """Register ``models/promptweave`` with ComfyUI (idempotent) and return its path."""
-    path = os.path.join(folder_paths.models_dir, MODELS_FOLDER)
-    if MODELS_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[MODELS_FOLDER] = ([path], {".safetensors"})
-    return folder_paths.folder_names_and_paths[MODELS_FOLDER][0][0]
+def register_models_folder(key: str = MODELS_FOLDER) -> str:
+    """Register ``models/<key>`` (default ``models/promptweave``) with ComfyUI (idempotent) and return its path."""
+    path = os.path.join(folder_paths.models_dir, key)
+    if key not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[key] = ([path], {".safetensors"})
+    return folder_paths.folder_names_and_paths[key][0][0]
 
 
 def model_files() -> list[str]:

@@ -15,9 +15,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import ArtifactError, read_safetensors
+from ..prompt_modules.core.artifacts import ArtifactError, UnsafeNameError, read_safetensors, safe_child_path
 from ..prompt_modules.core.vlm import load_vlm, vlm_from_state_dicts
-from ._common import NodeInputError, check_inputs
+from ._common import NodeInputError, check_inputs, register_models_folder
 from ._types import VLMType
 
 NODE = "PWLoadVLM"
@@ -31,18 +31,16 @@ TOWERS = ("auto", "clip_l", "clip_g")
 FOLDER_MARKERS = ("open_clip_config.json", "config.json")
 
 
-def register_vlm_folder() -> list[str]:
-    """Register ``models/vlm`` with ComfyUI (idempotent) and return its folders."""
-    if VLM_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, VLM_FOLDER)
-        folder_paths.folder_names_and_paths[VLM_FOLDER] = ([path], {".safetensors"})
-    return folder_paths.folder_names_and_paths[VLM_FOLDER][0]
+def _vlm_roots() -> list[str]:
+    """The ``models/vlm`` folders (registered with ComfyUI on first use)."""
+    register_models_folder(VLM_FOLDER)
+    return folder_paths.get_folder_paths(VLM_FOLDER)
 
 
 def _vlm_entries() -> list[str]:
     """``vlm/<name>`` for each model folder and safetensors file in ``models/vlm``."""
     names = []
-    for root in register_vlm_folder():
+    for root in _vlm_roots():
         if not os.path.isdir(root):
             continue
         for name in sorted(os.listdir(root)):
@@ -67,11 +65,14 @@ def _clip_choices() -> list[str]:
 def _resolve(input_name: str, name: str) -> str:
     """Full path of a ``clip_name`` / ``clip_vision_name`` choice, or an error saying where to put the file."""
     if name.startswith(f"{VLM_FOLDER}/"):
-        for root in register_vlm_folder():
-            path = os.path.join(root, name[len(VLM_FOLDER) + 1:])
-            if os.path.exists(path) and os.path.realpath(path).startswith(os.path.realpath(root)):
-                return path
-        where = ", ".join(register_vlm_folder())
+        for root in _vlm_roots():
+            try:
+                path = safe_child_path(root, name[len(VLM_FOLDER) + 1:], suffix="")
+            except UnsafeNameError as exc:
+                raise NodeInputError(NODE, input_name, str(exc), "pick an entry of the list") from None
+            if path.exists():
+                return str(path)
+        where = ", ".join(_vlm_roots())
     else:
         folder = VISION_FOLDER if input_name == "clip_vision_name" else TEXT_FOLDER
         path = folder_paths.get_full_path(folder, name)

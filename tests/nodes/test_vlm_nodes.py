@@ -16,21 +16,14 @@ DEFAULTS = {"clip_vision_name": "none", "open_clip_model": "", "activation": "au
 
 @pytest.fixture(scope="module")
 def tiny_clip_folder(comfy_base):
-    """A transformers CLIP folder (random weights, tiny widths, the real CLIP vocabulary) in models/vlm."""
-    from transformers import CLIPConfig, CLIPModel
+    """The tiny random-weight transformers CLIP folder the default models put in models/vlm
+    (``testing.tiny.build_tiny_clip_folder``), with transformers' own model of it as the reference."""
+    from transformers import CLIPModel
 
-    config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu"},
-        vision_config={"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu"},
-        projection_dim=24,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(config).eval()
-    folder = comfy_base / "models" / "vlm" / "pw-test-tinyclip"
-    model.save_pretrained(folder, safe_serialization=True)
-    return SimpleNamespace(folder=folder, model=model, name="vlm/pw-test-tinyclip")
+    from promptweave.testing.defaults import DEMO_CLIP_NAME
+
+    folder = comfy_base / "models" / "vlm" / DEMO_CLIP_NAME
+    return SimpleNamespace(folder=folder, model=CLIPModel.from_pretrained(folder).eval(), name=f"vlm/{DEMO_CLIP_NAME}")
 
 
 def _load(comfy, **inputs):
@@ -48,7 +41,8 @@ def test_node_is_registered_with_docs_and_lists_the_vlm_folder(comfy, tiny_clip_
 
 def test_a_transformers_clip_folder_loads_equal_to_transformers(comfy, tiny_clip_folder):
     vlm = _load(comfy, clip_name=tiny_clip_folder.name)
-    assert vlm.image_size == 32 and vlm.embed_dim == 24
+    config = tiny_clip_folder.model.config
+    assert vlm.image_size == config.vision_config.image_size and vlm.embed_dim == config.projection_dim
     library = comfy.pack_module("prompt_modules.core.vlm").load_vlm(tiny_clip_folder.folder)
     assert vlm.name == library.name  # the fingerprinted name is the same whoever loads the weights
     texts = ["a red star", "a blue square"]
