@@ -224,20 +224,25 @@ class DeepPrompts(nn.Module):
                                    ("visual", cfg.visual_depth if cfg.visual_active else 0, images)):
             if data is None or depth < 2:
                 continue
-            for layer in range(1, depth):
-                captured: dict[int, torch.Tensor] = {}
 
-                def capture(block, x, mask, ctx, captured=captured):
-                    out = default_layer_fn(block, x, mask, ctx)
-                    captured[ctx.layer] = out[:, ctx.prompt_slice].mean(dim=0)
-                    return out
+            # One forward pass: the output of block ``i`` sets the prompt of layer ``i + 1`` before that layer
+            # reads it (the encoders fetch each layer's prompt as they reach it), so every layer is measured with
+            # the layers before it already initialised.
+            def capture(block, x, mask, ctx, tower=tower, depth=depth):
+                out = default_layer_fn(block, x, mask, ctx)
+                if ctx.layer < depth - 1:
+                    target = out[:, ctx.prompt_slice].mean(dim=0)
+                    target = target + noise(target.shape)
+                    if tower == "text":
+                        self.text_deep[ctx.layer].copy_(target)
+                    else:
+                        self._set_visual(ctx.layer + 1, target)
+                return out
 
-                if tower == "text":
-                    encode_text_prompted(vlm, list(data), self, layer_fn=capture)
-                    self.text_deep[layer - 1].copy_(captured[layer - 1] + noise(captured[layer - 1].shape))
-                else:
-                    encode_image_prompted(vlm, data, self, layer_fn=capture)
-                    self._set_visual(layer, captured[layer - 1] + noise(captured[layer - 1].shape))
+            if tower == "text":
+                encode_text_prompted(vlm, list(data), self, layer_fn=capture)
+            else:
+                encode_image_prompted(vlm, data, self, layer_fn=capture)
 
     def _set_visual(self, layer: int, target: torch.Tensor) -> None:
         if self.config.coupling:

@@ -39,6 +39,27 @@ def teacher_class_features(teacher: VisionLanguageModel, class_names: Sequence[s
     return torch.cat([teacher.encode_text(texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
 
 
+class LazyTeacherClassFeatures:
+    """:func:`teacher_class_features`, each class encoded the first time a step's class subset holds it.
+
+    The paper's teacher is a larger CLIP; its text tower over thousands of classes costs minutes on a CPU before
+    the first step, while a short run touches only its steps' classes. The rows are the same features."""
+
+    def __init__(self, teacher: VisionLanguageModel, class_names: Sequence[str], template: str, chunk: int = 256):
+        self.teacher, self.class_names, self.template, self.chunk = teacher, list(class_names), template, chunk
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def __call__(self, subset: torch.Tensor) -> torch.Tensor:
+        """``[len(subset), D]``: the features of the classes ``subset`` (indices into ``class_names``)."""
+        indices = [int(i) for i in subset.tolist()]
+        missing = sorted(set(indices) - self._rows.keys())
+        for start in range(0, len(missing), self.chunk):
+            part = missing[start : start + self.chunk]
+            features = teacher_class_features(self.teacher, [self.class_names[i] for i in part], self.template)
+            self._rows.update(zip(part, features, strict=True))
+        return torch.stack([self._rows[i] for i in indices])
+
+
 def pretrain_prompts(
     vlm: VisionLanguageModel,
     source: ClassSource,
@@ -90,7 +111,7 @@ def _pretrain(
     sample = source.batch(seed, 20_000_000, min(batch_size, 32))
     sample_texts = [config.class_template.format(names[int(c)]) for c in sample.labels]
     rpp = RPPPrompts.for_vlm(vlm, config, seed=seed, sample_texts=sample_texts, sample_images=sample.images)
-    teacher_text = teacher_class_features(teacher, names, config.teacher_template) if config.soft_labels else None
+    teacher_text = LazyTeacherClassFeatures(teacher, names, config.teacher_template) if config.soft_labels else None
     qkv_ids = {id(p) for p in [*rpp.text_qkv, *rpp.visual_qkv]}
     trainable = [p for p in rpp.parameters() if p.requires_grad]
     groups = [
@@ -111,7 +132,7 @@ def _pretrain(
         if teacher_text is not None:
             with torch.no_grad():
                 t_img = teacher.encode_image(images.to(teacher.device)).to(logits.device)
-                sub = teacher_text[subset.to(teacher_text.device)].to(logits.device)
+                sub = teacher_text(subset).to(logits.device)
                 teacher_logits = teacher.logit_scale.to(logits.device) * t_img @ sub.T
         loss, part = rpp_loss(
             logits,

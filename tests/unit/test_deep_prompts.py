@@ -154,3 +154,25 @@ def test_init_from_vlm_starts_close_to_the_plain_model(vlm, images):
     cls = vlm.visual.class_embedding + vlm.visual.positional_embedding[0]
     assert torch.allclose(prompts.couplers[0].bias, cls, atol=0.1)  # plus init_std noise
     assert torch.isfinite(prompts.text_deep[0]).all()
+
+
+def test_init_from_vlm_sets_each_deep_prompt_to_the_mean_state_it_replaces(images):
+    """The documented start on a 4-layer model (noise off): the prompt of layer ``i`` equals the mean hidden state
+    the prompt tokens have after layer ``i - 1``, measured with the earlier layers' prompts already in place."""
+    deep = VisionLanguageModel(VLMConfig(name="deep4", vision_layers=4, text_layers=4), seed=3)
+    cfg = DeepPromptConfig(n_text=2, n_visual=2, text_depth=4, visual_depth=4, init_std=0.0)
+    prompts = DeepPrompts.for_vlm(deep, cfg, generator=torch.Generator().manual_seed(0))
+    prompts.init_from_vlm(deep, texts=TEXTS, images=images)
+    states: dict[tuple[str, int], torch.Tensor] = {}
+
+    def record(block, x, mask, ctx):
+        out = default_layer_fn(block, x, mask, ctx)
+        states[(ctx.tower, ctx.layer)] = out[:, ctx.prompt_slice].mean(dim=0)
+        return out
+
+    with torch.no_grad():
+        encode_text_prompted(deep, TEXTS, prompts, layer_fn=record)
+        encode_image_prompted(deep, images, prompts, layer_fn=record)
+    for layer in range(1, 4):
+        assert torch.allclose(prompts.text_prompt(layer), states[("text", layer - 1)], atol=1e-5)
+        assert torch.allclose(prompts.visual_prompt(layer), states[("visual", layer - 1)], atol=1e-5)

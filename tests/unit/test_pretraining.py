@@ -32,6 +32,7 @@ from promptweave.prompt_modules.pretraining import (
     save_pretrained_prompts,
     unshared_qkv_block,
 )
+from promptweave.prompt_modules.pretraining.train import LazyTeacherClassFeatures, teacher_class_features
 from promptweave.prompt_modules.world.scene import HELD_OUT_COMBINATIONS
 from promptweave.prompt_modules.world.sources import WorldClass, WorldClassSource, world_classes
 
@@ -313,6 +314,24 @@ class FixedBatch:
 
     def batch(self, seed, step, batch_size):
         return self.inner.batch(seed, 0, batch_size)
+
+
+def test_teacher_features_are_encoded_once_on_first_use_and_equal_the_full_table(vlm):
+    names = ["red star", "blue circle", "green square", "white ring", "crimson hexagon"]
+    template = "a picture of a {}."
+    full = teacher_class_features(vlm, names, template)
+    calls = []
+    encode_text = vlm.encode_text
+    vlm.encode_text = lambda texts, *a, **k: calls.append(list(texts)) or encode_text(texts, *a, **k)
+    try:
+        lazy = LazyTeacherClassFeatures(vlm, names, template)
+        first = lazy(torch.tensor([3, 1, 3]))
+        second = lazy(torch.tensor([1, 4]))
+    finally:
+        del vlm.encode_text  # back to the class's method
+    assert calls == [[template.format(names[1]), template.format(names[3])], [template.format(names[4])]]
+    assert torch.allclose(first, full[torch.tensor([3, 1, 3])], atol=1e-6)
+    assert torch.allclose(second, full[torch.tensor([1, 4])], atol=1e-6)
 
 
 def test_pretraining_fits_a_batch(vlm):
