@@ -3,7 +3,9 @@
 No pretrained weights can be downloaded here, so the defaults are built on demand and cached under
 ``.cache/tiny`` (never committed): the tiny random-weight SD1.x checkpoint from :mod:`promptweave.testing.tiny`, and
 a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase, and a tiny
-random-weight CLIP in transformers' layout in ``models/vlm`` (the "use your own CLIP" workflows load it).
+random-weight CLIP in transformers' layout in ``models/vlm``, and a random-weight OpenAI CLIP ViT-L/14 as ComfyUI's
+two files (``models/text_encoders`` and ``models/clip_vision``: ViT-L is the smallest tower ComfyUI's
+``CLIPVisionLoader`` recognises). The "use your own CLIP" workflows load those two CLIPs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from ..prompt_modules.core.artifacts import read_safetensors
 from ..prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
-from .tiny import build_tiny_clip_folder, build_tiny_sd15
+from .tiny import build_tiny_clip_folder, build_tiny_sd15, build_vit_l_14_files
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 CACHE_DIR = PACK_DIR / ".cache" / "tiny"
@@ -24,6 +26,9 @@ TINY_SD15_NAME = "promptweave-tiny-sd15.safetensors"
 DEFAULT_PROMPT_NAME = "promptweave-default-sd15.safetensors"
 #: The demo's stand-in for a CLIP a user has: a tiny random transformers CLIP folder in ``models/vlm``.
 DEMO_CLIP_NAME = "pw-demo-clip"
+#: The demo's stand-in for ComfyUI users' clip_l text encoder + ViT-L/14 CLIP-vision file (random weights).
+DEMO_CLIP_L_TEXT_NAME = "pw-random-clip-l.safetensors"
+DEMO_CLIP_L_VISION_NAME = "pw-random-clip-vision-vit-l-14.safetensors"
 DEFAULT_PROMPT_PHRASE = "a photo of a"
 SD1_TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 
@@ -51,19 +56,35 @@ def cached_tiny_sd15(cache_dir: Path = CACHE_DIR) -> Path:
     return path
 
 
-def install_default_models(base_dir: str | os.PathLike[str], cache_dir: Path = CACHE_DIR) -> dict[str, Path]:
-    """Put the default checkpoint (a symlink to the cache) and learned prompt into a ComfyUI base folder."""
-    models = Path(base_dir) / "models"
-    checkpoint = cached_tiny_sd15(cache_dir)
-    link = models / "checkpoints" / TINY_SD15_NAME
+def cached_vit_l_14_files(cache_dir: Path = CACHE_DIR) -> tuple[Path, Path]:
+    """The random ViT-L/14 text encoder and CLIP-vision files, built once (about 20 s, 816 MiB) and cached."""
+    text, vision = cache_dir / DEMO_CLIP_L_TEXT_NAME, cache_dir / DEMO_CLIP_L_VISION_NAME
+    if not (text.exists() and vision.exists()):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        build_vit_l_14_files(text, vision, seed=0)
+    return text, vision
+
+
+def _link(target: Path, link: Path) -> Path:
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(checkpoint.resolve())
+    link.symlink_to(target.resolve())
+    return link
+
+
+def install_default_models(base_dir: str | os.PathLike[str], cache_dir: Path = CACHE_DIR) -> dict[str, Path]:
+    """Put the default models into a ComfyUI base folder (the big files as symlinks to the cache)."""
+    models = Path(base_dir) / "models"
+    checkpoint = cached_tiny_sd15(cache_dir)
+    link = _link(checkpoint, models / "checkpoints" / TINY_SD15_NAME)
     prompt_path = models / "promptweave" / DEFAULT_PROMPT_NAME
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
     learned_prompt_from_checkpoint(checkpoint).save(prompt_path)
     clip = models / "vlm" / DEMO_CLIP_NAME
     if not (clip / "model.safetensors").is_file():
         build_tiny_clip_folder(clip, seed=0)
-    return {"checkpoint": link, "learned_prompt": prompt_path, "clip": clip}
+    text, vision = cached_vit_l_14_files(cache_dir)
+    return {"checkpoint": link, "learned_prompt": prompt_path, "clip": clip,
+            "clip_l_text": _link(text, models / "text_encoders" / DEMO_CLIP_L_TEXT_NAME),
+            "clip_l_vision": _link(vision, models / "clip_vision" / DEMO_CLIP_L_VISION_NAME)}

@@ -241,6 +241,40 @@ def build_tiny_vlm(path: str | os.PathLike[str], seed: int = 0) -> Path:
     return save_vlm(VisionLanguageModel("tiny", seed=seed), path)
 
 
+#: OpenAI CLIP ViT-L/14's vision tower (transformers names): the 24-layer tower ComfyUI's ``CLIPVisionLoader``
+#: recognises as ViT-L (it picks configs by layer count), and the partner of the ``clip_l`` text encoder.
+VIT_L_14_VISION_CONFIG: dict[str, object] = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+
+
+def build_vit_l_14_files(text_path: str | os.PathLike[str], vision_path: str | os.PathLike[str],
+                         seed: int = 0) -> tuple[Path, Path]:
+    """Write a random-weight OpenAI CLIP ViT-L/14 as the two files ComfyUI users keep (fp16, ~850 MiB in all):
+    ``clip_l.safetensors``'s layout (``text_model.*`` + ``text_projection.weight``) for ``models/text_encoders``
+    and a CLIP-vision file (``vision_model.*`` + ``visual_projection.weight``) for ``models/clip_vision``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    half = torch.float16
+    with _seeded(seed):
+        model = CLIPModel(CLIPConfig(text_config=CLIP_L_CONFIG, vision_config=VIT_L_14_VISION_CONFIG,
+                                     projection_dim=768))
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    del model
+    text = {k: v for k, v in state.items() if k.startswith("text_model.") or k == "text_projection.weight"}
+    vision = {k: v for k, v in state.items() if k.startswith("vision_model.") or k == "visual_projection.weight"}
+    metadata = {"format": "pt"}  # as transformers writes them: no PromptWeave metadata in a user's CLIP files
+    return (save_safetensors_atomic(text_path, _prefixed("", text, half), metadata),
+            save_safetensors_atomic(vision_path, _prefixed("", vision, half), metadata))
+
+
 # ----- diffusers pipeline --------------------------------------------------------------------------------------
 
 

@@ -140,3 +140,28 @@ def test_every_capability_trains_and_runs_on_a_loaded_clip(comfy, tiny_clip_fold
     mapper = _run(comfy, "PWTrainLatentMapper", model=sd_model, clip=clip, vae=vae, vlm=vlm, steps=1,
                   batch_size=2, n_ctx=2, width=64, height=64, sample_steps=1, save_name="")[0]
     assert mapper.backbone == vlm.name  # the loaded CLIP judged the adaptation
+
+
+def test_comfyui_clip_vision_loader_and_a_clip_l_file_give_the_library_vit_l(comfy, comfy_base):
+    """The "use your own CLIP" workflows' route at real shapes: ComfyUI's own Load CLIP Vision recognises the
+    24-layer ViT-L/14 file of the default models, and PWLoadVLM pairs its CLIP_VISION with the clip_l-layout text
+    encoder into the VLM the library loads from the same two files (same fingerprint, same image features)."""
+    from promptweave.testing.defaults import DEMO_CLIP_L_TEXT_NAME, DEMO_CLIP_L_VISION_NAME
+
+    models = comfy_base / "models"
+    with torch.inference_mode():
+        clip_vision = comfy.nodes.NODE_CLASS_MAPPINGS["CLIPVisionLoader"]().load_clip(DEMO_CLIP_L_VISION_NAME)[0]
+    vlm = _load(comfy, clip_name=DEMO_CLIP_L_TEXT_NAME, clip_vision=clip_vision)
+    library = comfy.pack_module("prompt_modules.core.vlm").load_vlm(
+        models / "text_encoders" / DEMO_CLIP_L_TEXT_NAME, vision=models / "clip_vision" / DEMO_CLIP_L_VISION_NAME
+    )
+    assert vlm.name == library.name and vlm.name.startswith("clip:ViT-L-14-quickgelu:")
+    assert vlm.image_size == 224 and len(vlm.visual.transformer.resblocks) == 24 and vlm.embed_dim == 768
+    images = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, reference = vlm.encode_image(images), library.encode_image(images)
+        comfy_embeds = clip_vision.encode_image(images.permute(0, 2, 3, 1))["image_embeds"].float()
+    assert torch.nn.functional.cosine_similarity(ours, reference).min() > 0.9999
+    # ComfyUI's own tower on the same image (its own resize and crop): the same model, not just the same shapes
+    comfy_embeds = torch.nn.functional.normalize(comfy_embeds, dim=-1)
+    assert torch.nn.functional.cosine_similarity(ours, comfy_embeds).min() > 0.99

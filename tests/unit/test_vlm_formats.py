@@ -10,6 +10,7 @@ the same weights. The fast tests use small shapes; ViT-B/32 and ViT-L/14 at real
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -676,3 +677,38 @@ def test_vit_l_14_split_files_equal_transformers_and_open_clip(vit_l_14: tuple, 
     name = vlm.name
     del vlm
     assert load_vlm(oc_file, model_name=family).name == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ViT-H-14", "ViT-bigG-14"])
+def test_vit_h_and_bigg_widths_equal_transformers_and_open_clip_at_two_layers(family: str, tmp_path: Path) -> None:
+    """OpenCLIP's ViT-H/14 and ViT-bigG/14 at their published widths, heads and MLP widths (bigG's 8192-wide
+    vision MLP), GELU, with two layers per tower (every layer converts the same way; the full 1-2.5 B parameter
+    models do not fit three copies in this machine's memory): as a transformers folder and as ComfyUI's split
+    files, equal to transformers' CLIPModel and to open_clip's own model of that config."""
+    shape = dict(FAMILY_CONFIGS[family])
+    (t_width, _, t_heads), (v_width, _, v_heads) = shape["text"], shape["vision"]
+    shape["text"], shape["vision"] = (t_width, 2, t_heads), (v_width, 2, v_heads)
+    config = clip_config(**shape, act="gelu")
+    if family == "ViT-bigG-14":
+        config.vision_config.intermediate_size = 8192
+    model = random_clip(config, seed=4)
+    model.half().save_pretrained(tmp_path / "transformers", safe_serialization=True)
+    model.float()
+    text, vision = write_split_files(model, tmp_path / "comfyui")
+    cfg = copy.deepcopy(open_clip.get_model_config(family))
+    cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 2
+    reference = open_clip.CLIP(**cfg).eval()
+    x = images_at(224, seed=1)
+    for source, kwargs in ((tmp_path / "transformers", {}), (text, {"vision": vision, "quick_gelu": False})):
+        vlm = load_vlm(source, **kwargs)
+        assert not vlm.config.quick_gelu and vlm.embed_dim == shape["proj"]
+        image, text_features = vlm_features(vlm, x)
+        hf_image, hf_text = hf_features(model, x, vlm.tokenize(TEXTS))
+        assert_same(image, hf_image)
+        assert_same(text_features, hf_text)
+        reference.load_state_dict(vlm.clip.state_dict())
+        with torch.no_grad():
+            assert_same(image, reference.encode_image(vlm.preprocess(x), normalize=True))
+            assert_same(text_features, reference.encode_text(vlm.tokenize(TEXTS), normalize=True))
+        del vlm
