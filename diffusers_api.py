@@ -322,11 +322,18 @@ def adapt_to_domain(
 ) -> Path:
     """Adapt a frozen copy of the pipeline's U-Net from domain ``source`` to ``target`` with image-specific
     prompts (IPL, Guo et al. 2023, eq. 3-5) and write the LoRA at ``out`` in diffusers format; load it with
-    ``pipe.load_lora_weights(path)``. The pipeline itself is left unchanged. ``config`` overrides the defaults
+    ``pipe.load_lora_weights(path)``. The pipeline itself is left unchanged. The scheduler's ``prediction_type``
+    (epsilon or SD2.x's v) and noise schedule are honoured; an fp16 / bf16 U-Net stays in its dtype while the
+    LoRA trains in fp32. ``config`` overrides the defaults
     (its source/target texts are replaced by ``source``/``target``)."""
     context, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
     side = image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    generator = sd_generator_from_diffusers(pipe.unet, pipe.vae, context, image_size=side, sample_steps=sample_steps)
+    scheduler = pipe.scheduler
+    generator = sd_generator_from_diffusers(
+        pipe.unet, pipe.vae, context, image_size=side, sample_steps=sample_steps,
+        prediction_type=getattr(scheduler.config, "prediction_type", "epsilon"),
+        alphas_cumprod=getattr(scheduler, "alphas_cumprod", None),
+    )
     config = IPLConfig(**{**(config.to_dict() if config else {}), "source_text": source, "target_text": target})
     result = run_adaptation(generator, vlm, config)
     return save_lora(result.lora, out, fmt="diffusers")

@@ -132,11 +132,24 @@ def _sd_generator(
 
     base, unet = sd_unet(node, model)
     config = base.model_config.unet_config
-    if not isinstance(base.model_sampling, comfy.model_sampling.EPS) or isinstance(
-        base.model_sampling, comfy.model_sampling.V_PREDICTION
-    ):
+    # the model's own sampling, or the one a node such as ModelSamplingDiscrete patched in
+    sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else None
+    sampling = sampling if sampling is not None else base.model_sampling
+    kinds = comfy.model_sampling
+    # what the U-Net predicts: the prediction classes among the sampling's bases (the leaf class combines them)
+    targets = {c for c in type(sampling).__mro__[1:] if issubclass(c, kinds.EPS)}
+    sigmas = getattr(sampling, "sigmas", None)
+    supported = (
+        targets in ({kinds.EPS}, {kinds.EPS, kinds.V_PREDICTION})
+        and isinstance(sampling, kinds.ModelSamplingDiscrete)
+        and torch.is_tensor(sigmas) and sigmas.numel() == 1000  # the 1000-step discrete schedule (not LCM's 50)
+    )
+    prediction_type = "v_prediction" if isinstance(sampling, kinds.V_PREDICTION) else "epsilon"
+    if not supported:
         raise NodeInputError(
-            node, "model", "only epsilon-prediction models are supported", "use an SD1.x (epsilon) checkpoint"
+            node, "model", f"{type(sampling).__name__} sampling is not supported (discrete epsilon and v-prediction "
+            "are)",
+            "use an SD1.x or SD2.x checkpoint (epsilon or v-prediction)",
         )
     if clip is None:
         raise NodeInputError(node, "clip", "no CLIP is connected", "connect the CLIP output of Load Checkpoint")
@@ -147,7 +160,7 @@ def _sd_generator(
     comfy.model_management.load_models_gpu([model])  # applies any patches (other LoRAs) to the weights
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
     context = cond[0][0]
-    sigmas = base.model_sampling.sigmas.detach().float().cpu()
+    sigmas = sampling.sigmas.detach().float().cpu()
     alphas_cumprod = 1.0 / (1.0 + sigmas**2)
     device = comfy.model_management.get_torch_device()
 
@@ -173,8 +186,9 @@ def _sd_generator(
             num_res_blocks=list(config["num_res_blocks"]),
             alphas_cumprod=alphas_cumprod,
             label=type(base).__name__.lower(),
+            prediction_type=prediction_type,
         )
-        generator.lora_root.to(device, torch.float32)  # LoRA and Adam in fp32 whatever the model's dtype
+        generator.lora_root.to(device)  # the frozen U-Net keeps its dtype; the LoRA trains in fp32
         generator.decoder.to(device)
     return generator
 
@@ -203,7 +217,7 @@ def _progress(total: int):
 # ----- nodes --------------------------------------------------------------------------------------------------------
 def _common_inputs() -> list:
     return [
-        io.Model.Input("model", tooltip="The diffusion model to adapt (SD1.x/SD2.x epsilon U-Net)."),
+        io.Model.Input("model", tooltip="The diffusion model to adapt (SD1.x/SD2.x U-Net, epsilon or v-prediction)."),
         io.Clip.Input("clip", tooltip="Its text encoder: encodes the source text as the U-Net's conditioning."),
         io.Vae.Input("vae", tooltip="Its VAE: decodes the sampled latents for the VLM to judge."),
         VLMType.Input(

@@ -33,6 +33,7 @@ from .export import (
     save_lora_native,
 )
 from .generators import (
+    PREDICTION_TYPES,
     SD_ATTENTION_PATTERN,
     AdaptableGenerator,
     StableDiffusionGenerator,
@@ -40,6 +41,7 @@ from .generators import (
     encode_worldgen_latents,
     frozen_copy,
     sample_worldgen_latents,
+    sd_alphas_cumprod,
     sd_generator_from_diffusers,
     weights_fingerprint,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "FORMATS",
     "METHODS",
+    "PREDICTION_TYPES",
     "SD_ATTENTION_PATTERN",
     "AdaptableGenerator",
     "AdaptationResult",
@@ -98,6 +101,7 @@ __all__ = [
     "save_lora_diffusers",
     "save_lora_native",
     "save_mapper",
+    "sd_alphas_cumprod",
     "sd_generator_from_diffusers",
     "select_layers",
     "step_seed",

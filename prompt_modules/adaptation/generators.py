@@ -193,13 +193,19 @@ def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
 
 
 UNetCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: What an SD U-Net predicts: the noise (SD1.x, SD2.x base) or v (SD2.x 768-v).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 DecodeCall = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 class StableDiffusionGenerator(AdaptableGenerator):
     """An SD-shaped latent diffusion model as an adaptable generator (see the module docstring).
 
-    ``unet`` is called as ``unet_call(unet, x, t, context)`` -> epsilon (``t`` a float tensor ``[B]``);
+    ``unet`` is called as ``unet_call(unet, x, t, context)`` -> its prediction (``t`` a float tensor ``[B]``): the
+    noise for ``prediction_type="epsilon"`` (SD1.x, SD2.x base), ``v = sqrt(a) eps - sqrt(1 - a) x0`` for
+    ``"v_prediction"`` (SD2.x 768-v; Salimans & Ho 2022, eq. 9). The U-Net keeps its own dtype (fp16 / bf16 models
+    stay half precision): latents and context are cast to it for each call and the prediction back to fp32; the
+    LoRA that PEFT injects is kept in fp32 (:class:`~.model.LoRAAdapter`).
     ``decoder`` as ``decode_call(decoder, x0)`` -> images in 0..1 from model-space latents (``x0`` as the U-Net
     sees it, i.e. already multiplied by the VAE scale factor). ``context`` is the source-text conditioning
     ``[1, L, D]``; ``null_context`` (optional) the unconditional one for guidance ``guidance``. Both modules are
@@ -228,7 +234,10 @@ class StableDiffusionGenerator(AdaptableGenerator):
         copy_modules: bool = True,
         target_pattern: re.Pattern[str] = SD_ATTENTION_PATTERN,
         label: str = "sd",
+        prediction_type: str = "epsilon",
     ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if naming not in ("diffusers", "ldm"):
             raise ValueError("naming must be 'diffusers' (diffusers UNet2DConditionModel) or 'ldm' (ComfyUI UNet)")
         if naming == "ldm" and num_res_blocks is None:
@@ -245,6 +254,9 @@ class StableDiffusionGenerator(AdaptableGenerator):
         self.timesteps = trailing_timesteps(1000, self.sample_steps)
         self.alphas_cumprod = (sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.float()).clone()
         self.naming, self.num_res_blocks, self.label = naming, (list(num_res_blocks or [])), label
+        self.prediction_type = prediction_type
+        weights = [p for p in self.lora_root.parameters() if p.is_floating_point()]
+        self.unet_dtype = weights[0].dtype if weights else torch.float32
         self.lora_targets = [
             n for n, m in self.lora_root.named_modules() if target_pattern.search(n) and isinstance(m, nn.Linear)
         ]
@@ -270,26 +282,35 @@ class StableDiffusionGenerator(AdaptableGenerator):
         gain = ((h * w) / (self.code_grid * self.code_grid)) ** 0.5  # back to unit variance
         return (pooled * gain).flatten(1)
 
-    def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        b = x.shape[0]
+    def _predict(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """The U-Net's (guided) prediction at ``x``, ``t``, called in its own dtype, returned in fp32."""
+        b, dtype = x.shape[0], self.unet_dtype
         ts = torch.full((b,), float(t), device=x.device)
-        context = self.context.to(x.device).expand(b, -1, -1)
+        context = self.context.to(x.device, dtype).expand(b, -1, -1)
         if self.null_context is None or self.guidance == 1.0:
-            return self.unet_call(self.lora_root, x, ts, context)
-        null = self.null_context.to(x.device).expand(b, -1, -1)
-        eps = self.unet_call(self.lora_root, torch.cat([x, x]), torch.cat([ts, ts]), torch.cat([null, context]))
-        eps_u, eps_c = eps.chunk(2)
-        return eps_u + self.guidance * (eps_c - eps_u)
+            return self.unet_call(self.lora_root, x.to(dtype), ts, context).float()
+        null = self.null_context.to(x.device, dtype).expand(b, -1, -1)
+        both = torch.cat([x, x]).to(dtype)
+        pred = self.unet_call(self.lora_root, both, torch.cat([ts, ts]), torch.cat([null, context])).float()
+        pred_u, pred_c = pred.chunk(2)
+        return pred_u + self.guidance * (pred_c - pred_u)
 
     def sample_latents(self, codes: torch.Tensor) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from the starting noise ``codes`` to model-space ``x0``."""
+        """Deterministic DDIM (eta = 0) from the starting noise ``codes`` to model-space ``x0`` (Song et al. 2021,
+        eq. 12), reading the U-Net's output as noise or as v (``x0 = sqrt(a) x - sqrt(1 - a) v``,
+        ``eps = sqrt(a) v + sqrt(1 - a) x``) by ``prediction_type``."""
         x = codes.to(self.device, torch.float32)
         ac = self.alphas_cumprod.to(x.device)
         for i, t in enumerate(self.timesteps):
-            eps = self._eps(x, t).float()
+            pred = self._predict(x, t)
             a_t = ac[t]
             a_prev = ac[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else torch.ones((), device=x.device)
-            x0 = (x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
+            if self.prediction_type == "v_prediction":
+                x0 = a_t.sqrt() * x - (1.0 - a_t).sqrt() * pred
+                eps = a_t.sqrt() * pred + (1.0 - a_t).sqrt() * x
+            else:
+                eps = pred
+                x0 = (x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
             x = a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
         return x
 
@@ -300,14 +321,15 @@ class StableDiffusionGenerator(AdaptableGenerator):
 def sd_generator_from_diffusers(
     unet: nn.Module, vae: nn.Module, context: torch.Tensor, *, image_size: int = 64, **kwargs: Any
 ) -> StableDiffusionGenerator:
-    """A :class:`StableDiffusionGenerator` over a diffusers ``UNet2DConditionModel`` and ``AutoencoderKL``."""
+    """A :class:`StableDiffusionGenerator` over a diffusers ``UNet2DConditionModel`` and ``AutoencoderKL`` (any
+    dtype; pass ``prediction_type`` and ``alphas_cumprod`` from the pipeline's scheduler)."""
     scale = float(getattr(getattr(vae, "config", None), "scaling_factor", 0.18215))
 
     def unet_call(m: nn.Module, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return m(x, t, encoder_hidden_states=c).sample
 
     def decode_call(m: nn.Module, x0: torch.Tensor) -> torch.Tensor:
-        return (m.decode(x0 / scale).sample + 1.0) * 0.5
+        return (m.decode((x0 / scale).to(m.dtype)).sample.float() + 1.0) * 0.5
 
     side = image_size // 8
     channels = int(getattr(getattr(unet, "config", None), "in_channels", 4))

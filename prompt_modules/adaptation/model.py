@@ -88,6 +88,9 @@ class LoRAAdapter:
         missing = sorted(set(targets) - set(self.layers))
         if missing:
             raise ValueError(f"PEFT did not wrap these target layers: {missing[:5]}")
+        for layer in self.layers.values():  # fp32 LoRA (and Adam state) on an fp16 / bf16 model, as PEFT's
+            layer.lora_A[self.ADAPTER].float()  # autocast_adapter_dtype does; PEFT casts the input to it
+            layer.lora_B[self.ADAPTER].float()
         for p in root.parameters():
             p.requires_grad_(False)
         for p in self.parameters():

@@ -219,3 +219,27 @@ def test_interrupted_adaptation_leaves_no_lora_and_resumes(comfy, comfy_base, sd
     _, path, plot = _adapt(comfy, sd15, tiny_vlm, **kw)
     assert (comfy_base / "models" / "loras" / "pw-test-interrupted.safetensors").is_file()
     assert not runs[0].exists()
+
+
+def test_a_v_prediction_model_adapts_with_v_read_as_v_and_lcm_is_refused(comfy, sd15, tiny_vlm, monkeypatch):
+    """A v-prediction MODEL (SD2.x 768-v, here the tiny SD1.5 switched by ComfyUI's own ModelSamplingDiscrete node)
+    adapts, its U-Net read as v; sampling kinds with another target (LCM) are refused on the model input."""
+    model, clip, vae = sd15
+    patch = _node(comfy, "ModelSamplingDiscrete")()
+    with torch.inference_mode():
+        v_model = patch.patch(model, "v_prediction", False)[0]
+        lcm_model = patch.patch(model, "lcm", False)[0]
+    module = sys.modules[_node(comfy, "PWAdaptModel").__module__]
+    seen = {}
+    original = module.run_adaptation
+
+    def spy(generator, *args, **kwargs):
+        seen["prediction_type"] = generator.prediction_type
+        return original(generator, *args, **kwargs)
+
+    monkeypatch.setattr(module, "run_adaptation", spy)
+    adapted_model = _adapt(comfy, (v_model, clip, vae), tiny_vlm, lora_name="pw-test-ipl-v")[0]
+    assert seen["prediction_type"] == "v_prediction" and adapted_model is not None
+    errors = comfy.pack_module("nodes._common")
+    with pytest.raises(errors.NodeInputError, match="input 'model'.*not supported.*v-prediction"):
+        _adapt(comfy, (lcm_model, clip, vae), tiny_vlm, lora_name="pw-test-ipl-lcm")

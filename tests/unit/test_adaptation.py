@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import unittest.mock
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from promptweave.prompt_modules.adaptation import (
     run_adaptation,
     save_lora,
     save_mapper,
+    sd_alphas_cumprod,
     sd_generator_from_diffusers,
     train_mapper,
 )
@@ -359,6 +361,47 @@ def test_sd_generator_on_the_tiny_sd15_checkpoint(vlm, tiny_sd15_path):
     assert not any("lora" in n for n, _ in unet.named_modules())
 
 
+class _OracleUNet(nn.Module):
+    """A "U-Net" that knows the clean latent ``x0``: it predicts the exact noise (or v) of any ``x`` at ``t``, so a
+    correct DDIM sampler must land on ``x0`` whatever the steps. One attention projection for the LoRA to find."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str):
+        super().__init__()
+        self.attn1 = nn.Module()
+        self.attn1.to_q = nn.Linear(4, 4)
+        self.register_buffer("x0", x0)
+        self.register_buffer("ac", alphas_cumprod)
+        self.prediction_type = prediction_type
+
+    def forward(self, x, t, context):
+        assert x.dtype == self.attn1.to_q.weight.dtype and context.dtype == x.dtype  # called in its own dtype
+        a = self.ac[t.long()].view(-1, 1, 1, 1).to(x.dtype)
+        eps = (x - a.sqrt() * self.x0.to(x.dtype)) / (1 - a).sqrt()
+        return eps if self.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * self.x0.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_reads_epsilon_and_v_predictions_in_the_unets_dtype(prediction_type, dtype):
+    """SD2.x 768-v predicts v: read as noise it would land elsewhere. An fp32 or bf16 U-Net is called in its dtype."""
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ac = sd_alphas_cumprod()
+    unet = _OracleUNet(x0, ac, prediction_type).to(dtype)
+    gen = StableDiffusionGenerator(unet, lambda m, x, t, c: m(x, t, c), nn.Identity(), lambda m, x: x,
+                                   torch.zeros(1, 77, 4), sample_steps=3, prediction_type=prediction_type)
+    out = gen.sample_latents(gen.sample_codes(2, seed=1))
+    assert out.dtype == torch.float32
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1
+    assert (out - x0).abs().max() < tolerance
+    if prediction_type == "v_prediction":  # the same v read as noise is far off
+        misread = StableDiffusionGenerator(unet, lambda m, x, t, c: m(x, t, c), nn.Identity(), lambda m, x: x,
+                                           torch.zeros(1, 77, 4), sample_steps=3)
+        assert (misread.sample_latents(misread.sample_codes(2, seed=1)) - x0).abs().max() > 0.5
+    with pytest.raises(ValueError, match="prediction_type"):
+        StableDiffusionGenerator(unet, lambda m, x, t, c: m(x, t, c), nn.Identity(), lambda m, x: x,
+                                 torch.zeros(1, 77, 4), prediction_type="sample")
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipe") / "pipeline"
@@ -431,3 +474,36 @@ def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch):
         same_lr = result.metrics[m] - result.baselines["nada_same_lr"][m]
         assert result.notes["margins_vs_nada_same_lr"][m] == pytest.approx(same_lr)
     assert result.metrics["seconds_per_step"] > 0 and result.metrics["peak_memory_mb"] > 0
+
+
+@pytest.mark.slow
+def test_a_bf16_v_prediction_pipeline_adapts_with_an_fp32_lora_and_stays_bf16(vlm, tiny_pipeline_dir, tmp_path):
+    """diffusers' SD2.x-style pipeline (v-prediction scheduler) in bf16: the scheduler's prediction type reaches the
+    generator, the frozen U-Net stays bf16, the LoRA and its training are fp32, and the file loads back."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from promptweave import diffusers_api as pw
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir), dtype=torch.bfloat16)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    seen = {}
+    original = pw.run_adaptation
+
+    def spy(generator, *args, **kwargs):
+        seen["generator"] = generator
+        result = original(generator, *args, **kwargs)
+        seen["lora_dtypes"] = {t.dtype for t in [*result.lora.down.values(), *result.lora.up.values()]}
+        return result
+
+    cfg = IPLConfig(source_text="photo", target_text="neon sign", method="nada", steps=2, rank=2)
+    with unittest.mock.patch.object(pw, "run_adaptation", spy):
+        path = pw.adapt_to_domain(pipe, vlm, tmp_path / "v.safetensors", prompt="a photo", source="photo",
+                                  target="neon sign", config=cfg, image_size=64, sample_steps=2)
+    gen = seen["generator"]
+    assert gen.prediction_type == "v_prediction" and gen.unet_dtype == torch.bfloat16
+    base_dtypes = {p.dtype for n, p in gen.lora_root.named_parameters() if "lora_" not in n}
+    lora_dtypes = {p.dtype for n, p in gen.lora_root.named_parameters() if "lora_" in n}
+    assert base_dtypes == {torch.bfloat16} and lora_dtypes == {torch.float32}
+    assert seen["lora_dtypes"] == {torch.float32}
+    assert pipe.unet.dtype == torch.bfloat16
+    pipe.load_lora_weights(str(path))
