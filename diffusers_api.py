@@ -91,7 +91,7 @@ from .prompt_modules.pretraining import RPPConfig, load_pretrained_prompts, pret
 from .prompt_modules.world.models import load_world_models, load_worldclip
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 ImagesLike = Image.Image | Sequence[Image.Image] | torch.Tensor
 
@@ -135,20 +135,37 @@ __all__ = [
 
 
 # ----- pipeline and images ----------------------------------------------------------------------------------
+#: The diffusers pipelines :func:`load_pipeline` reads: SD1.x / SD2.x and SDXL (base).
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
 def load_pipeline(
     path: str | os.PathLike[str], *, torch_dtype: torch.dtype | None = None
-) -> StableDiffusionPipeline:
-    """The SD1.x diffusers pipeline in the local folder ``path`` (never downloads)."""
-    from diffusers import StableDiffusionPipeline
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """The SD1.x / SD2.x (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``) diffusers pipeline in
+    the local folder ``path``, by its ``model_index.json`` (never downloads)."""
+    import json
+
+    import diffusers
 
     if path is None:
         raise ValueError(
             "load_pipeline needs the local folder of a diffusers pipeline (the one holding model_index.json); "
             "tests and examples build the tiny random-weight one with promptweave.testing.tiny.tiny_pipeline()"
         )
-    if not Path(path).is_dir():
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
         raise FileNotFoundError(f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json")
-    return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
+    name = json.loads(index.read_text()).get("_class_name", "")
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"{index} describes a {name or 'pipeline of no class'}; PromptWeave runs on "
+                         f"{', '.join(PIPELINE_CLASSES)}")
+    return getattr(diffusers, name).from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
+
+
+def is_sdxl(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) -> bool:
+    """Whether ``pipe``'s U-Net takes SDXL's added conditioning (pooled text embedding + size ids)."""
+    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
 
 
 def to_tensor(images: ImagesLike, size: int | None = None) -> torch.Tensor:
@@ -324,15 +341,21 @@ def adapt_to_domain(
     prompts (IPL, Guo et al. 2023, eq. 3-5) and write the LoRA at ``out`` in diffusers format; load it with
     ``pipe.load_lora_weights(path)``. The pipeline itself is left unchanged. The scheduler's ``prediction_type``
     (epsilon or SD2.x's v) and noise schedule are honoured; an fp16 / bf16 U-Net stays in its dtype while the
-    LoRA trains in fp32. ``config`` overrides the defaults
-    (its source/target texts are replaced by ``source``/``target``)."""
-    context, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
+    LoRA trains in fp32. SDXL pipelines adapt with their added conditioning (pooled embedding, size ids).
+    ``config`` overrides the defaults (its source/target texts are replaced by ``source``/``target``)."""
     side = image_size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    added_cond = None
+    if is_sdxl(pipe):  # both text encoders' tokens, the pooled embedding and (size, crop, target size) ids
+        context, _, pooled, _ = pipe.encode_prompt(prompt, device=pipe.device, do_classifier_free_guidance=False)
+        time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=pooled.dtype, device=pooled.device)
+        added_cond = {"text_embeds": pooled, "time_ids": time_ids}
+    else:
+        context, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
     scheduler = pipe.scheduler
     generator = sd_generator_from_diffusers(
         pipe.unet, pipe.vae, context, image_size=side, sample_steps=sample_steps,
         prediction_type=getattr(scheduler.config, "prediction_type", "epsilon"),
-        alphas_cumprod=getattr(scheduler, "alphas_cumprod", None),
+        alphas_cumprod=getattr(scheduler, "alphas_cumprod", None), added_cond=added_cond,
     )
     config = IPLConfig(**{**(config.to_dict() if config else {}), "source_text": source, "target_text": target})
     result = run_adaptation(generator, vlm, config)

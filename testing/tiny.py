@@ -5,6 +5,7 @@ Usage::
     python -m promptweave.testing.tiny sd15 PATH.safetensors [--seed 0]   # SD1.x single-file checkpoint ComfyUI loads
     python -m promptweave.testing.tiny vlm PATH.safetensors [--seed 0]    # the "tiny" VisionLanguageModel
     python -m promptweave.testing.tiny pipeline FOLDER [--seed 0]         # a diffusers StableDiffusionPipeline folder
+    python -m promptweave.testing.tiny sdxl-pipeline FOLDER [--seed 0]    # a diffusers StableDiffusionXLPipeline folder
 
 Every builder is deterministic for a seed and writes atomically (temporary name in the target folder, then a
 rename). Weights are random: the models produce noise, but every shape, key name and code path is real.
@@ -379,14 +380,49 @@ def _tiny_pipeline_components(seed: int, tokenizer_dir: Path) -> dict[str, objec
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-def build_tiny_pipeline(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write a tiny random-weight diffusers ``StableDiffusionPipeline`` folder (``save_pretrained``,
-    safetensors): UNet (32, 64) with 32-d cross-attention, a 2-layer 32-wide CLIP text encoder over the real
-    CLIP vocabulary, a 4-level AutoencoderKL (8x), DDIM, no safety checker, and a ``CLIPTokenizer`` whose
-    ``vocab.json``/``merges.txt`` are derived from open_clip's bundled BPE (ids equal open_clip's).
-    ``StableDiffusionPipeline.from_pretrained(path)`` loads it offline. The folder is replaced atomically."""
-    from diffusers import StableDiffusionPipeline
+def _tiny_sdxl_components(seed: int, tokenizer_dir: Path) -> dict[str, object]:
+    """SDXL's shape in miniature: two text encoders (the second with a projection: the pooled embedding), their
+    hidden states concatenated as the 64-d context, and the U-Net's ``text_time`` added conditioning (pooled
+    embedding + six size/crop ids)."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    parts = _tiny_pipeline_components(seed, tokenizer_dir)
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=64,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=32 + 6 * 8,
+            norm_num_groups=32,
+        )
+    text_config = {**CLIP_L_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "projection_dim": 32, "hidden_act": "gelu"}
+    with _seeded(seed + 3):
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    with _seeded(seed + 2):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    vocab, merges = tokenizer_dir / "vocab.json", tokenizer_dir / "merges.txt"
+    tokenizer_2 = CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77, pad_token="!")
+    return {**parts, "unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+            "tokenizer_2": tokenizer_2, "scheduler": scheduler}
+
+
+def _write_pipeline(path: str | os.PathLike[str], make: Callable[[Path], object]) -> Path:
+    """``make(tokenizer_dir).save_pretrained`` into ``path``, atomically, with ``vocab.json``/``merges.txt`` beside
+    every tokenizer (transformers 5 saves only tokenizer.json; 4.x needs them)."""
     path = Path(path)
     parent = path.parent
     if not parent.is_dir():
@@ -395,18 +431,42 @@ def build_tiny_pipeline(path: str | os.PathLike[str], seed: int = 0) -> Path:
         raise FileExistsError(f"{path} exists and is not a folder")
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     try:
-        parts = _tiny_pipeline_components(seed, staging / "_tokenizer_src")
-        pipe = StableDiffusionPipeline(
-            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        pipe = make(staging / "_tokenizer_src")
         out = staging / "pipeline"
         pipe.save_pretrained(out, safe_serialization=True)
-        for name in ("vocab.json", "merges.txt"):  # transformers 5 saves only tokenizer.json; 4.x needs these
-            shutil.copyfile(staging / "_tokenizer_src" / name, out / "tokenizer" / name)
+        for folder in ("tokenizer", "tokenizer_2"):
+            if (out / folder).is_dir():
+                for name in ("vocab.json", "merges.txt"):
+                    shutil.copyfile(staging / "_tokenizer_src" / name, out / folder / name)
         _swap_folder(out, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def build_tiny_pipeline(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a tiny random-weight diffusers ``StableDiffusionPipeline`` folder (``save_pretrained``,
+    safetensors): UNet (32, 64) with 32-d cross-attention, a 2-layer 32-wide CLIP text encoder over the real
+    CLIP vocabulary, a 4-level AutoencoderKL (8x), DDIM, no safety checker, and a ``CLIPTokenizer`` whose
+    ``vocab.json``/``merges.txt`` are derived from open_clip's bundled BPE (ids equal open_clip's).
+    ``StableDiffusionPipeline.from_pretrained(path)`` loads it offline. The folder is replaced atomically."""
+    from diffusers import StableDiffusionPipeline
+
+    def make(tokenizer_dir: Path):
+        parts = _tiny_pipeline_components(seed, tokenizer_dir)
+        return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
+    return _write_pipeline(path, make)
+
+
+def build_tiny_sdxl_pipeline(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a tiny random-weight diffusers ``StableDiffusionXLPipeline`` folder (SDXL's two text encoders, pooled
+    embedding and ``text_time`` conditioning at toy widths; Euler scheduler), loadable offline."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return _write_pipeline(path, lambda tokenizer_dir: StableDiffusionXLPipeline(
+        **_tiny_sdxl_components(seed, tokenizer_dir)))
 
 
 def tiny_pipeline(seed: int = 0, torch_dtype: torch.dtype | None = None):
@@ -417,6 +477,15 @@ def tiny_pipeline(seed: int = 0, torch_dtype: torch.dtype | None = None):
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny_pipeline(Path(tmp) / "tiny-sd", seed=seed)
         return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch_dtype)
+
+
+def tiny_sdxl_pipeline(seed: int = 0, torch_dtype: torch.dtype | None = None):
+    """The tiny random-weight ``StableDiffusionXLPipeline``, loaded (see :func:`build_tiny_sdxl_pipeline`)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_tiny_sdxl_pipeline(Path(tmp) / "tiny-sdxl", seed=seed)
+        return StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=torch_dtype)
 
 
 def _swap_folder(new: Path, target: Path) -> None:
@@ -439,6 +508,7 @@ BUILDERS: dict[str, Callable[[str | os.PathLike[str], int], Path]] = {
     "sd15": build_tiny_sd15,
     "vlm": build_tiny_vlm,
     "pipeline": build_tiny_pipeline,
+    "sdxl-pipeline": build_tiny_sdxl_pipeline,
 }
 
 

@@ -27,7 +27,9 @@ grow with the resolution. Images come from ``sample_steps`` DDIM steps ("trailin
 VAE decoder; gradients flow through every step. The LoRA sits on the U-Net's attention projections
 (``attn1``/``attn2`` ``to_q``, ``to_k``, ``to_v``, ``to_out.0``). The U-Net call and the decoder are passed in,
 so the same class serves a diffusers ``UNet2DConditionModel`` (:func:`sd_generator_from_diffusers`) and
-ComfyUI's LDM ``UNetModel`` (the node layer).
+ComfyUI's LDM ``UNetModel`` (the node layer). SDXL's extra conditioning (its pooled text embedding and size ids)
+travels as ``added_cond``: tensors with a batch axis of 1 that every U-Net call receives, expanded to the batch,
+as keyword arguments (diffusers' ``added_cond_kwargs``, ComfyUI's ``y``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -192,7 +194,7 @@ def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(round(num_train_timesteps - 1 - i * ratio)) for i in range(steps)]
 
 
-UNetCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+UNetCall = Callable[..., torch.Tensor]  # (unet, x, t, context, **added_cond) -> prediction
 #: What an SD U-Net predicts: the noise (SD1.x, SD2.x base) or v (SD2.x 768-v).
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 DecodeCall = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -235,6 +237,8 @@ class StableDiffusionGenerator(AdaptableGenerator):
         target_pattern: re.Pattern[str] = SD_ATTENTION_PATTERN,
         label: str = "sd",
         prediction_type: str = "epsilon",
+        added_cond: Mapping[str, torch.Tensor] | None = None,
+        null_added_cond: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -255,6 +259,9 @@ class StableDiffusionGenerator(AdaptableGenerator):
         self.alphas_cumprod = (sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.float()).clone()
         self.naming, self.num_res_blocks, self.label = naming, (list(num_res_blocks or [])), label
         self.prediction_type = prediction_type
+        with torch.inference_mode(False):
+            self.added_cond = {k: v.detach().clone() for k, v in (added_cond or {}).items()}
+            self.null_added_cond = {k: v.detach().clone() for k, v in (null_added_cond or self.added_cond).items()}
         weights = [p for p in self.lora_root.parameters() if p.is_floating_point()]
         self.unet_dtype = weights[0].dtype if weights else torch.float32
         self.lora_targets = [
@@ -287,11 +294,16 @@ class StableDiffusionGenerator(AdaptableGenerator):
         b, dtype = x.shape[0], self.unet_dtype
         ts = torch.full((b,), float(t), device=x.device)
         context = self.context.to(x.device, dtype).expand(b, -1, -1)
+
+        def added(cond: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.to(x.device, dtype).expand(b, *v.shape[1:]) for k, v in cond.items()}
+
         if self.null_context is None or self.guidance == 1.0:
-            return self.unet_call(self.lora_root, x.to(dtype), ts, context).float()
+            return self.unet_call(self.lora_root, x.to(dtype), ts, context, **added(self.added_cond)).float()
         null = self.null_context.to(x.device, dtype).expand(b, -1, -1)
         both = torch.cat([x, x]).to(dtype)
-        pred = self.unet_call(self.lora_root, both, torch.cat([ts, ts]), torch.cat([null, context])).float()
+        extra = {k: torch.cat([v, added(self.added_cond)[k]]) for k, v in added(self.null_added_cond).items()}
+        pred = self.unet_call(self.lora_root, both, torch.cat([ts, ts]), torch.cat([null, context]), **extra).float()
         pred_u, pred_c = pred.chunk(2)
         return pred_u + self.guidance * (pred_c - pred_u)
 
@@ -322,11 +334,12 @@ def sd_generator_from_diffusers(
     unet: nn.Module, vae: nn.Module, context: torch.Tensor, *, image_size: int = 64, **kwargs: Any
 ) -> StableDiffusionGenerator:
     """A :class:`StableDiffusionGenerator` over a diffusers ``UNet2DConditionModel`` and ``AutoencoderKL`` (any
-    dtype; pass ``prediction_type`` and ``alphas_cumprod`` from the pipeline's scheduler)."""
+    dtype; pass ``prediction_type`` and ``alphas_cumprod`` from the pipeline's scheduler, and for SDXL
+    ``added_cond={"text_embeds": pooled, "time_ids": ids}``, the U-Net's ``added_cond_kwargs``)."""
     scale = float(getattr(getattr(vae, "config", None), "scaling_factor", 0.18215))
 
-    def unet_call(m: nn.Module, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return m(x, t, encoder_hidden_states=c).sample
+    def unet_call(m: nn.Module, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, **added: torch.Tensor):
+        return m(x, t, encoder_hidden_states=c, added_cond_kwargs=added or None).sample
 
     def decode_call(m: nn.Module, x0: torch.Tensor) -> torch.Tensor:
         return (m.decode((x0 / scale).to(m.dtype)).sample.float() + 1.0) * 0.5

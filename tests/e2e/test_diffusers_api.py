@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from promptweave import diffusers_api as pw
+from promptweave.prompt_modules.core.vlm import VisionLanguageModel
 from promptweave.prompt_modules.world.models import WEIGHTS_DIR
 from promptweave.testing.tiny import tiny_pipeline
 
@@ -195,3 +196,48 @@ def test_dcar_and_diff_prompt_train_from_python_with_the_node_recipes(tmp_path):
     assert run.model is not None and (tmp_path / "grounder.safetensors").is_file()
     grounded = pw.ground(tmp_path / "grounder.safetensors", vlm, pw.to_pil(source.images[:1]), ["the square"])
     assert grounded[0].size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    from promptweave.testing.tiny import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl")
+
+
+def test_load_pipeline_reads_sdxl_folders_and_names_what_it_cannot(sdxl_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = pw.load_pipeline(sdxl_dir)
+    assert isinstance(pipe, StableDiffusionXLPipeline) and pw.is_sdxl(pipe)
+    other = tmp_path / "flux"
+    other.mkdir()
+    (other / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    with pytest.raises(ValueError, match="FluxPipeline.*StableDiffusionXLPipeline"):
+        pw.load_pipeline(other)
+
+
+@pytest.mark.slow
+def test_ipl_adapts_an_sdxl_unet_with_its_added_conditioning_and_the_lora_loads_back(sdxl_dir, tmp_path):
+    """SDXL's U-Net needs its pooled text embedding and size ids at every call (diffusers raises without them);
+    the adapted LoRA covers every attention projection and changes the loaded U-Net's output."""
+    from peft.tuners.lora import LoraLayer
+
+    from promptweave.prompt_modules.adaptation import IPLConfig
+
+    vlm = VisionLanguageModel("tiny", seed=0)
+    pipe = pw.load_pipeline(sdxl_dir)
+    config = IPLConfig(source_text="photo", target_text="neon sign", method="nada", steps=2, rank=2)
+    path = pw.adapt_to_domain(pipe, vlm, tmp_path / "sdxl-neon.safetensors", prompt="a photo", source="photo",
+                              target="neon sign", config=config, image_size=64, sample_steps=2)
+    targets = [n for n, m in pipe.unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    context = torch.randn(1, 77, 64)
+    added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    with torch.no_grad():
+        base = pipe.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        pipe.load_lora_weights(str(path))
+        loaded = pipe.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    wrapped = [n for n, m in pipe.unet.named_modules() if isinstance(m, LoraLayer)]
+    assert len(wrapped) == len(targets) == 8 * 2 * 4  # 8 transformer blocks (down 2, mid 2, up 4) x attn1/2 x q/k/v/out
+    assert (loaded - base).abs().max() > 0
