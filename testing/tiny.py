@@ -322,6 +322,33 @@ def build_tiny_clip_folder(path: str | os.PathLike[str], seed: int = 0) -> Path:
     return path
 
 
+#: The tiny pipeline's U-Net: two levels (32, 64), cross-attention on the second, 32-d context.
+TINY_UNET_CONFIG: dict[str, object] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 4,
+    "norm_num_groups": 32,
+}
+#: The tiny SDXL U-Net: SDXL's structure (linear projections, two transformer blocks on the deeper level, the
+#: ``text_time`` added embedding of a 32-d pooled text embedding and six 8-d size ids) over a 64-d context.
+TINY_SDXL_UNET_CONFIG: dict[str, object] = {
+    **TINY_UNET_CONFIG,
+    "cross_attention_dim": 64,
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 2),
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,
+}
+
+
 def _tiny_pipeline_components(seed: int, tokenizer_dir: Path) -> dict[str, object]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -329,18 +356,7 @@ def _tiny_pipeline_components(seed: int, tokenizer_dir: Path) -> dict[str, objec
     from ..prompt_modules.core.tokenizer_files import write_clip_tokenizer_files
 
     with _seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=32,
-        )
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
     with _seeded(seed + 1):
         vae = AutoencoderKL(  # four levels: 8x downscaling, as in SD
             in_channels=3,
@@ -389,23 +405,7 @@ def _tiny_sdxl_components(seed: int, tokenizer_dir: Path) -> dict[str, object]:
 
     parts = _tiny_pipeline_components(seed, tokenizer_dir)
     with _seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=64,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=32 + 6 * 8,
-            norm_num_groups=32,
-        )
+        unet = UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)
     text_config = {**CLIP_L_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                    "num_attention_heads": 4, "projection_dim": 32, "hidden_act": "gelu"}
     with _seeded(seed + 3):
