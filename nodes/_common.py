@@ -382,9 +382,10 @@ def run_checkpoint(stem: str, settings: Sequence[Any], *, folder: bool = False) 
     return root / f"{safe_stem}-{key}.state.safetensors"
 
 
-def sd_unet(node: str, model) -> tuple[Any, Any]:
-    """``(base model, U-Net)`` of an SD1.x/SD2.x ComfyUI MODEL; a :class:`NodeInputError` naming ``model`` for
-    anything else (no diffusion model, not an LDM-layout U-Net, or ADM conditioning such as SDXL)."""
+def sd_unet(node: str, model, allow_sdxl: bool = False) -> tuple[Any, Any]:
+    """``(base model, U-Net)`` of an SD1.x/SD2.x ComfyUI MODEL (and of the SDXL family with ``allow_sdxl``); a
+    :class:`NodeInputError` naming ``model`` for anything else (no diffusion model, not an LDM-layout U-Net, or
+    other ADM conditioning)."""
     if model is None or not hasattr(model, "model") or not hasattr(model.model, "diffusion_model"):
         raise NodeInputError(node, "model", "not a diffusion MODEL", "connect the MODEL output of Load Checkpoint")
     base = model.model
@@ -394,6 +395,10 @@ def sd_unet(node: str, model) -> tuple[Any, Any]:
         raise NodeInputError(
             node, "model", f"{type(unet).__name__} is not an SD-style U-Net", "use an SD1.x or SD2.x checkpoint"
         )
+    import comfy.model_base
+
+    if allow_sdxl and isinstance(base, comfy.model_base.SDXL):
+        return base, unet
     if getattr(base, "adm_channels", 0):
         raise NodeInputError(
             node,

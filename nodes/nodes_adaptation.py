@@ -130,7 +130,7 @@ def _sd_generator(
     import comfy.model_management
     import comfy.model_sampling
 
-    base, unet = sd_unet(node, model)
+    base, unet = sd_unet(node, model, allow_sdxl=True)
     config = base.model_config.unet_config
     # the model's own sampling, or the one a node such as ModelSamplingDiscrete patched in
     sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else None
@@ -149,7 +149,7 @@ def _sd_generator(
         raise NodeInputError(
             node, "model", f"{type(sampling).__name__} sampling is not supported (discrete epsilon and v-prediction "
             "are)",
-            "use an SD1.x or SD2.x checkpoint (epsilon or v-prediction)",
+            "use an SD1.x, SD2.x or SDXL checkpoint (epsilon or v-prediction)",
         )
     if clip is None:
         raise NodeInputError(node, "clip", "no CLIP is connected", "connect the CLIP output of Load Checkpoint")
@@ -160,12 +160,21 @@ def _sd_generator(
     comfy.model_management.load_models_gpu([model])  # applies any patches (other LoRAs) to the weights
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
     context = cond[0][0]
+    added_cond = None
+    if hasattr(base, "encode_adm") and getattr(base, "adm_channels", 0):  # SDXL: pooled embedding + size ids as y
+        pooled = cond[0][1].get("pooled_output")
+        if pooled is None:
+            raise NodeInputError(node, "clip", "this CLIP gives no pooled output, which SDXL needs",
+                                 "connect the CLIP of the same SDXL checkpoint")
+        y = base.encode_adm(pooled_output=pooled, width=width, height=height, target_width=width,
+                            target_height=height)
+        added_cond = {"y": y}
     sigmas = sampling.sigmas.detach().float().cpu()
     alphas_cumprod = 1.0 / (1.0 + sigmas**2)
     device = comfy.model_management.get_torch_device()
 
-    def unet_call(m, x, t, c):
-        return m(x, timesteps=t, context=c).float()
+    def unet_call(m, x, t, c, **added):
+        return m(x, timesteps=t, context=c, **added).float()
 
     def decode_call(m, x0):
         raw = base.process_latent_out(x0)
@@ -187,6 +196,7 @@ def _sd_generator(
             alphas_cumprod=alphas_cumprod,
             label=type(base).__name__.lower(),
             prediction_type=prediction_type,
+            added_cond=added_cond,
         )
         generator.lora_root.to(device)  # the frozen U-Net keeps its dtype; the LoRA trains in fp32
         generator.decoder.to(device)
@@ -217,7 +227,7 @@ def _progress(total: int):
 # ----- nodes --------------------------------------------------------------------------------------------------------
 def _common_inputs() -> list:
     return [
-        io.Model.Input("model", tooltip="The diffusion model to adapt (SD1.x/SD2.x U-Net, epsilon or v-prediction)."),
+        io.Model.Input("model", tooltip="The diffusion model to adapt (SD1.x/SD2.x/SDXL U-Net; epsilon or v)."),
         io.Clip.Input("clip", tooltip="Its text encoder: encodes the source text as the U-Net's conditioning."),
         io.Vae.Input("vae", tooltip="Its VAE: decodes the sampled latents for the VLM to judge."),
         VLMType.Input(

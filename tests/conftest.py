@@ -7,6 +7,7 @@ Tiny models are cached under ``.cache/tiny`` (ignored by git) and rebuilt only w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -93,3 +94,16 @@ def comfy_server(comfyui_dir, comfy_base, artifacts_dir):
         yield server.url
     finally:
         server.stop()
+
+
+def comfy_lora_patches(lora_path, key_map, caplog) -> dict:
+    """ComfyUI's LoRA patches of the file at ``lora_path`` through ``key_map`` (LoraLoader's own path); fails if
+    ComfyUI logs any key as not loaded."""
+    import comfy.lora
+    import comfy.utils
+
+    state = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
+    with caplog.at_level(logging.WARNING):
+        patches = comfy.lora.load_lora(state, key_map)
+    assert not [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage()]
+    return patches

@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 ]
 UI_WORKFLOWS = sorted((PACK_DIR / "workflows").glob("*.json"))
 PAGE_READY_TIMEOUT_MS = 60_000
-RUN_TIMEOUT_MS = 120_000
+RUN_TIMEOUT_MS = 300_000  # the "use your own CLIP" workflows load and run a full-size ViT-L/14 on 2 CPU cores
 IMAGE_TIMEOUT_MS = 20_000
 SEED_WIDGETS = ("seed", "noise_seed")
 PACK_MARKERS = re.compile(r"PromptWeave|promptweave|/extensions/PromptWeave|\bPW[A-Z]\w*")

@@ -10,13 +10,17 @@ loaded model must compute what the PEFT-adapted one computes. Random weights, bu
 from __future__ import annotations
 
 import copy
-import logging
 
 import pytest
 import torch
+from conftest import comfy_lora_patches
 from torch import nn
 
-from promptweave.prompt_modules.adaptation import LoraWeights, StableDiffusionGenerator, save_lora
+from promptweave.prompt_modules.adaptation import (
+    LoraWeights,
+    StableDiffusionGenerator,
+    save_lora,
+)
 from promptweave.prompt_modules.adaptation.model import LoRAAdapter
 from promptweave.testing.tiny import SD15_FULL_UNET_CONFIG
 
@@ -55,17 +59,6 @@ def _random_lora(generator: StableDiffusionGenerator, seed: int) -> LoraWeights:
                        base=generator.name, num_res_blocks=list(generator.num_res_blocks))
 
 
-def _comfy_loaded(lora_path, key_map, caplog) -> dict:
-    import comfy.lora
-    import comfy.utils
-
-    state = comfy.utils.load_torch_file(str(lora_path), safe_load=True)
-    with caplog.at_level(logging.WARNING):
-        patches = comfy.lora.load_lora(state, key_map)
-    assert not [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage()]
-    return patches
-
-
 def _diffusers_loaded(unet: nn.Module, lora_path) -> nn.Module:
     """``load_lora_weights`` of a pipeline around a copy of ``unet``: every file tensor must land."""
     from diffusers import StableDiffusionPipeline
@@ -96,7 +89,7 @@ def test_a_lora_on_comfyuis_full_sd15_unet_loads_in_comfyui_and_diffusers(comfy_
     assert len(generator.lora_targets) == SD15_ATTENTION_PROJECTIONS
     lora = _random_lora(generator, seed=1)
     comfy_file = save_lora(lora, tmp_path / "ldm-comfyui.safetensors", fmt="comfyui")
-    patches = _comfy_loaded(comfy_file, key_map, caplog)
+    patches = comfy_lora_patches(comfy_file, key_map, caplog)
     assert len(patches) == SD15_ATTENTION_PROJECTIONS
     diffusers_file = save_lora(lora, tmp_path / "ldm-diffusers.safetensors", fmt="diffusers")
     unet = _diffusers_loaded(diffusers_unet, diffusers_file)
@@ -119,5 +112,5 @@ def test_a_lora_on_diffusers_full_sd15_unet_loads_in_comfyui(comfy_sd15, diffuse
     )
     assert len(generator.lora_targets) == SD15_ATTENTION_PROJECTIONS
     lora = _random_lora(generator, seed=2)
-    patches = _comfy_loaded(save_lora(lora, tmp_path / "d-comfyui.safetensors", fmt="comfyui"), key_map, caplog)
+    patches = comfy_lora_patches(save_lora(lora, tmp_path / "d-comfyui.safetensors", fmt="comfyui"), key_map, caplog)
     assert len(patches) == SD15_ATTENTION_PROJECTIONS
