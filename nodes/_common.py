@@ -400,10 +400,11 @@ def sd_unet(node: str, model, allow_sdxl: bool = False) -> tuple[Any, Any]:
     if allow_sdxl and isinstance(base, comfy.model_base.SDXL):
         return base, unet
     if getattr(base, "adm_channels", 0):
+        supported = "SD1.x, SD2.x or SDXL" if allow_sdxl else "SD1.x or SD2.x"
         raise NodeInputError(
             node,
             "model",
-            "U-Nets with extra (ADM) conditioning such as SDXL are not supported yet",
-            "use an SD1.x or SD2.x checkpoint",
+            f"{type(base).__name__} U-Nets with extra (ADM) conditioning are not supported here",
+            f"use an {supported} checkpoint",
         )
     return base, unet

@@ -113,3 +113,15 @@ def test_learned_prompt_conditioning_on_comfyuis_sdxl_clip_has_both_towers_and_t
     diff = (context - plain[0][0]).abs().amax(dim=-1)[0]
     changed = diff > 1e-4
     assert changed.any() and not changed[0]  # the start token's state is untouched (causal attention)
+
+
+def test_the_inversion_white_box_refuses_an_sdxl_model_naming_the_input_and_the_fix(comfy, comfy_sdxl):
+    from promptweave.testing.defaults import TINY_SD15_NAME
+
+    model, clip = comfy_sdxl
+    with torch.inference_mode():
+        vae = comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(TINY_SD15_NAME)[2]
+    errors = comfy.pack_module("nodes._common")
+    inversion = comfy.pack_module("nodes.nodes_inversion")
+    with pytest.raises(errors.NodeInputError, match="input 'model'.*SDXL.*ADM.*not supported.*SD1.x or SD2.x"):
+        inversion._sd_unet_encoder("PWTrainPromptInverter", model, vae, clip)
