@@ -18,7 +18,7 @@ SPLITS = ("test", "compositional")
 TASKS: dict[str, str] = {
     task: task for task in (
         "world", "inversion", "inversion_unet", "retrieval", "adaptation", "grounding", "pretraining", "overhead",
-        "soak",
+        "soak", "scale",
     )
 }
 

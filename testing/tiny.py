@@ -47,20 +47,6 @@ SD15_UNET_CONFIG: dict[str, object] = {
     "norm_num_groups": 32,
 }
 
-#: diffusers ``UNet2DConditionModel`` arguments of the full-size SD1.5 U-Net (860 M parameters; random weights
-#: built in about 5 s): four levels, two blocks each, cross-attention to 768-d CLIP-L tokens, 8 heads.
-SD15_FULL_UNET_CONFIG: dict[str, object] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-}
-
 #: The SD1.x text encoder: OpenAI CLIP ViT-L/14's text tower (random weights).
 CLIP_L_CONFIG: dict[str, object] = {
     "vocab_size": 49408,

@@ -22,7 +22,7 @@ from promptweave.prompt_modules.adaptation import (
     save_lora,
 )
 from promptweave.prompt_modules.adaptation.model import LoRAAdapter
-from promptweave.testing.tiny import SD15_FULL_UNET_CONFIG
+from promptweave.prompt_modules.core.sd_models import SD15_FULL_UNET_CONFIG
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 SD15_ATTENTION_PROJECTIONS = 16 * 2 * 4  # 16 transformer blocks x (attn1, attn2) x (q, k, v, out)
