@@ -142,20 +142,40 @@ PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 def load_pipeline(
     path: str | os.PathLike[str], *, torch_dtype: torch.dtype | None = None
 ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """The SD1.x / SD2.x (``StableDiffusionPipeline``) or SDXL (``StableDiffusionXLPipeline``) diffusers pipeline in
-    the local folder ``path``, by its ``model_index.json`` (never downloads)."""
+    """A local Stable Diffusion pipeline, never downloaded: a diffusers folder (SD1.x / SD2.x
+    ``StableDiffusionPipeline`` or SDXL ``StableDiffusionXLPipeline``, by its ``model_index.json``) or an SD1.x
+    single-file ``.safetensors`` checkpoint (``from_single_file`` with the configs written locally,
+    :func:`~.prompt_modules.core.sd_models.write_pipeline_config`). Pickled ``.ckpt`` files are refused."""
     import json
+    import tempfile
 
     import diffusers
 
+    from .prompt_modules.core.artifacts import read_safetensors_keys
+    from .prompt_modules.core.sd_models import detect_family, write_pipeline_config
+
     if path is None:
         raise ValueError(
-            "load_pipeline needs the local folder of a diffusers pipeline (the one holding model_index.json); "
-            "tests and examples build the tiny random-weight one with promptweave.testing.tiny.tiny_pipeline()"
+            "load_pipeline needs the local folder of a diffusers pipeline (the one holding model_index.json) or a "
+            "single-file .safetensors checkpoint; tests and examples build the tiny random-weight one with "
+            "promptweave.testing.tiny.tiny_pipeline()"
         )
-    index = Path(path) / "model_index.json"
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path} is not a .safetensors file: PromptWeave reads no pickles (.ckpt, .pt, .bin); "
+                             "convert the checkpoint to safetensors first")
+        family = detect_family(read_safetensors_keys(path))
+        with tempfile.TemporaryDirectory(prefix="pw-sd-config-") as config:
+            write_pipeline_config(family, config)
+            return diffusers.StableDiffusionPipeline.from_single_file(
+                str(path), config=config, local_files_only=True, torch_dtype=torch_dtype, safety_checker=None,
+                requires_safety_checker=False,
+            )
+    index = path / "model_index.json"
     if not index.is_file():
-        raise FileNotFoundError(f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json")
+        raise FileNotFoundError(f"no diffusers pipeline folder at {path}: pass the folder that holds model_index.json "
+                                "or a single-file .safetensors checkpoint")
     name = json.loads(index.read_text()).get("_class_name", "")
     if name not in PIPELINE_CLASSES:
         raise ValueError(f"{index} describes a {name or 'pipeline of no class'}; PromptWeave runs on "

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..prompt_modules.core.artifacts import base_metadata, save_safetensors_atomic
+from ..prompt_modules.core.sd_models import CLIP_L_CONFIG
 from ..prompt_modules.core.vlm import VisionLanguageModel, save_vlm
 
 # ----- SD1.x checkpoint ----------------------------------------------------------------------------------------
@@ -45,21 +46,6 @@ SD15_UNET_CONFIG: dict[str, object] = {
     "cross_attention_dim": 768,
     "attention_head_dim": 8,  # diffusers' name for the number of heads in SD1.x
     "norm_num_groups": 32,
-}
-
-#: The SD1.x text encoder: OpenAI CLIP ViT-L/14's text tower (random weights).
-CLIP_L_CONFIG: dict[str, object] = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 768,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
 }
 
 SD15_LATENT_SCALE = 0.18215  # SD1.x VAE latent scale; TAESD for SD1 stores it as ``vae_scale``

@@ -188,6 +188,16 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
+def read_safetensors_keys(path: str | os.PathLike[str]) -> list[str]:
+    """The tensor names of a safetensors file, from its header alone (no tensor is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"weights file not found: {path}")
+    _check_header(path)
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return list(handle.keys())
+
+
 def check_method(metadata: Mapping[str, str], expected: str, path: str | os.PathLike[str]) -> None:
     """Refuse an artifact written by another method (e.g. a LoRA where a learned prompt is expected)."""
     found = metadata.get(f"{META_PREFIX}method")
