@@ -29,6 +29,26 @@ SD15_FULL_UNET_CONFIG: dict[str, object] = {
     "attention_head_dim": 8,
 }
 
+#: SDXL base 1.0: three levels (320, 640, 1280), 2 and 10 transformer blocks on the deeper two, linear
+#: projections, 2048-d context (CLIP-L + OpenCLIP bigG tokens) and the ``text_time`` added embedding of the pooled
+#: bigG embedding with six size/crop ids (2816 inputs); 2.6 B parameters.
+SDXL_FULL_UNET_CONFIG: dict[str, object] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
 #: The SD1.x text encoder: OpenAI CLIP ViT-L/14's text tower (random weights).
 CLIP_L_CONFIG: dict[str, object] = {  # transformers CLIPTextConfig
     "vocab_size": 49408,

@@ -12,7 +12,8 @@ from conftest import comfy_lora_patches
 from safetensors.torch import load_file
 from torch import nn
 
-from promptweave.prompt_modules.adaptation import SD_ATTENTION_PATTERN
+from promptweave.prompt_modules.adaptation import SD_ATTENTION_PATTERN, LoraWeights, save_lora
+from promptweave.prompt_modules.core.sd_models import SDXL_FULL_UNET_CONFIG
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
@@ -125,3 +126,36 @@ def test_the_inversion_white_box_refuses_an_sdxl_model_naming_the_input_and_the_
     inversion = comfy.pack_module("nodes.nodes_inversion")
     with pytest.raises(errors.NodeInputError, match="input 'model'.*SDXL.*ADM.*not supported.*SD1.x or SD2.x"):
         inversion._sd_unet_encoder("PWTrainPromptInverter", model, vae, clip)
+
+
+def _meta_lora(root: nn.Module, naming: str, num_res_blocks=()) -> LoraWeights:
+    """A rank-1 LoRA on every attention projection of a U-Net built on the meta device (names and shapes only)."""
+    targets = {n: m for n, m in root.named_modules() if SD_ATTENTION_PATTERN.search(n) and isinstance(m, nn.Linear)}
+    down = {n: torch.randn(1, m.in_features) for n, m in targets.items()}
+    up = {n: torch.randn(m.out_features, 1) for n, m in targets.items()}
+    return LoraWeights(down=down, up=up, rank=1, alpha=1.0, kind="sd-unet", naming=naming, base="sdxl-meta",
+                       num_res_blocks=list(num_res_blocks))
+
+
+def test_loras_on_the_full_sdxl_unet_reach_every_projection_in_loraloader(comfy, tmp_path, caplog):
+    """The full SDXL base U-Net (2.6 B parameters, built on the meta device: only names and shapes matter here):
+    a LoRA on each of its 560 attention projections, named from ComfyUI's U-Net (LDM) or from diffusers', is a
+    file whose every key ComfyUI's LoraLoader maps."""
+    from diffusers import UNet2DConditionModel
+
+    detection = importlib.import_module("comfy.model_detection")
+    with torch.device("meta"):
+        diffusers_unet = UNet2DConditionModel(**SDXL_FULL_UNET_CONFIG)
+    unet_config = detection.unet_config_from_diffusers_unet(diffusers_unet.state_dict())
+    config = detection.model_config_from_unet_config(unet_config)
+    assert type(config).__name__ == "SDXL"
+    with torch.device("meta"):
+        base = config.get_model({})
+    key_map = importlib.import_module("comfy.lora").model_lora_keys_unet(base, {})
+    ldm = _meta_lora(base.diffusion_model, "ldm", base.model_config.unet_config["num_res_blocks"])
+    named = _meta_lora(diffusers_unet, "diffusers")
+    assert len(ldm.down) == len(named.down) == 70 * 2 * 4  # 70 transformer blocks x attn1/attn2 x q/k/v/out
+    for lora in (ldm, named):
+        patches = comfy_lora_patches(save_lora(lora, tmp_path / f"{lora.naming}.safetensors", fmt="comfyui"),
+                                     key_map, caplog)
+        assert len(patches) == len(lora.down), lora.naming
