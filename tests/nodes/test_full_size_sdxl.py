@@ -22,18 +22,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 #: and 2816-d ADM input, with 1 and 2 transformer blocks per level instead of 2 and 10 (full SDXL's 2.6 B
 #: parameters do not fit twice in this machine's memory; the layer naming is the same).
 VEGA_UNET_CONFIG = {
-    "sample_size": 128,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (320, 640, 1280),
-    "layers_per_block": 2,
+    **SDXL_FULL_UNET_CONFIG,
     "transformer_layers_per_block": (1, 1, 2),
-    "attention_head_dim": (5, 10, 20),
-    "cross_attention_dim": 2048,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
     "mid_block_type": "UNetMidBlock2D",  # Vega's middle block is one ResBlock (ComfyUI: transformer_depth_middle -1)
 }
 CLIP_G_TEXT = {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
