@@ -28,7 +28,12 @@ from ..prompt_modules.adaptation import (
     save_mapper,
     train_mapper,
 )
-from ..prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, ConfigError, read_metadata
+from ..prompt_modules.core.artifacts import (
+    ArtifactError,
+    BackboneMismatchError,
+    ConfigError,
+    artifact_method,
+)
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
 from ._common import (
@@ -366,10 +371,10 @@ def _mapper_files() -> list[str]:
     for name in model_files():
         try:
             path = resolve_model_file("PWLoadLatentMapper", "mapper_name", name)
-            if read_metadata(path).get("promptweave.method") == "ipl_mapper":
-                names.append(name)
-        except (ArtifactError, ValueError, OSError):
+        except (ValueError, OSError):
             continue
+        if artifact_method(path) == "ipl_mapper":  # never raises for a file's content
+            names.append(name)
     return names
 
 

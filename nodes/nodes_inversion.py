@@ -9,7 +9,7 @@ import re
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError, ConfigError, read_metadata
+from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError, ConfigError, artifact_method
 from ..prompt_modules.inversion import (
     LDMUNetEncoder,
     MissingEncoderInput,
@@ -47,10 +47,10 @@ def _inverter_files() -> list[str]:
     for name in model_files():
         try:
             path = resolve_model_file("PWLoadPromptInverter", "inverter_name", name)
-            if read_metadata(path).get("promptweave.method") == "prompt_inversion" and name not in names:
-                names.append(name)
-        except (ArtifactError, ValueError, OSError):
+        except (ValueError, OSError):
             continue
+        if artifact_method(path) == "prompt_inversion" and name not in names:  # never raises for a file's content
+            names.append(name)
     return names
 
 

@@ -141,8 +141,15 @@ def save_safetensors_atomic(
     return atomic_write_bytes(path, save(contiguous, metadata=dict(metadata)))
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_header(path: Path) -> None:
-    """Reject files that are not safetensors before handing them to the parser (clear message, no pickle)."""
+    """Reject files that are not well-formed safetensors before handing them to the parser: a clear
+    :class:`ArtifactError` naming the file for a pickle, a bad length, a header of another structure (the format:
+    a JSON object of tensor entries ``{"dtype": str, "shape": [int], "data_offsets": [begin, end]}`` and an optional
+    ``__metadata__`` object of strings) or a truncated file. Nothing is allocated from the header's numbers."""
     size = path.stat().st_size
     if size < 8:
         raise ArtifactError(f"{path} is not a safetensors file (only {size} bytes)")
@@ -156,11 +163,45 @@ def _check_header(path: Path) -> None:
         head = handle.read(header_len)
     try:
         header = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{path} has a corrupt safetensors header: {exc}") from None
-    end = max((max(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"), default=0)
+    fix = "re-save or re-download the file"
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path} has a malformed safetensors header (a JSON {type(header).__name__}, not an "
+                            f"object of tensors): {fix}")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ArtifactError(f"{path} has malformed safetensors metadata (it must map names to strings): {fix}")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        well_formed = (
+            isinstance(entry.get("dtype") if isinstance(entry, dict) else None, str)
+            and isinstance(shape, list) and all(_is_count(d) for d in shape)
+            and isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]
+        )
+        if not well_formed:
+            raise ArtifactError(f"{path} has a malformed safetensors entry for tensor {name[:80]!r}: {fix}")
+        end = max(end, offsets[1])
     if 8 + header_len + end > size:
         raise ArtifactError(f"{path} is truncated: the header promises {end} bytes of data, the file is shorter")
+
+
+def _open_error(path: Path, exc: Exception) -> ArtifactError:
+    return ArtifactError(f"{path} could not be read as safetensors ({exc}): re-save or re-download the file")
+
+
+def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A PromptWeave artifact holds finite numbers: NaN or inf (a diverged training run, a damaged file) would
+    otherwise give black images with no error."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(f"{path}: tensor {name!r} holds NaN or infinite values (a diverged training run or "
+                                "a damaged file): retrain it or use another file")
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -174,7 +215,9 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             metadata = dict(handle.metadata() or {})
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:  # the safetensors parser raises its own types
-        raise ArtifactError(f"{path} could not be read as safetensors: {exc}") from None
+        raise _open_error(path, exc) from None
+    if f"{META_PREFIX}method" in metadata:
+        _check_finite(path, tensors)
     return tensors, metadata
 
 
@@ -184,8 +227,20 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     if not path.is_file():
         raise ArtifactError(f"weights file not found: {path}")
     _check_header(path)
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:  # the safetensors parser raises its own types
+        raise _open_error(path, exc) from None
+
+
+def artifact_method(path: str | os.PathLike[str]) -> str | None:
+    """The ``promptweave.method`` a file declares, or None for any file that cannot say (unreadable, not
+    safetensors, malformed, no such entry): option lists call this, and a user's file never breaks them."""
+    try:
+        return read_metadata(path).get(f"{META_PREFIX}method")
+    except Exception:  # noqa: BLE001 - any content of a user's file means "not listable"
+        return None
 
 
 def read_safetensors_keys(path: str | os.PathLike[str]) -> list[str]:
@@ -194,8 +249,11 @@ def read_safetensors_keys(path: str | os.PathLike[str]) -> list[str]:
     if not path.is_file():
         raise ArtifactError(f"weights file not found: {path}")
     _check_header(path)
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return list(handle.keys())
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return list(handle.keys())
+    except Exception as exc:  # the safetensors parser raises its own types
+        raise _open_error(path, exc) from None
 
 
 def check_method(metadata: Mapping[str, str], expected: str, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,90 @@
+"""Hostile safetensors headers through every reader of the artifact layer (issue "hardening", findings 1, 2, 4).
+
+Each generated file is a valid 8-byte length followed by a header of any JSON structure (wrong types, nesting,
+offsets, dtypes, metadata values, encodings) and some data bytes. Every reader must answer with an
+:class:`ArtifactError` naming the file, and ``artifact_method`` (what the node option lists call) must never
+raise at all. A PromptWeave artifact holding NaN or inf is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from promptweave.prompt_modules.core.artifacts import (
+    ArtifactError,
+    artifact_method,
+    read_metadata,
+    read_safetensors,
+    read_safetensors_keys,
+)
+from promptweave.prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
+JSON = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6),
+                                                                                               inner, max_size=3),
+                    max_leaves=12)
+ENTRY = st.fixed_dictionaries({}, optional={
+    "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "U8", "BOOL", "Q4", ""]) | JSON,
+    "shape": st.lists(st.integers(-3, 2**40), max_size=4) | JSON,
+    "data_offsets": st.lists(st.integers(-5, 2**40), min_size=0, max_size=3) | JSON,
+})
+HEADER = (
+    JSON
+    | st.dictionaries(st.text(min_size=1, max_size=10), ENTRY, max_size=4)
+    | st.builds(lambda entries, meta: {**entries, "__metadata__": meta},
+                st.dictionaries(st.text(min_size=1, max_size=10), ENTRY, max_size=3),
+                st.dictionaries(st.text(max_size=8), JSON, max_size=3))
+)
+READERS = (read_safetensors, read_metadata, read_safetensors_keys)
+
+
+def _write(path, header, data: bytes) -> None:
+    head = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=HEADER, data=st.binary(max_size=64))
+def test_every_reader_answers_a_hostile_header_with_an_artifact_error(tmp_path, header, data):
+    path = tmp_path / "hostile.safetensors"
+    _write(path, header, data)
+    method = artifact_method(path)  # never raises
+    assert method is None or isinstance(method, str)
+    for reader in READERS:
+        try:
+            reader(path)
+        except ArtifactError as exc:
+            assert str(path) in str(exc)
+
+
+@pytest.mark.parametrize("head", [b"\xff\xfe not json", b"[" * 100_000 + b"]" * 100_000, b'{"a": {"dtype": "F32"'])
+def test_undecodable_and_deeply_nested_headers_are_artifact_errors(tmp_path, head):
+    path = tmp_path / "bad.safetensors"
+    _write(path, head, b"")
+    for reader in READERS:
+        with pytest.raises(ArtifactError, match="bad.safetensors"):
+            reader(path)
+    assert artifact_method(path) is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_learned_prompt_holding_nan_or_inf_is_refused_naming_the_tensor(tmp_path, value):
+    prompt = LearnedPrompt(LearnedPromptConfig(n_ctx=2, widths={"clip_l": 8}))
+    path = tmp_path / "prompt.safetensors"
+    prompt.save(path)
+    tensors, metadata = read_safetensors(path)
+    name = next(iter(tensors))
+    tensors[name][0, 0] = value
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ArtifactError, match=f"prompt.safetensors: tensor '{name}' holds NaN or infinite"):
+        LearnedPrompt.load(path)
+    plain = tmp_path / "not-ours.safetensors"  # a user's file (no promptweave metadata) is read as it is
+    save_file({"w": torch.tensor([float("nan")])}, str(plain))
+    assert torch.isnan(read_safetensors(plain)[0]["w"]).all()
