@@ -14,6 +14,9 @@ from pathlib import Path
 from ..prompt_modules.core.artifacts import atomic_write_bytes
 
 SPLITS = ("test", "compositional")
+#: Seeds every task runs for: training sets start at ``seed * 1_000_000`` in the world's train split (1e9 scenes),
+#: so seeds 0..999 keep every task inside it; the command line refuses others up front.
+MAX_SEED = 999
 #: task name -> module in this package that defines ``run(seed, split, quick) -> TaskResult``.
 TASKS: dict[str, str] = {
     task: task for task in (
@@ -42,6 +45,9 @@ def run_task(task: str, *, seed: int = 0, split: str = "test", quick: bool = Fal
     """Run one task and return the result record written by ``--json``."""
     if split not in SPLITS:
         raise SystemExit(f"unknown split {split!r}; expected one of {SPLITS}")
+    if not 0 <= seed <= MAX_SEED:
+        raise SystemExit(f"seed {seed} is outside 0..{MAX_SEED}: each seed's training scenes start at seed * 1,000,000 "
+                         "in the world's train split of 1,000,000,000 scenes; pick a seed in that range")
     start = time.perf_counter()
     result = task_runner(task)(seed, split, quick)
     return {
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m promptweave.bench", description=__doc__.splitlines()[0])
     parser.add_argument("task", help=f"one of: {', '.join(sorted(TASKS))}")
     parser.add_argument("--quick", action="store_true", help="small sizes, finishes within 5 minutes on 2 cores")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help=f"0..{MAX_SEED} (default 0)")
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--json", dest="json_path", help="write the result record to this file")
     ns = parser.parse_args(argv)

@@ -39,3 +39,19 @@ def test_replace_section_keeps_the_prose_around_it():
     new = "<!-- bench:x:start -->\nnew\n<!-- bench:x:end -->"
     assert replace_section(text, "x", new) == "intro\n" + new + "\noutro\n"
     assert replace_section("intro\n", "y", "<y>").endswith("intro\n\n<y>\n")
+
+
+@pytest.mark.parametrize("seed", [-1, 1000, 10**6])
+def test_the_bench_cli_refuses_seeds_its_tasks_cannot_run_before_running_anything(seed):
+    from promptweave.bench.harness import MAX_SEED, main
+
+    with pytest.raises(SystemExit, match=f"seed {seed} is outside 0..{MAX_SEED}"):
+        main(["inversion", "--seed", str(seed)])
+
+
+def test_the_largest_accepted_seed_keeps_every_training_offset_inside_the_train_split():
+    from promptweave.bench.harness import MAX_SEED
+    from promptweave.prompt_modules.world.scene import split_seed_range
+
+    largest_training_set = 100_000  # above the biggest n_train of any task (inversion: 6,000; shipped: 8,000)
+    assert MAX_SEED * 1_000_000 + largest_training_set < split_seed_range("train").stop
