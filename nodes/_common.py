@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,18 +78,30 @@ def output_model_path(node: str, input_name: str, name: str, folder_key: str = M
     if folder_key == MODELS_FOLDER:
         register_models_folder()
     folder = folder_paths.get_folder_paths(folder_key)[0]
-    os.makedirs(folder, exist_ok=True)
     longest = max((len(part.encode("utf-8", "surrogatepass")) for part in str(name).split("/")), default=0)
     if longest > MAX_NAME_BYTES:
         raise NodeInputError(
             node, input_name, f"the name is too long ({longest} bytes)", f"use at most {MAX_NAME_BYTES} bytes"
         )
     try:
-        return str(safe_child_path(folder, name))
+        target = safe_child_path(folder, name)
     except UnsafeNameError as exc:
         raise NodeInputError(
             node, input_name, str(exc), "use a plain file name such as 'my-style' (sub-folders with '/')"
         ) from None
+    # checked now, before any training: a result must never be lost at save time
+    if target.is_dir():
+        raise NodeInputError(node, input_name, f"'{target.name}' is a folder in {target.parent}",
+                             "use a file name that is not a folder's")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # sub-folders given with '/' are made
+        fd, probe = tempfile.mkstemp(prefix=".pw-write-test.", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise NodeInputError(node, input_name, f"the output folder {target.parent} is not writable "
+                             f"({exc.strerror or exc})", "make the folder writable, or choose another name") from None
+    return str(target)
 
 
 def missing_dependency_hint(module: str) -> str:

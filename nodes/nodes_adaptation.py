@@ -9,9 +9,7 @@ adapted MODEL is the incoming one with that file applied exactly as ``LoraLoader
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -88,32 +86,19 @@ def _check_mapper(node: str, mapper, vlm: VisionLanguageModel) -> TrainedMapper:
 
 
 def _writable_target(node: str, input_name: str, name: str, folder_key: str) -> Path:
-    """Where the file will go; refuses unsafe names and folders that cannot be written, before any training."""
+    """Where the file will go; refuses empty and unsafe names and folders that cannot be written, before any
+    training (:func:`output_model_path` probes the folder)."""
     import folder_paths
 
     stem = (name or "").strip().removesuffix(".safetensors")
     if not stem:
         raise NodeInputError(node, input_name, "the file name is empty", "type a name such as 'neon-style'")
     try:
-        folder = Path(folder_paths.get_folder_paths(folder_key)[0])
+        folder_paths.get_folder_paths(folder_key)[0]
     except (KeyError, IndexError):
         raise NodeInputError(
             node, input_name, f"ComfyUI has no '{folder_key}' models folder", "check extra_model_paths.yaml"
         ) from None
-    problem = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".pw-write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        problem = f"the output folder {folder} is not writable ({exc.strerror or exc})"
-    if problem is None and not os.access(folder, os.W_OK):
-        problem = f"the output folder {folder} is not writable"
-    if problem:
-        raise NodeInputError(
-            node, input_name, problem, "make the folder writable, or point ComfyUI's models folder somewhere writable"
-        )
     return Path(output_model_path(node, input_name, stem, folder_key))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import pytest
 
@@ -40,3 +41,50 @@ def test_broken_files_in_the_models_folder_leave_every_node_listed(comfy, comfy_
     finally:
         for path in written:
             path.unlink(missing_ok=True)
+
+
+def _defaults(comfy, node_id: str) -> dict:
+    info = comfy.node_info(node_id)
+    return {name: spec[1]["default"] for group in ("required", "optional")
+            for name, spec in info["input"].get(group, {}).items() if len(spec) > 1 and "default" in spec[1]}
+
+
+SAVE_INPUTS = {  # trainer node -> its save-name input
+    "PWTrainDualPrompt": "save_name",
+    "PWPretrainPrompts": "save_name",
+    "PWTrainDiffPrompt": "bundle_name",
+    "PWTrainPromptInverter": "filename",
+}
+
+
+@pytest.mark.parametrize("node_id", sorted(SAVE_INPUTS))
+def test_trainers_refuse_a_save_target_that_is_a_folder_before_training(comfy, comfy_base, node_id, monkeypatch):
+    """A save name that is a folder is refused before the first step (the result would be lost at save time);
+    a name in a sub-folder that does not exist yet is accepted (the sub-folder is made)."""
+    import torch
+
+    node = comfy.nodes.NODE_CLASS_MAPPINGS[node_id]
+    module = sys.modules[node.__module__]
+    for trainer in ("train_dual_prompt", "pretrain_bundle", "train_diff_prompt", "train_inverter_on_prompts"):
+        if hasattr(module, trainer):  # training must not start
+            monkeypatch.setattr(module, trainer, lambda *a, **k: pytest.fail("training started"))
+    folder = comfy_base / "models" / "promptweave" / f"pw-folder-{node_id}.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    vlm = comfy.pack_module("prompt_modules.core.vlm").VisionLanguageModel("tiny", seed=0)
+    images = torch.rand(2, 64, 64, 3)
+    args = {**_defaults(comfy, node_id), "vlm": vlm, "images": images, "prompts": "a red star\na blue ring",
+            "backbone": "vlm", "source": "world"}
+    info = comfy.node_info(node_id)["input"]
+    names = {name for group in ("required", "optional") for name in info.get(group, {})}
+    args = {k: v for k, v in args.items() if k in names}
+    errors = comfy.pack_module("nodes._common")
+    args[SAVE_INPUTS[node_id]] = folder.name.removesuffix(".safetensors")
+    try:
+        with torch.inference_mode(), pytest.raises(errors.NodeInputError,
+                                                  match=f"{node_id}: input '{SAVE_INPUTS[node_id]}'.*is a folder"):
+            node.execute(**args)
+        target = errors.output_model_path(node_id, SAVE_INPUTS[node_id], f"pw-new-sub/{node_id}/x")
+        assert (comfy_base / "models" / "promptweave" / "pw-new-sub" / node_id).is_dir()
+        assert target.endswith("x.safetensors")
+    finally:
+        folder.rmdir()
