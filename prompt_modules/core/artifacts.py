@@ -12,9 +12,11 @@ import dataclasses
 import importlib.resources
 import json
 import os
+import re
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -111,14 +113,42 @@ def safe_child_path(folder: str | os.PathLike[str], name: str, suffix: str = ".s
     return path
 
 
+#: Our temporary files: ``.<final name>.<mkstemp's 8 characters>.tmp`` (atomic writes) and the write probes of the
+#: nodes (``.pw-write-test.<8>``). A process killed mid-save leaves one behind; the next save into that folder
+#: removes those older than :data:`STALE_TEMP_SECONDS` (a younger one may be another writer's, still at work).
+TEMP_FILE_PATTERN = re.compile(r"^\.(.+\.[a-z0-9_]{8}\.tmp|pw-write-test\.[a-z0-9_]{8})$")
+STALE_TEMP_SECONDS = 600.0
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove our own temporary files (:data:`TEMP_FILE_PATTERN`) older than ``older_than`` seconds from
+    ``folder``; returns what was removed. Other files are never touched."""
+    removed, now = [], time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if (TEMP_FILE_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > older_than):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename (stale
+    temporary files of earlier, killed saves into the folder are removed first)."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise ArtifactError(f"cannot write {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ArtifactError(f"cannot write {path}: folder {folder} is not writable")
+    remove_stale_temp_files(folder)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions

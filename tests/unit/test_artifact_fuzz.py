@@ -88,3 +88,24 @@ def test_a_learned_prompt_holding_nan_or_inf_is_refused_naming_the_tensor(tmp_pa
     plain = tmp_path / "not-ours.safetensors"  # a user's file (no promptweave metadata) is read as it is
     save_file({"w": torch.tensor([float("nan")])}, str(plain))
     assert torch.isnan(read_safetensors(plain)[0]["w"]).all()
+
+
+def test_a_save_removes_stale_temporary_files_of_killed_saves_and_nothing_else(tmp_path):
+    """A process killed mid-save leaves ``.NAME.XXXXXXXX.tmp``; the next save into the folder removes it once it is
+    older than STALE_TEMP_SECONDS (a younger one may be another writer's), and never touches other files."""
+    import os
+    import time
+
+    from promptweave.prompt_modules.core.artifacts import STALE_TEMP_SECONDS, atomic_write_bytes
+
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    stale = [tmp_path / ".prompt.safetensors.ab12cd_9.tmp", tmp_path / ".pw-write-test.k2j4h6g8"]
+    fresh = tmp_path / ".other.safetensors.zz99yy88.tmp"
+    keep = [tmp_path / ".hidden.tmp", tmp_path / "notes.tmp", tmp_path / "model.safetensors"]
+    for path in [*stale, fresh, *keep]:
+        path.write_bytes(b"x")
+    for path in [*stale, *keep]:
+        os.utime(path, (old, old))
+    atomic_write_bytes(tmp_path / "new.safetensors", b"data")
+    assert not any(p.exists() for p in stale) and fresh.exists() and all(p.exists() for p in keep)
+    assert (tmp_path / "new.safetensors").read_bytes() == b"data"
