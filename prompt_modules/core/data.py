@@ -35,18 +35,50 @@ def list_images(folder: str | os.PathLike[str], what: str = "dataset folder") ->
 FITS = ("crop", "stretch")
 
 
+#: Bounds every image reader checks from the file's header, before anything is decoded or scaled: at most 64
+#: megapixels (PIL's decompression-bomb guard starts near 90), and a long side at most 16 times the short one (a
+#: 100,000 x 1 strip scaled to a 224 px short side would need gigabytes).
+MAX_IMAGE_PIXELS = 64 * 2**20
+MAX_IMAGE_ASPECT = 16
+
+
+def _open_checked(path: Path):
+    """``PIL.Image.open(path)`` with its size checked against the bounds; any failure a ``ValueError`` naming the
+    file (PIL raises OSError, SyntaxError, ValueError or its DecompressionBombError for broken or hostile files)."""
+    from PIL import Image
+
+    try:
+        im = Image.open(path)
+        width, height = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+    problem = None
+    if width < 1 or height < 1:
+        problem = f"it is {width}x{height} pixels"
+    elif width * height > MAX_IMAGE_PIXELS:
+        problem = f"it is {width}x{height} pixels, more than {MAX_IMAGE_PIXELS // 2**20} megapixels"
+    elif max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
+        problem = f"it is {width}x{height} pixels, longer than {MAX_IMAGE_ASPECT} times its width"
+    if problem:
+        im.close()
+        raise ValueError(f"cannot use image {path}: {problem}; resize or crop it, or remove it from the dataset")
+    return im
+
+
 def load_image(path: str | os.PathLike[str], size: int | None = None, *, fit: str = "crop") -> torch.Tensor:
     """An RGB image ``[3, H, W]`` in 0..1: at its own size without ``size``; with ``size``, brought to
     ``size x size`` by ``fit`` (:data:`FITS`): ``"crop"`` resizes the short side (bicubic) and centre-crops, the way
     CLIP preprocesses; ``"stretch"`` resizes the whole image (bilinear; a large JPEG is decoded at a reduced scale
-    that is still at least ``size``, so big photos load fast). An unreadable file is a ``ValueError`` naming it."""
+    that is still at least ``size``, so big photos load fast). The size is checked from the header first
+    (:data:`MAX_IMAGE_PIXELS`, :data:`MAX_IMAGE_ASPECT`); an unreadable or out-of-bounds file is a ``ValueError``
+    naming it."""
     from PIL import Image
 
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             if size is not None and fit == "stretch" and im.format == "JPEG":
                 im.draft("RGB", (size, size))
             im = im.convert("RGB")
@@ -59,37 +91,33 @@ def load_image(path: str | os.PathLike[str], size: int | None = None, *, fit: st
             elif size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             array = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as exc:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # a truncated file fails on decoding
         raise ValueError(f"cannot read image {path}: {exc}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def image_file_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(width, height)`` of an image file, read from its header. An unreadable file is a ``ValueError``."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+    """``(width, height)`` of an image file, read from its header and checked against the bounds; an unreadable
+    or out-of-bounds file is a ``ValueError`` naming it."""
+    with _open_checked(Path(path)) as im:
+        return im.size
 
 
 def load_mask(path: str | os.PathLike[str]) -> torch.Tensor:
     """A mask ``[H, W]`` in 0..1 at the file's size: the alpha channel where it varies (ComfyUI-style masks),
-    else the grey levels. An unreadable file is a ``ValueError`` naming it."""
+    else the grey levels. An unreadable or out-of-bounds file (the image bounds) is a ``ValueError`` naming it."""
     from PIL import Image
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             if "A" in im.getbands() and im.mode != "L":
                 array = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
                 if array.min() == array.max():
                     array = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
             else:
                 array = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except OSError as exc:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read mask {path}: {exc}") from None
     return torch.from_numpy(array)
 
