@@ -103,6 +103,19 @@ def image_file_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         return im.size
 
 
+def read_text_file(path: str | os.PathLike[str], what: str = "text file", encoding: str = "utf-8") -> str:
+    """The text of a caption, expression or annotation file; a missing, unreadable or non-UTF-8 file is a
+    ``ValueError`` that names it (and the byte where the encoding breaks)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the {what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+                         ) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
 def load_mask(path: str | os.PathLike[str]) -> torch.Tensor:
     """A mask ``[H, W]`` in 0..1 at the file's size: the alpha channel where it varies (ComfyUI-style masks),
     else the grey levels. An unreadable or out-of-bounds file (the image bounds) is a ``ValueError`` naming it."""

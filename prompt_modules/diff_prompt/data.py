@@ -38,6 +38,7 @@ from ..core.data import (
     image_file_size,
     load_image,
     load_mask,
+    read_text_file,
     resize_masks,
     square_images,
 )
@@ -121,7 +122,7 @@ class FolderGroundingSource(TensorGroundingSource):
             text_path = path.with_suffix(".txt")
             if not text_path.is_file():
                 raise ValueError(f"{path.name} has no referring expression: add {text_path.name}")
-            lines = [ln.strip() for ln in text_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in read_text_file(text_path, "expression file").splitlines() if ln.strip()]
             if not lines:
                 raise ValueError(f"{text_path.name} is empty: write the referring expression in it")
             image, mask = load_image(path), load_mask(mask_path)  # both at the file's own size
@@ -357,12 +358,7 @@ def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise ValueError(f"the {what} {path} does not exist")
     _refuse_pickle(path, what)
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save the {what} as UTF-8"
-        ) from None
+    return read_text_file(path, what)
 
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:

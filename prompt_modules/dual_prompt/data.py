@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..core.data import IMAGE_EXTENSIONS, RetrievalBatch, list_images, load_image
+from ..core.data import IMAGE_EXTENSIONS, RetrievalBatch, list_images, load_image, read_text_file
 from .config import FDRD_NEGATIVES, DualPromptConfig
 
 _WRAPPER_KEYS = ("data", "annotations", "entries")
@@ -67,7 +67,7 @@ def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise ValueError(f"FDRD JSON not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_file(path, "FDRD JSON file"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError:
@@ -270,7 +270,7 @@ class FolderSource:
         missing = [p.name for p in images if not p.with_suffix(".txt").is_file()]
         if missing:
             raise ValueError(f"{folder}: images without a same-named .txt caption: {missing[:5]}")
-        self.items = [(p, p.with_suffix(".txt").read_text(encoding="utf-8").strip()) for p in images]
+        self.items = [(p, read_text_file(p.with_suffix(".txt"), "caption").strip()) for p in images]
         self.size = size
 
     def __len__(self) -> int:

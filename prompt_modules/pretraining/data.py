@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.data import ClassBatch, list_images, load_image
+from ..core.data import ClassBatch, list_images, load_image, read_text_file
 
 
 def sample_class_subset(
@@ -83,10 +83,7 @@ def read_class_map(path: str | os.PathLike[str]) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"class-name mapping file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read class-name mapping file {path}: {exc}") from None
+    text = read_text_file(path, "class-name mapping file", encoding="utf-8-sig")
     mapping: dict[str, str] = {}
 
     def add(key: str, name: str, where: str) -> None:

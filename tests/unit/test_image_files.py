@@ -52,3 +52,17 @@ def test_broken_files_are_errors_naming_them(tmp_path, kind):
     for read in readers:
         with pytest.raises(ValueError, match="broken.png"):
             read()
+
+
+def test_a_caption_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
+    from promptweave.prompt_modules.core.data import read_text_file
+    from promptweave.prompt_modules.dual_prompt.data import FolderSource
+
+    _png(tmp_path / "a.png", 32, 32)
+    _png(tmp_path / "b.png", 32, 32)
+    (tmp_path / "a.txt").write_text("a red star", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes("une étoile".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"caption .*b\.txt is not UTF-8 text .* at byte 4\): save it as UTF-8"):
+        FolderSource(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot read the expression file .*missing\.txt"):
+        read_text_file(tmp_path / "missing.txt", "expression file")
