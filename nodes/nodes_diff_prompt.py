@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
+from ..prompt_modules.core.data import files_fingerprint
 from ..prompt_modules.core.learned_prompt import LearnedPrompt
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
@@ -596,6 +597,8 @@ class TrainDiffPrompt(io.ComfyNode):
             settings.append(init_key)
         knobs = {"ddim": ddim_steps, "layers": prompted_layers, "lr": learning_rate, "mask": mask_size}
         settings += [f"{name}-{value}" for name, value in knobs.items() if value]  # likewise: only when set
+        if source not in ("world", "inputs"):  # the data itself: replaced files never resume an old run
+            settings.append(f"data-{files_fingerprint(path.strip(), image_root.strip() or None)}")
         if source in FILE_SOURCES:  # sources newer than the checkpoints above: their reading options and size
             settings += [f"root-{image_root.strip()}", f"split-{split.strip()}", f"samples-{len(data)}"]
 

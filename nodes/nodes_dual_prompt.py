@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
+from ..prompt_modules.core.data import files_fingerprint
 from ..prompt_modules.core.learned_prompt import COMFY_TO_TI_KEY
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import VisionLanguageModel, trainable_copy
@@ -179,6 +180,8 @@ class TrainDualPrompt(io.ComfyNode):
         settings = [vlm.name, source, path, batch_size, learning_rate, seed, config.to_dict(), init_key]
         if source == "fdrd_json" and root:  # appended only when set, so earlier runs' checkpoints still resume
             settings.append(f"image_root-{root}")
+        if source != "world":  # the data itself: replaced files never resume an old run
+            settings.append(f"data-{files_fingerprint(path.strip(), os.path.expanduser(root) if root else None)}")
         ckpt = run_checkpoint(name or "dcar", settings)
         on_step = TrainingProgress(steps)
         result = train_dual_prompt(trainable_copy(vlm), data, config, steps=steps, batch_size=batch_size,

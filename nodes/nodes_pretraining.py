@@ -8,6 +8,7 @@ import warnings
 from comfy_api.latest import io
 
 from ..prompt_modules.core.artifacts import ArtifactError, ConfigError
+from ..prompt_modules.core.data import files_fingerprint
 from ..prompt_modules.core.plots import loss_curve_image
 from ..prompt_modules.core.vlm import trainable_copy
 from ..prompt_modules.pretraining import (
@@ -209,6 +210,8 @@ class PretrainPrompts(io.ComfyNode):
         if teacher is not None:
             settings.append(f"teacher-{teacher.name}")
             info["teacher"] = teacher.name
+        if source != "world":  # the data itself: replaced files never resume an old run
+            settings.append(f"data-{files_fingerprint(path.strip(), class_file or None)}")
         ckpt = run_checkpoint(name or "rpp", settings)
         on_step = TrainingProgress(steps)
         result, bundle = pretrain_bundle(

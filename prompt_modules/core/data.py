@@ -103,6 +103,30 @@ def image_file_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         return im.size
 
 
+def files_fingerprint(*paths: str | os.PathLike[str] | None) -> str | None:
+    """A digest of the files at ``paths`` (each a file or a folder, walked recursively): every file's relative
+    name, size and modification time. A training run keyed by it never resumes from a checkpoint of other data
+    (a folder whose images were replaced keeps its file count, not its fingerprint). ``None`` when no path is
+    given; a path that does not exist counts as such."""
+    import hashlib
+
+    given = [Path(p) for p in paths if p]
+    if not given:
+        return None
+    digest = hashlib.sha1()
+    for root in given:
+        digest.update(f"\0root:{root}".encode("utf-8", "surrogatepass"))
+        files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else []
+        for file in files:
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            name = file.name if file == root else file.relative_to(root).as_posix()
+            digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
+
+
 def read_text_file(path: str | os.PathLike[str], what: str = "text file", encoding: str = "utf-8") -> str:
     """The text of a caption, expression or annotation file; a missing, unreadable or non-UTF-8 file is a
     ``ValueError`` that names it (and the byte where the encoding breaks)."""

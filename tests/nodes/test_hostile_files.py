@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 
 import pytest
 
@@ -88,3 +89,42 @@ def test_trainers_refuse_a_save_target_that_is_a_folder_before_training(comfy, c
         assert target.endswith("x.safetensors")
     finally:
         folder.rmdir()
+
+
+def test_changed_data_never_resumes_an_old_run(comfy, tmp_path, monkeypatch):
+    """Issue "hardening", finding 6: train a dual prompt on a folder, replace its images and captions (same
+    count), run the same node again: the checkpoint key changes with the data, so the run starts afresh; with the
+    data unchanged it is the same key (the finished run is reused)."""
+    import torch
+    from PIL import Image
+
+    common = comfy.pack_module("nodes._common")
+    module = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS["PWTrainDualPrompt"].__module__]
+    keys = []
+    real = common.run_checkpoint
+
+    def recording(stem, settings, **kwargs):
+        path = real(stem, settings, **kwargs)
+        keys.append(path.name)
+        return path
+
+    monkeypatch.setattr(module, "run_checkpoint", recording)
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+
+    def write(colours, captions):
+        for i, (colour, caption) in enumerate(zip(colours, captions, strict=True)):
+            Image.new("RGB", (32, 32), colour).save(folder / f"{i}.png")
+            (folder / f"{i}.txt").write_text(caption)
+
+    write([(255, 0, 0), (0, 0, 255)], ["a red square", "a blue square"])
+    vlm = comfy.pack_module("prompt_modules.core.vlm").VisionLanguageModel("tiny", seed=0)
+    args = {**_defaults(comfy, "PWTrainDualPrompt"), "vlm": vlm, "source": "folder", "path": str(folder),
+            "steps": 1, "batch_size": 2, "save_name": ""}
+    with torch.inference_mode():
+        comfy.nodes.NODE_CLASS_MAPPINGS["PWTrainDualPrompt"].execute(**args)
+        comfy.nodes.NODE_CLASS_MAPPINGS["PWTrainDualPrompt"].execute(**args)
+        time.sleep(0.01)
+        write([(0, 255, 0), (255, 255, 0)], ["a green circle", "a yellow ring"])
+        comfy.nodes.NODE_CLASS_MAPPINGS["PWTrainDualPrompt"].execute(**args)
+    assert keys[0] == keys[1] and keys[2] != keys[0]
