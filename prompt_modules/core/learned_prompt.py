@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .artifacts import (
+    ArtifactError,
     BackboneMismatchError,
     base_metadata,
     check_method,
@@ -163,13 +164,18 @@ class LearnedPrompt(nn.Module):
             raise BackboneMismatchError(
                 f"{path} was learned for backbone '{file_backbone}', not '{backbone}': use a prompt trained for it"
             )
-        config = LearnedPromptConfig(
-            n_ctx=counts.pop(),
-            widths={k: int(v.shape[1]) for k, v in vectors.items()},
-            backbone=file_backbone,
-            position=str(meta_field(metadata, "position", "prefix")),  # type: ignore[arg-type]
-            placeholder=str(meta_field(metadata, "placeholder", "<pw>")),
-        )
+        try:  # the stored config as the file gives it (no tensor is allocated from it: sizes come from the tensors)
+            config = LearnedPromptConfig(
+                n_ctx=counts.pop(),
+                widths={k: int(v.shape[1]) for k, v in vectors.items()},
+                backbone=file_backbone,
+                position=str(meta_field(metadata, "position", "prefix")),  # type: ignore[arg-type]
+                placeholder=str(meta_field(metadata, "placeholder", "<pw>")),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ArtifactError(f"{path} holds an invalid learned prompt ({exc}): retrain or re-save it") from None
+        if config.n_ctx < 1 or any(w < 1 for w in config.widths.values()):
+            raise ArtifactError(f"{path} holds empty prompt vectors {dict(config.widths)} x {config.n_ctx}: retrain it")
         prompt = cls(config)
         with torch.no_grad():
             for name, value in vectors.items():

@@ -109,3 +109,15 @@ def test_a_save_removes_stale_temporary_files_of_killed_saves_and_nothing_else(t
     atomic_write_bytes(tmp_path / "new.safetensors", b"data")
     assert not any(p.exists() for p in stale) and fresh.exists() and all(p.exists() for p in keep)
     assert (tmp_path / "new.safetensors").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize(("metadata", "tensor"), [
+    ({"promptweave.position": "sideways"}, torch.zeros(2, 8)),
+    ({"promptweave.placeholder": ""}, torch.zeros(2, 8)),
+    ({}, torch.zeros(0, 8)),
+])
+def test_a_learned_prompt_with_an_invalid_stored_config_names_the_file(tmp_path, metadata, tensor):
+    path = tmp_path / "odd.safetensors"
+    save_file({"clip_l": tensor}, str(path), metadata={"promptweave.method": "learned_prompt", **metadata})
+    with pytest.raises(ArtifactError, match="odd.safetensors holds (an invalid learned prompt|empty prompt vectors)"):
+        LearnedPrompt.load(path)
