@@ -19,6 +19,7 @@ from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
+    build_fitting,
     check_method,
     meta_field,
     read_metadata,
@@ -55,7 +56,7 @@ def load_mapper(path: str | os.PathLike[str], vlm: Any | None = None) -> Trained
     if not isinstance(shape, dict):
         raise ArtifactError(f"{path}: missing promptweave.shape metadata")
     try:
-        mapper = LatentMapper(**shape)
+        mapper = build_fitting(path, lambda: LatentMapper(**shape), tensors)
         mapper.load_state_dict(tensors)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{path} does not fit its mapper shape: {exc}") from None

@@ -234,6 +234,25 @@ def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
                                 "a damaged file): retrain it or use another file")
 
 
+def build_fitting(path: str | os.PathLike[str], build: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """``build()``, the module a file's metadata declares, made only once its shape is known to match the file.
+
+    It is first built on the meta device (no memory), and every parameter and buffer must have the shape of the
+    file's tensor of the same name (``tensors``, keys as in its ``state_dict``). Metadata that declares huge
+    dimensions therefore never allocates them: it is an :class:`ArtifactError` naming the file."""
+    with torch.device("meta"):
+        skeleton = build()
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(k for k in expected if k not in tensors)
+    wrong = sorted(k for k, shape in expected.items() if k in tensors and tuple(tensors[k].shape) != shape)
+    if missing or wrong:
+        detail = (f"{len(missing)} declared tensors missing (e.g. {missing[:2]})" if missing
+                  else f"{wrong[0]} is {tuple(tensors[wrong[0]].shape)} in the file, {expected[wrong[0]]} declared")
+        raise ArtifactError(f"{path}: its stored configuration does not match its tensors ({detail}): re-save or "
+                            "retrain the file")
+    return build()
+
+
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read all tensors and the metadata of a safetensors file, with clear errors for bad files."""
     path = Path(path)

@@ -11,6 +11,7 @@ from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
+    build_fitting,
     check_method,
     meta_field,
     read_safetensors,
@@ -47,12 +48,13 @@ def load_dual_prompt(path: str | os.PathLike[str], vlm: VisionLanguageModel | No
         config = DualPromptConfig.from_dict(dict(meta_field(metadata, "config")))
         widths, layers = meta_field(metadata, "widths"), meta_field(metadata, "layers")
         backbone = str(meta_field(metadata, "backbone"))
-        dual = DualPrompt(
+        own = {k[5:]: v for k, v in tensors.items() if k.startswith("dual.")}
+        dual = build_fitting(path, lambda: DualPrompt(
             config, text_width=int(widths["text"]), vision_width=int(widths["vision"]),
             text_layers=int(layers["text"]), vision_layers=int(layers["vision"]), embed_dim=int(widths["embed"]),
             backbone=backbone,
-        )
-        dual.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("dual.")})
+        ), own)
+        dual.load_state_dict(own)
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise ArtifactError(f"{path}: not a usable DCAR dual prompt: {exc}") from None
     sd = {k[3:]: v for k, v in tensors.items() if k.startswith("sd.")}

@@ -15,6 +15,7 @@ from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
+    build_fitting,
     check_method,
     meta_field,
     read_safetensors,
@@ -56,8 +57,8 @@ def load_inverter(path: str | os.PathLike[str], backbone: str | None = None) -> 
     try:
         config = InverterConfig.from_dict(meta_field(metadata, "config"))
         vocab = Vocabulary(meta_field(metadata, "vocabulary") or [])
-        inverter = PromptInverter(config, vocab)
         own = {k: v for k, v in tensors.items() if not k.startswith(("bank.", "dakl."))}
+        inverter = build_fitting(path, lambda: PromptInverter(config, vocab), own)
         inverter.load_state_dict(own)
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise ArtifactError(f"{path} is not a usable prompt inverter: {str(exc)[:300]}") from None

@@ -20,6 +20,7 @@ from ..core.artifacts import (
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
+    build_fitting,
     check_method,
     meta_field,
     read_safetensors,
@@ -110,7 +111,8 @@ def load_pretrained_prompts(
         saved.setdefault("qkv_form", "absolute")  # bundles from before qkv_form held absolute q/k/v prompts
         config = RPPConfig.from_dict(saved)
         widths, layers = meta_field(metadata, "widths"), meta_field(metadata, "layers")
-        rpp = RPPPrompts(
+        own = {k[4:]: v for k, v in tensors.items() if k.startswith("rpp.")}
+        rpp = build_fitting(path, lambda: RPPPrompts(
             config,
             text_width=int(widths["text"]),
             vision_width=int(widths["vision"]),
@@ -118,8 +120,8 @@ def load_pretrained_prompts(
             vision_layers=int(layers["vision"]),
             embed_dim=int(widths["embed"]),
             backbone=str(meta_field(metadata, "backbone")),
-        )
-        rpp.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("rpp.")})
+        ), own)
+        rpp.load_state_dict(own)
         per_tower = {
             t: sorted((int(k.split(".")[2]), v) for k, v in tensors.items() if k.startswith(f"layers.{t}."))
             for t in TOWERS

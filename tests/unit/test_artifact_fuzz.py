@@ -121,3 +121,27 @@ def test_a_learned_prompt_with_an_invalid_stored_config_names_the_file(tmp_path,
     save_file({"clip_l": tensor}, str(path), metadata={"promptweave.method": "learned_prompt", **metadata})
     with pytest.raises(ArtifactError, match="odd.safetensors holds (an invalid learned prompt|empty prompt vectors)"):
         LearnedPrompt.load(path)
+
+
+def test_declared_dimensions_are_checked_against_the_tensors_before_anything_is_built(tmp_path):
+    """Issue "hardening", finding 3: metadata that declares huge widths (a few-KB file asking for gigabytes) is
+    refused from a meta-device build, before any memory is allocated, naming the file."""
+    import json as _json
+    import resource
+
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel
+    from promptweave.prompt_modules.dual_prompt import DualPrompt, DualPromptConfig, load_dual_prompt, save_dual_prompt
+
+    vlm = VisionLanguageModel("tiny", seed=0)
+    path = tmp_path / "dual.safetensors"
+    save_dual_prompt(DualPrompt.for_vlm(vlm, DualPromptConfig()), path)
+    tensors, metadata = read_safetensors(path)
+    widths = _json.loads(metadata["promptweave.widths"])
+    widths["text"] = 4_000_000  # 4e6 x 77 tokens x 4 bytes ~ 1.2 GB per prompt if it were built
+    hostile = tmp_path / "hostile-dual.safetensors"
+    save_file(tensors, str(hostile), metadata={**metadata, "promptweave.widths": _json.dumps(widths)})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ArtifactError, match="hostile-dual.safetensors: its stored configuration does not match"):
+        load_dual_prompt(hostile)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing big was allocated
+    assert load_dual_prompt(path) is not None  # the honest file still loads
