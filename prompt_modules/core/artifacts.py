@@ -225,6 +225,11 @@ def _open_error(path: Path, exc: Exception) -> ArtifactError:
     return ArtifactError(f"{path} could not be read as safetensors ({exc}): re-save or re-download the file")
 
 
+#: The method name of resumable training states (:mod:`.checkpointing`): they keep NaN sentinels (the losses of
+#: steps not yet run), so only finished artifacts are checked for finite values.
+TRAINING_STATE = "training_state"
+
+
 def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     """A PromptWeave artifact holds finite numbers: NaN or inf (a diverged training run, a damaged file) would
     otherwise give black images with no error."""
@@ -265,7 +270,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:  # the safetensors parser raises its own types
         raise _open_error(path, exc) from None
-    if f"{META_PREFIX}method" in metadata:
+    if metadata.get(f"{META_PREFIX}method", TRAINING_STATE) != TRAINING_STATE:
         _check_finite(path, tensors)
     return tensors, metadata
 

@@ -17,9 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import ArtifactError, base_metadata, meta_field, read_safetensors, save_safetensors_atomic
+from .artifacts import (
+    TRAINING_STATE,
+    ArtifactError,
+    base_metadata,
+    meta_field,
+    read_safetensors,
+    save_safetensors_atomic,
+)
 
-METHOD = "training_state"
+METHOD = TRAINING_STATE
 
 
 def save_training_state(
