@@ -77,7 +77,12 @@ def output_model_path(node: str, input_name: str, name: str, folder_key: str = M
     """Where a node may save ``name`` (``.safetensors`` added) inside a models folder; unsafe names refused."""
     if folder_key == MODELS_FOLDER:
         register_models_folder()
-    folder = folder_paths.get_folder_paths(folder_key)[0]
+    try:
+        folder = folder_paths.get_folder_paths(folder_key)[0]
+    except (KeyError, IndexError):
+        raise NodeInputError(
+            node, input_name, f"ComfyUI has no '{folder_key}' models folder", "check extra_model_paths.yaml"
+        ) from None
     longest = max((len(part.encode("utf-8", "surrogatepass")) for part in str(name).split("/")), default=0)
     if longest > MAX_NAME_BYTES:
         raise NodeInputError(

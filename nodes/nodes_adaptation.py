@@ -86,19 +86,11 @@ def _check_mapper(node: str, mapper, vlm: VisionLanguageModel) -> TrainedMapper:
 
 
 def _writable_target(node: str, input_name: str, name: str, folder_key: str) -> Path:
-    """Where the file will go; refuses empty and unsafe names and folders that cannot be written, before any
-    training (:func:`output_model_path` probes the folder)."""
-    import folder_paths
-
+    """Where the file will go; an empty name is refused here, unsafe names, missing models folders and folders
+    that cannot be written by :func:`output_model_path`, before any training."""
     stem = (name or "").strip().removesuffix(".safetensors")
     if not stem:
         raise NodeInputError(node, input_name, "the file name is empty", "type a name such as 'neon-style'")
-    try:
-        folder_paths.get_folder_paths(folder_key)[0]
-    except (KeyError, IndexError):
-        raise NodeInputError(
-            node, input_name, f"ComfyUI has no '{folder_key}' models folder", "check extra_model_paths.yaml"
-        ) from None
     return Path(output_model_path(node, input_name, stem, folder_key))
 
 
@@ -117,6 +109,7 @@ def _config(node: str, inputs: dict[str, str], **fields) -> IPLConfig:
 def _sd_generator(
     node: str, model, clip, vae, source_text: str, width: int, height: int, sample_steps: int
 ) -> StableDiffusionGenerator:
+    import comfy.model_base
     import comfy.model_management
     import comfy.model_sampling
 
@@ -151,7 +144,7 @@ def _sd_generator(
     cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
     context = cond[0][0]
     added_cond = None
-    if hasattr(base, "encode_adm") and getattr(base, "adm_channels", 0):  # SDXL: pooled embedding + size ids as y
+    if isinstance(base, comfy.model_base.SDXL):  # (sd_unet let it through) its pooled embedding + size ids as y
         pooled = cond[0][1].get("pooled_output")
         if pooled is None:
             raise NodeInputError(node, "clip", "this CLIP gives no pooled output, which SDXL needs",

@@ -302,7 +302,8 @@ class StableDiffusionGenerator(AdaptableGenerator):
             return self.unet_call(self.lora_root, x.to(dtype), ts, context, **added(self.added_cond)).float()
         null = self.null_context.to(x.device, dtype).expand(b, -1, -1)
         both = torch.cat([x, x]).to(dtype)
-        extra = {k: torch.cat([v, added(self.added_cond)[k]]) for k, v in added(self.null_added_cond).items()}
+        cond = added(self.added_cond)
+        extra = {k: torch.cat([v, cond[k]]) for k, v in added(self.null_added_cond).items()}
         pred = self.unet_call(self.lora_root, both, torch.cat([ts, ts]), torch.cat([null, context]), **extra).float()
         pred_u, pred_c = pred.chunk(2)
         return pred_u + self.guidance * (pred_c - pred_u)

@@ -17,7 +17,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -258,34 +258,33 @@ def build_fitting(path: str | os.PathLike[str], build: Any, tensors: Mapping[str
     return build()
 
 
-def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read all tensors and the metadata of a safetensors file, with clear errors for bad files."""
+def _read_checked(path: str | os.PathLike[str], take: Callable[[Any], Any]) -> Any:
+    """``take(handle)`` on a safetensors file opened after :func:`_check_header`; a missing file, a bad header or
+    any error of the parser is an :class:`ArtifactError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"weights file not found: {path}")
     _check_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            return take(handle)
     except Exception as exc:  # the safetensors parser raises its own types
         raise _open_error(path, exc) from None
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read all tensors and the metadata of a safetensors file, with clear errors for bad files."""
+    tensors, metadata = _read_checked(
+        path, lambda handle: ({name: handle.get_tensor(name) for name in handle.keys()}, dict(handle.metadata() or {}))
+    )
     if metadata.get(f"{META_PREFIX}method", TRAINING_STATE) != TRAINING_STATE:
-        _check_finite(path, tensors)
+        _check_finite(Path(path), tensors)
     return tensors, metadata
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """Read only the header metadata of a safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"weights file not found: {path}")
-    _check_header(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as exc:  # the safetensors parser raises its own types
-        raise _open_error(path, exc) from None
+    return _read_checked(path, lambda handle: dict(handle.metadata() or {}))
 
 
 def artifact_method(path: str | os.PathLike[str]) -> str | None:
@@ -299,15 +298,7 @@ def artifact_method(path: str | os.PathLike[str]) -> str | None:
 
 def read_safetensors_keys(path: str | os.PathLike[str]) -> list[str]:
     """The tensor names of a safetensors file, from its header alone (no tensor is read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"weights file not found: {path}")
-    _check_header(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return list(handle.keys())
-    except Exception as exc:  # the safetensors parser raises its own types
-        raise _open_error(path, exc) from None
+    return _read_checked(path, lambda handle: list(handle.keys()))
 
 
 def check_method(metadata: Mapping[str, str], expected: str, path: str | os.PathLike[str]) -> None:

@@ -53,10 +53,10 @@ class LazyTeacherClassFeatures:
         """``[len(subset), D]``: the features of the classes ``subset`` (indices into ``class_names``)."""
         indices = [int(i) for i in subset.tolist()]
         missing = sorted(set(indices) - self._rows.keys())
-        for start in range(0, len(missing), self.chunk):
-            part = missing[start : start + self.chunk]
-            features = teacher_class_features(self.teacher, [self.class_names[i] for i in part], self.template)
-            self._rows.update(zip(part, features, strict=True))
+        if missing:
+            names = [self.class_names[i] for i in missing]
+            features = teacher_class_features(self.teacher, names, self.template, self.chunk)
+            self._rows.update(zip(missing, features, strict=True))
         return torch.stack([self._rows[i] for i in indices])
 
 
