@@ -140,19 +140,33 @@ PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
 def load_pipeline(
-    path: str | os.PathLike[str], *, torch_dtype: torch.dtype | None = None
+    path: str | os.PathLike[str],
+    *,
+    torch_dtype: torch.dtype | None = None,
+    prediction_type: str | None = None,
 ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """A local Stable Diffusion pipeline, never downloaded: a diffusers folder (SD1.x / SD2.x
-    ``StableDiffusionPipeline`` or SDXL ``StableDiffusionXLPipeline``, by its ``model_index.json``) or an SD1.x
-    single-file ``.safetensors`` checkpoint (``from_single_file`` with the configs written locally,
-    :func:`~.prompt_modules.core.sd_models.write_pipeline_config`). Pickled ``.ckpt`` files are refused."""
+    ``StableDiffusionPipeline`` or SDXL ``StableDiffusionXLPipeline``, by its ``model_index.json``) or a single-file
+    ``.safetensors`` checkpoint of SD1.x, SD2.x or SDXL base (``from_single_file`` with the configs written locally
+    at the checkpoint's own sizes, :func:`~.prompt_modules.core.sd_models.write_pipeline_config`). Pickled
+    ``.ckpt`` files are refused.
+
+    ``prediction_type`` (``"epsilon"`` or ``"v_prediction"``) sets what the scheduler reads the U-Net's output
+    as. The single file does not say: by default SD1.x and SDXL are epsilon and SD2.x is v-prediction (the 768-v
+    models 2.0-v and 2.1, as diffusers' own single-file loader assumes); pass ``"epsilon"`` for SD 2.x 512-base
+    files. For a folder it overrides the scheduler config the folder ships."""
     import json
     import tempfile
 
     import diffusers
 
-    from .prompt_modules.core.artifacts import read_safetensors_keys
-    from .prompt_modules.core.sd_models import detect_family, write_pipeline_config
+    from .prompt_modules.core.sd_models import (
+        PIPELINE_LAYOUTS,
+        PREDICTION_TYPES,
+        detect_family,
+        read_checkpoint_shapes,
+        write_pipeline_config,
+    )
 
     if path is None:
         raise ValueError(
@@ -160,17 +174,21 @@ def load_pipeline(
             "single-file .safetensors checkpoint; tests and examples build the tiny random-weight one with "
             "promptweave.testing.tiny.tiny_pipeline()"
         )
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, not {prediction_type!r}")
     path = Path(path)
     if path.is_file():
         if path.suffix != ".safetensors":
             raise ValueError(f"{path} is not a .safetensors file: PromptWeave reads no pickles (.ckpt, .pt, .bin); "
                              "convert the checkpoint to safetensors first")
-        family = detect_family(read_safetensors_keys(path))
+        shapes = read_checkpoint_shapes(path)
+        family = detect_family(shapes)
+        name = PIPELINE_LAYOUTS[family].pipeline
+        extra = {"safety_checker": None, "requires_safety_checker": False} if name == "StableDiffusionPipeline" else {}
         with tempfile.TemporaryDirectory(prefix="pw-sd-config-") as config:
-            write_pipeline_config(family, config)
-            return diffusers.StableDiffusionPipeline.from_single_file(
-                str(path), config=config, local_files_only=True, torch_dtype=torch_dtype, safety_checker=None,
-                requires_safety_checker=False,
+            write_pipeline_config(family, config, shapes=shapes, prediction_type=prediction_type)
+            return getattr(diffusers, name).from_single_file(
+                str(path), config=config, local_files_only=True, torch_dtype=torch_dtype, **extra
             )
     index = path / "model_index.json"
     if not index.is_file():
@@ -180,7 +198,10 @@ def load_pipeline(
     if name not in PIPELINE_CLASSES:
         raise ValueError(f"{index} describes a {name or 'pipeline of no class'}; PromptWeave runs on "
                          f"{', '.join(PIPELINE_CLASSES)}")
-    return getattr(diffusers, name).from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
+    pipe = getattr(diffusers, name).from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype)
+    if prediction_type is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    return pipe
 
 
 def is_sdxl(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) -> bool:
