@@ -1,13 +1,15 @@
 """``bench scale``: every capability at real shapes, one training step and one inference call each.
 
 Random-weight models of the published shapes (no pretrained weights exist here; this measures cost, not quality):
-open_clip ViT-B/32 (and ViT-L/14 without ``--quick``) as the VLM at its own 224 px, and the SD1.5 U-Net with the SD
-VAE for IPL (256 px with ``--quick``, 512 px without). Per capability it records ``<capability>_ok`` (1 when both
-calls ran and gave finite outputs), seconds per training step (the time between two steps' callbacks, so set-up such
-as prompt initialisation is not counted), the inference call's seconds and the process's peak resident memory during
-both (CPU: the whole process, models included). Baselines: the bare VLM's forward+backward step on the same batch
-(the prompt methods' overhead is their step over it) and a plain PEFT LoRA noise-prediction step on the same U-Net
-(IPL's overhead over ordinary LoRA training). The device is named in the notes.
+open_clip ViT-B/32 (and ViT-L/14 without ``--quick``) as the VLM at its own 224 px, the SD1.5 U-Net with the SD VAE
+for IPL (256 px with ``--quick``, 512 px without) and, without ``--quick``, the full SDXL base U-Net (2.6 B
+parameters; random pooled embedding and size ids) with the SD VAE for IPL at reduced resolution, 256 px. Per
+capability it records ``<capability>_ok`` (1 when both calls ran and gave finite outputs), seconds per training
+step (the time between two steps' callbacks, so set-up such as prompt initialisation is not counted), the inference
+call's seconds and the process's peak resident memory during both (CPU: the whole process, models included).
+Baselines: the bare VLM's forward+backward step on the same batch (the prompt methods' overhead is their step over
+it) and a plain PEFT LoRA noise-prediction step on the same U-Net (IPL's overhead over ordinary LoRA training), with
+its own peak memory. The device is named in the notes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from ..prompt_modules.adaptation import IPLConfig, run_adaptation, sd_generator_from_diffusers
 from ..prompt_modules.adaptation.model import LoRAAdapter
-from ..prompt_modules.core.sd_models import SD15_FULL_UNET_CONFIG
+from ..prompt_modules.core.sd_models import SD15_FULL_UNET_CONFIG, SDXL_FULL_UNET_CONFIG
 from ..prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from ..prompt_modules.diff_prompt import train_diff_prompt
 from ..prompt_modules.dual_prompt import DualPromptConfig, rank_images, train_dual_prompt
@@ -37,6 +39,8 @@ from .harness import TaskResult
 
 BATCH = 2
 STEPS = 2
+#: IPL on the full SDXL U-Net runs at 256 px (32x32 latents), not SDXL's 1024: what fits a CPU's memory and time.
+SDXL_IMAGE_SIZE = 256
 
 
 class PeakMemory:
@@ -165,17 +169,31 @@ def vlm_capabilities(vlm: VisionLanguageModel, key: str, seed: int) -> dict[str,
     return metrics
 
 
-def ipl_on_sd15(vlm: VisionLanguageModel, size: int, seed: int, unet_config: dict | None = None,
-                vae_config: dict | None = None) -> dict[str, float]:
-    """IPL's LoRA step on the SD1.5 U-Net + SD VAE at ``size`` px beside a plain PEFT LoRA step on that U-Net
-    (other shapes through ``unet_config`` / ``vae_config``; the VAE's default is diffusers', the SD VAE)."""
+def sdxl_added_cond(unet_config: dict, size: int) -> dict[str, torch.Tensor]:
+    """Random SDXL added conditioning of the U-Net's widths: a pooled text embedding and the six size/crop ids of
+    a ``size`` px image (original size, crop corner, target size)."""
+    pooled = int(unet_config["projection_class_embeddings_input_dim"]) - 6 * int(unet_config["addition_time_embed_dim"])
+    return {"text_embeds": torch.randn(1, pooled) * 0.1, "time_ids": torch.tensor([[size, size, 0, 0, size, size]],
+                                                                                    dtype=torch.float32)}
+
+
+def ipl_on_unet(vlm: VisionLanguageModel, size: int, seed: int, key: str = "ipl_sd15",
+                unet_config: dict | None = None, vae_config: dict | None = None) -> dict[str, float]:
+    """IPL's LoRA step on a U-Net (default: SD1.5's) + SD VAE at ``size`` px beside a plain PEFT LoRA step on that
+    U-Net, recorded under ``key`` (other shapes through ``unet_config`` / ``vae_config``; the VAE's default is
+    diffusers', the SD VAE). An SDXL U-Net (``text_time`` added embedding) gets random pooled embeddings and size
+    ids in both steps; the text context is random tokens of the U-Net's context width in both (the text encoders'
+    cost is not part of a LoRA step)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    unet_config = unet_config or SD15_FULL_UNET_CONFIG
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**(unet_config or SD15_FULL_UNET_CONFIG)).eval().requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_config).eval().requires_grad_(False)
     vae = AutoencoderKL(**(vae_config or {})).eval().requires_grad_(False)
     context = torch.randn(1, 77, unet.config.cross_attention_dim) * 0.1
-    generator = sd_generator_from_diffusers(unet, vae, context, image_size=size, sample_steps=1, copy_modules=False)
+    added = sdxl_added_cond(unet_config, size) if unet_config.get("addition_embed_type") == "text_time" else {}
+    generator = sd_generator_from_diffusers(unet, vae, context, image_size=size, sample_steps=1, copy_modules=False,
+                                            added_cond=added or None)
     config = IPLConfig(source_text="photo", target_text="neon sign", mapper_steps=1, mapper_batch=BATCH,
                        steps=STEPS, batch_size=BATCH, rank=4)
 
@@ -183,25 +201,35 @@ def ipl_on_sd15(vlm: VisionLanguageModel, size: int, seed: int, unet_config: dic
         return run_adaptation(generator, vlm, config,
                               callback=lambda stage, *rest: clock() if stage == "lora" else None)
 
-    metrics = measure("ipl_sd15", train, lambda result: generator.generate(generator.sample_codes(1, seed)))
+    metrics = measure(key, train, lambda result: generator.generate(generator.sample_codes(1, seed)))
     # the baseline: ordinary LoRA fine-tuning of the same U-Net (noise prediction, batch BATCH)
     adapter = LoRAAdapter(unet, generator.lora_targets, rank=4, alpha=4.0, seed=seed)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-4)
     latents = torch.randn(BATCH, 4, size // 8, size // 8)
+    batch_added = {k: v.expand(BATCH, -1) for k, v in added.items()} or None
     times = []
-    for _ in range(STEPS):
-        start = time.perf_counter()
-        noise = torch.randn_like(latents)
-        t = torch.full((BATCH,), 500.0)
-        pred = unet(latents + noise, t, encoder_hidden_states=context.expand(BATCH, -1, -1)).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    metrics["ipl_sd15_lora_baseline_step_s"] = times[-1]
-    metrics["ipl_sd15_overhead"] = metrics["ipl_sd15_step_s"] / times[-1]
+    with PeakMemory() as memory:
+        for _ in range(STEPS):
+            start = time.perf_counter()
+            noise = torch.randn_like(latents)
+            t = torch.full((BATCH,), 500.0)
+            pred = unet(latents + noise, t, encoder_hidden_states=context.expand(BATCH, -1, -1),
+                        added_cond_kwargs=batch_added).sample
+            loss = F.mse_loss(pred, noise)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+    metrics[f"{key}_lora_baseline_step_s"] = times[-1]
+    metrics[f"{key}_lora_baseline_peak_rss_mb"] = memory.peak_mb
+    metrics[f"{key}_overhead"] = metrics[f"{key}_step_s"] / times[-1]
     return metrics
+
+
+def ipl_on_sd15(vlm: VisionLanguageModel, size: int, seed: int, unet_config: dict | None = None,
+                vae_config: dict | None = None) -> dict[str, float]:
+    """:func:`ipl_on_unet` on the SD1.5 U-Net (or ``unet_config``), recorded as ``ipl_sd15_*``."""
+    return ipl_on_unet(vlm, size, seed, "ipl_sd15", unet_config, vae_config)
 
 
 def run(seed: int, split: str, quick: bool) -> TaskResult:
@@ -212,8 +240,12 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     for family in families:
         vlm = random_vlm(family, seed)
         metrics.update(vlm_capabilities(vlm, family.lower().replace("-", "_"), seed))
-    metrics.update(ipl_on_sd15(random_vlm("ViT-B-32", seed), size, seed))
+    judge = random_vlm("ViT-B-32", seed)
+    metrics.update(ipl_on_sd15(judge, size, seed))
+    if not quick:  # 2.6 B parameters: 10 GB in fp32 and minutes to build and step on a CPU
+        metrics.update(ipl_on_unet(judge, SDXL_IMAGE_SIZE, seed, "ipl_sdxl", SDXL_FULL_UNET_CONFIG))
     device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     notes = {"device": device, "vlms": families, "ipl_image_size": size, "batch_size": BATCH,
+             "ipl_sdxl_image_size": None if quick else SDXL_IMAGE_SIZE,
              "weights": "random, real shapes (no quality measured)"}
     return TaskResult(metrics=metrics, notes=notes)

@@ -10,7 +10,7 @@ import torch
 
 from promptweave.bench import scale
 from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
-from promptweave.testing.tiny import TINY_UNET_CONFIG
+from promptweave.testing.tiny import TINY_SDXL_UNET_CONFIG, TINY_UNET_CONFIG
 
 TINY_VAE = {"block_out_channels": (32, 32, 64, 64), "down_block_types": ("DownEncoderBlock2D",) * 4,
             "up_block_types": ("UpDecoderBlock2D",) * 4, "layers_per_block": 1, "norm_num_groups": 32}
@@ -40,6 +40,18 @@ def test_ipl_is_measured_beside_a_plain_lora_step(vlm):
     assert metrics["ipl_sd15_ok"] == 1.0 and metrics["ipl_sd15_lora_baseline_step_s"] > 0
     assert metrics["ipl_sd15_overhead"] == pytest.approx(
         metrics["ipl_sd15_step_s"] / metrics["ipl_sd15_lora_baseline_step_s"])
+
+
+@pytest.mark.slow
+def test_ipl_on_an_sdxl_unet_gets_its_added_conditioning_in_both_steps(vlm):
+    metrics = scale.ipl_on_unet(vlm, size=64, seed=0, key="ipl_sdxl", unet_config=TINY_SDXL_UNET_CONFIG,
+                                vae_config=TINY_VAE)
+    assert metrics["ipl_sdxl_ok"] == 1.0 and metrics["ipl_sdxl_lora_baseline_step_s"] > 0
+    assert metrics["ipl_sdxl_lora_baseline_peak_rss_mb"] > 50
+    assert metrics["ipl_sdxl_overhead"] == pytest.approx(
+        metrics["ipl_sdxl_step_s"] / metrics["ipl_sdxl_lora_baseline_step_s"])
+    added = scale.sdxl_added_cond(TINY_SDXL_UNET_CONFIG, 64)
+    assert added["text_embeds"].shape == (1, 32) and added["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]]
 
 
 def test_a_failing_capability_is_recorded_as_not_ok():
