@@ -21,6 +21,7 @@ atomically (temporary file + rename), so a failed write never leaves a partial L
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from ..core.artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     base_metadata,
     check_method,
@@ -226,15 +228,29 @@ def load_lora_native(path: str | os.PathLike[str]) -> LoraWeights:
     if set(down) != set(up) or not down:
         raise ArtifactError(f"{path}: unpaired or missing lora_A/lora_B tensors")
     info = meta_field(metadata, "info", {})
+    try:
+        rank, alpha = int(meta_field(metadata, "rank")), float(meta_field(metadata, "alpha"))  # type: ignore[arg-type]
+        fields = {name: str(meta_field(metadata, name)) for name in ("target", "naming", "base_fingerprint")}
+        blocks = [int(n) for n in meta_field(metadata, "num_res_blocks", []) or []]  # type: ignore[union-attr]
+    except MALFORMED_METADATA_ERRORS as exc:
+        raise ArtifactError(f"{path}: malformed LoRA metadata ({exc}): re-save the file") from None
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise ArtifactError(f"{path}: its LoRA alpha {alpha} is not a positive number: re-save the file")
+    for name in down:  # the declared rank must be the tensors' rank: A is [rank, in(, k, k)], B is [out, rank(, 1, 1)]
+        if down[name].ndim not in (2, 4) or down[name].shape[0] != rank or up[name].shape[1] != rank:
+            raise ArtifactError(
+                f"{path}: its stored rank {rank} does not match the tensors of '{name}' (lora_A "
+                f"{tuple(down[name].shape)}, lora_B {tuple(up[name].shape)}): re-save the file"
+            )
     return LoraWeights(
         down=down,
         up=up,
-        rank=int(meta_field(metadata, "rank")),
-        alpha=float(meta_field(metadata, "alpha")),
-        kind=str(meta_field(metadata, "target")),
-        naming=str(meta_field(metadata, "naming")),
-        base=str(meta_field(metadata, "base_fingerprint")),
-        num_res_blocks=list(meta_field(metadata, "num_res_blocks", []) or []),
+        rank=rank,
+        alpha=alpha,
+        kind=fields["target"],
+        naming=fields["naming"],
+        base=fields["base_fingerprint"],
+        num_res_blocks=blocks,
         info=info if isinstance(info, dict) else {},
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -58,7 +59,7 @@ def load_mapper(path: str | os.PathLike[str], vlm: Any | None = None) -> Trained
     try:
         mapper = build_fitting(path, lambda: LatentMapper(**shape), tensors)
         mapper.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except MALFORMED_METADATA_ERRORS as exc:
         raise ArtifactError(f"{path} does not fit its mapper shape: {exc}") from None
     config = meta_field(metadata, "config", {})
     trained = TrainedMapper(

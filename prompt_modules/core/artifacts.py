@@ -239,14 +239,55 @@ def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
                                 "a damaged file): retrain it or use another file")
 
 
-def build_fitting(path: str | os.PathLike[str], build: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+#: What building a model from a malformed stored config may raise (a string for a size, a zero width, an overflow,
+#: a missing key): loaders turn each into an :class:`ArtifactError` naming the file.
+MALFORMED_METADATA_ERRORS = (TypeError, ValueError, ArithmeticError, RuntimeError, AttributeError, KeyError,
+                             IndexError)
+
+
+class _DeclaresMoreThanItHolds(Exception):
+    """Raised from inside a meta-device build that creates more tensors than its file holds."""
+
+
+def build_on_meta(path: str | os.PathLike[str], build: Callable[[], Any], n_tensors: int) -> Any:
+    """``build()`` on the meta device (no memory), stopped as soon as it registers far more parameters and buffers
+    than the ``n_tensors`` its file holds: a declared depth (layers, blocks) of millions never loops through them.
+    That, and any error of the build itself (a zero or fractional size), is an :class:`ArtifactError` naming the
+    file."""
+    budget = 2 * n_tensors + 16  # some modules register a tensor twice
+    created = 0
+
+    def count(*_: object) -> None:
+        nonlocal created
+        created += 1
+        if created > budget:
+            raise _DeclaresMoreThanItHolds
+
+    hooks = (torch.nn.modules.module.register_module_parameter_registration_hook(count),
+             torch.nn.modules.module.register_module_buffer_registration_hook(count))
+    try:
+        with torch.device("meta"):
+            return build()
+    except _DeclaresMoreThanItHolds:
+        raise ArtifactError(f"{path} does not fit the configuration it is read with, which declares far more "
+                            f"tensors than the file's {n_tensors}: check its config or model name, or re-save the "
+                            "file") from None
+    except MALFORMED_METADATA_ERRORS as exc:
+        raise ArtifactError(f"{path}: its configuration cannot be built ({type(exc).__name__}: {str(exc)[:200]}): "
+                            "check its config, or re-save the file") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def build_fitting(path: str | os.PathLike[str], build: Callable[[], Any], tensors: Mapping[str, torch.Tensor]) -> Any:
     """``build()``, the module a file's metadata declares, made only once its shape is known to match the file.
 
-    It is first built on the meta device (no memory), and every parameter and buffer must have the shape of the
-    file's tensor of the same name (``tensors``, keys as in its ``state_dict``). Metadata that declares huge
-    dimensions therefore never allocates them: it is an :class:`ArtifactError` naming the file."""
-    with torch.device("meta"):
-        skeleton = build()
+    It is first built on the meta device (:func:`build_on_meta`), and every parameter and buffer must have the
+    shape of the file's tensor of the same name (``tensors``, keys as in its ``state_dict``). Metadata that
+    declares huge dimensions or depths therefore never allocates them: it is an :class:`ArtifactError` naming the
+    file."""
+    skeleton = build_on_meta(path, build, len(tensors))
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     missing = sorted(k for k in expected if k not in tensors)
     wrong = sorted(k for k, shape in expected.items() if k in tensors and tuple(tensors[k].shape) != shape)

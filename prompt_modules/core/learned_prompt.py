@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -172,7 +173,7 @@ class LearnedPrompt(nn.Module):
                 position=str(meta_field(metadata, "position", "prefix")),  # type: ignore[arg-type]
                 placeholder=str(meta_field(metadata, "placeholder", "<pw>")),
             )
-        except (ValueError, TypeError) as exc:
+        except MALFORMED_METADATA_ERRORS as exc:
             raise ArtifactError(f"{path} holds an invalid learned prompt ({exc}): retrain or re-save it") from None
         if config.n_ctx < 1 or any(w < 1 for w in config.widths.values()):
             raise ArtifactError(f"{path} holds empty prompt vectors {dict(config.widths)} x {config.n_ctx}: retrain it")

@@ -34,8 +34,10 @@ from torch import nn
 
 from . import clip_formats
 from .artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     base_metadata,
+    build_on_meta,
     check_method,
     config_from_dict,
     meta_field,
@@ -100,6 +102,8 @@ class VLMConfig:
                 f"conv_stem {self.conv_stem} needs one positive channel count per stride-2 convolution, "
                 f"{self.patch_size.bit_length() - 1} for patch_size {self.patch_size}"
             )
+        if min(self.image_size, self.patch_size, self.embed_dim, self.context_length) < 1:
+            raise ValueError("image_size, patch_size, embed_dim and context_length must be positive")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, what in (
@@ -356,8 +360,7 @@ class VisionLanguageModel(nn.Module):
         mis-shaped tensors.
         """
         config = get_config(config)
-        with torch.device("meta"):
-            model = cls(config)
+        model = build_on_meta(source, lambda: cls(config), len(state))
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         try:
             missing, unexpected = model.clip.load_state_dict(state, strict=False, assign=True)
@@ -756,7 +759,7 @@ def _load_promptweave(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     check_method(metadata, METHOD, path)
     try:
         config = VLMConfig.from_dict(meta_field(metadata, "config"))
-    except (TypeError, ValueError) as exc:
+    except MALFORMED_METADATA_ERRORS as exc:
         raise ArtifactError(f"{path}: bad promptweave.config metadata: {exc}") from None
     return VisionLanguageModel.from_state_dict(config, tensors, path)
 

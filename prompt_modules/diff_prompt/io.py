@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 
 from ..core.artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
+    build_fitting,
     check_method,
     meta_field,
     read_safetensors,
@@ -105,30 +107,33 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     try:
-        vae = MaskVAE(MaskVAEConfig.from_dict(dict(meta_field(metadata, "vae_config"))))
-        vae.vae.load_state_dict(part("vae."))
+        vae_config = MaskVAEConfig.from_dict(dict(meta_field(metadata, "vae_config")))
+        vae_tensors = {f"vae.{k}": v for k, v in part("vae.").items()}
+        vae = build_fitting(path, lambda: MaskVAE(vae_config), vae_tensors)
+        vae.load_state_dict(vae_tensors)
         bundle = Bundle(vae=vae.eval(), backbone=backbone)
         if "dit" in stages:
-            dit = DiT(DiTConfig.from_dict(dict(meta_field(metadata, "dit_config"))))
+            dit_config = DiTConfig.from_dict(dict(meta_field(metadata, "dit_config")))
+            dit = build_fitting(path, lambda: DiT(dit_config), part("dit."))
             dit.load_state_dict(part("dit."))
             bundle.dit = dit.eval()
         if "prompt" in stages:
-            vlm_meta = dict(meta_field(metadata, "vlm"))
-            model = DiffPrompt(
-                vae.config,
-                bundle.dit.config,
-                PromptConfig.from_dict(dict(meta_field(metadata, "prompt_config"))),
-                backbone=backbone,
-                **{k: int(v) for k, v in vlm_meta.items()},
-            )
-            model.vae.load_state_dict(vae.state_dict())
-            model.dit.load_state_dict(bundle.dit.state_dict())
-            missing, unexpected = model.load_state_dict(part("prompt."), strict=False)
-            missing = [k for k in missing if not k.startswith(("vae.", "dit."))]
+            if bundle.dit is None:
+                raise ValueError("its stages list 'prompt' without 'dit'")
+            vlm_meta = {k: int(v) for k, v in dict(meta_field(metadata, "vlm")).items()}
+            prompt_config = PromptConfig.from_dict(dict(meta_field(metadata, "prompt_config")))
+            # the whole model's state: its Mask-VAE and DiT (read above) and the prompt stage's own tensors
+            state = {**{f"vae.{k}": v for k, v in vae_tensors.items()},
+                     **{f"dit.{k}": v for k, v in part("dit.").items()}, **part("prompt.")}
+            model = build_fitting(path, lambda: DiffPrompt(vae.config, bundle.dit.config, prompt_config,
+                                                           backbone=backbone, **vlm_meta), state)
+            missing, unexpected = model.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ValueError(f"missing weights {missing[:5]}, unexpected weights {unexpected[:5]}")
             bundle.model = model.eval()
-    except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+    except ArtifactError:
+        raise
+    except MALFORMED_METADATA_ERRORS as exc:
         raise ArtifactError(f"{path}: not a usable Diff-Prompt bundle: {exc}") from None
     return bundle
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..core.artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -55,7 +56,7 @@ def load_dual_prompt(path: str | os.PathLike[str], vlm: VisionLanguageModel | No
             backbone=backbone,
         ), own)
         dual.load_state_dict(own)
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+    except MALFORMED_METADATA_ERRORS as exc:
         raise ArtifactError(f"{path}: not a usable DCAR dual prompt: {exc}") from None
     sd = {k[3:]: v for k, v in tensors.items() if k.startswith("sd.")}
     if sd:

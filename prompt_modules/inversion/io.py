@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..core.artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -60,7 +61,7 @@ def load_inverter(path: str | os.PathLike[str], backbone: str | None = None) -> 
         own = {k: v for k, v in tensors.items() if not k.startswith(("bank.", "dakl."))}
         inverter = build_fitting(path, lambda: PromptInverter(config, vocab), own)
         inverter.load_state_dict(own)
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+    except MALFORMED_METADATA_ERRORS as exc:
         raise ArtifactError(f"{path} is not a usable prompt inverter: {str(exc)[:300]}") from None
     texts = meta_field(metadata, "bank") or []
     if texts and "bank.embeddings" in tensors:

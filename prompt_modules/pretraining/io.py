@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..core.artifacts import (
+    MALFORMED_METADATA_ERRORS,
     ArtifactError,
     BackboneMismatchError,
     base_metadata,
@@ -133,7 +134,7 @@ def load_pretrained_prompts(
             {t: list(errors.get(t, [])) for t in TOWERS},
         )
         info = meta_field(metadata, "info", {}) or {}
-    except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+    except MALFORMED_METADATA_ERRORS as exc:
         raise ArtifactError(f"{path}: not a usable RPP pretrained prompt bundle: {exc}") from None
     if vlm is not None:
         try:
