@@ -26,6 +26,7 @@ from ._common import (
     NodeInputError,
     TrainingProgress,
     check_inputs,
+    checkpointed_run,
     model_files,
     output_model_path,
     resolve_model_file,
@@ -335,22 +336,23 @@ class TrainPromptInverter(io.ComfyNode):
         target = output_model_path(node, "filename", stem)
         settings = [vocab_size, epochs, batch_size, learning_rate, hidden_width, curriculum, seed]
         ckpt = run_checkpoint(stem, [name, settings, texts, tensors_key({"inputs": inputs})])
-        try:
-            result = train_inverter_on_prompts(
-                inputs, texts, name, vocab_size=vocab_size, epochs=epochs, batch_size=batch_size, lr=learning_rate,
-                hidden_width=hidden_width, curriculum=curriculum, seed=seed, checkpoint_path=ckpt,
-                checkpoint_every=checkpoint_every, callback=TrainingProgress(),
-            )
-        except ConfigError as exc:
-            input_name = {"texts": "dataset_folder" if folder else "prompts"}.get(exc.field, exc.field)
-            raise NodeInputError(node, input_name, str(exc), _TRAIN_FIXES.get(exc.field, "change this input")) from None
-        except ImportError as exc:
-            raise NodeInputError(node, "(MiniLM)", str(exc), "install the packages named above") from None
-        except ArtifactError as exc:
-            raise NodeInputError(node, "filename", f"the checkpoint {ckpt} does not fit this run: {exc}",
-                                 f"delete {ckpt} or choose another filename") from None
-        path = save_inverter(result.inverter, target)
-        ckpt.unlink(missing_ok=True)
+        with checkpointed_run(node, "filename", ckpt):
+            try:
+                result = train_inverter_on_prompts(
+                    inputs, texts, name, vocab_size=vocab_size, epochs=epochs, batch_size=batch_size,
+                    lr=learning_rate, hidden_width=hidden_width, curriculum=curriculum, seed=seed,
+                    checkpoint_path=ckpt, checkpoint_every=checkpoint_every, callback=TrainingProgress(),
+                )
+            except ConfigError as exc:
+                input_name = {"texts": "dataset_folder" if folder else "prompts"}.get(exc.field, exc.field)
+                raise NodeInputError(node, input_name, str(exc),
+                                     _TRAIN_FIXES.get(exc.field, "change this input")) from None
+            except ImportError as exc:
+                raise NodeInputError(node, "(MiniLM)", str(exc), "install the packages named above") from None
+            except ArtifactError as exc:
+                raise NodeInputError(node, "filename", f"the checkpoint {ckpt} does not fit this run: {exc}",
+                                     f"delete {ckpt} or choose another filename") from None
+            path = save_inverter(result.inverter, target)
         curve = loss_curve_image(result.losses).unsqueeze(0)
         return io.NodeOutput(result.inverter, curve, str(path))
 

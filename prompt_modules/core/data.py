@@ -22,12 +22,21 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 # ----- files ----------------------------------------------------------------------------------------------------
-def list_images(folder: str | os.PathLike[str], what: str = "dataset folder") -> list[Path]:
-    """The image files directly in ``folder``, sorted by name; a missing folder is a ``ValueError``."""
+def list_images(folder: str | os.PathLike[str], what: str = "dataset folder", *, recursive: bool = False
+                ) -> list[Path]:
+    """The image files in ``folder``, sorted by name; a missing folder is a ``ValueError``. ``recursive``: its
+    sub-folders too, sorted by path relative to ``folder`` (hidden ``.name`` folders and symlinked folders are
+    not entered, so a link loop or a link out of the dataset is never walked)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{what} {folder} does not exist")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    found = []
+    for root, dirs, files in os.walk(folder):  # followlinks=False: symlinked folders are listed, not entered
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(folder).parts)
 
 
 #: How :func:`load_image` brings an image to ``size x size``: ``"crop"`` resizes the short side and takes the
@@ -65,13 +74,33 @@ def _open_checked(path: Path):
     return im
 
 
+#: PIL modes of 16- and 32-bit grey images, whose own conversion to RGB clips every value above 255 to white.
+_WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def rgb_image(im):
+    """A PIL image of any mode as 8-bit RGB: 16-bit grey scaled down (not clipped to white as PIL's own
+    ``convert`` does), and transparency (RGBA, LA, PA, a palette's or a colour key's) composited on white, so a
+    cut-out reads as an object on a white ground whatever colour its transparent pixels hold."""
+    from PIL import Image
+
+    if im.mode in _WIDE_GREY_MODES:
+        grey = np.asarray(im).astype(np.float32) / 257.0  # 0..65535 -> 0..255
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike[str], size: int | None = None, *, fit: str = "crop") -> torch.Tensor:
-    """An RGB image ``[3, H, W]`` in 0..1: at its own size without ``size``; with ``size``, brought to
-    ``size x size`` by ``fit`` (:data:`FITS`): ``"crop"`` resizes the short side (bicubic) and centre-crops, the way
-    CLIP preprocesses; ``"stretch"`` resizes the whole image (bilinear; a large JPEG is decoded at a reduced scale
-    that is still at least ``size``, so big photos load fast). The size is checked from the header first
-    (:data:`MAX_IMAGE_PIXELS`, :data:`MAX_IMAGE_ASPECT`); an unreadable or out-of-bounds file is a ``ValueError``
-    naming it."""
+    """An RGB image ``[3, H, W]`` in 0..1 (:func:`rgb_image`: alpha on white, 16-bit scaled): at its own size
+    without ``size``; with ``size``, brought to ``size x size`` by ``fit`` (:data:`FITS`): ``"crop"`` resizes the
+    short side (bicubic) and centre-crops, the way CLIP preprocesses; ``"stretch"`` resizes the whole image
+    (bilinear; a large JPEG is decoded at a reduced scale that is still at least ``size``, so big photos load fast).
+    The size is checked from the header first (:data:`MAX_IMAGE_PIXELS`, :data:`MAX_IMAGE_ASPECT`); an unreadable
+    or out-of-bounds file is a ``ValueError`` naming it."""
     from PIL import Image
 
     if fit not in FITS:
@@ -81,7 +110,7 @@ def load_image(path: str | os.PathLike[str], size: int | None = None, *, fit: st
         with _open_checked(path) as im:
             if size is not None and fit == "stretch" and im.format == "JPEG":
                 im.draft("RGB", (size, size))
-            im = im.convert("RGB")
+            im = rgb_image(im)
             if size is not None and fit == "crop":
                 scale = size / min(im.size)
                 w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))

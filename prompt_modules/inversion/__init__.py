@@ -10,8 +10,8 @@ text-to-image, is WorldGen-specific and lives with the world
 (:func:`promptweave.prompt_modules.world.inversion_finetune.finetune_worldgen_unet`).
 
 Layout: ``config``, ``model`` (image encoders, the inverter), ``encoders`` (the encoder choice), ``losses``,
-``data`` (pair folders, prompt targets), ``train``, ``io`` (inverter files), and the method's parts
-``curriculum``, ``dakl``, ``decode``, ``targets`` (MiniLM), ``vocabulary``.
+``data`` (pair folders, prompt targets), ``caption`` (caption a folder), ``train``, ``io`` (inverter files), and
+the method's parts ``curriculum``, ``dakl``, ``decode``, ``targets`` (MiniLM), ``vocabulary``.
 
 Quick start::
 
@@ -25,6 +25,15 @@ Quick start::
     result.inverter.invert(enc(new_images))   # [{"prompt", "keywords", "nearest", "embedding"}, ...]
 """
 
+from .caption import (
+    CAPTION_CONTENTS,
+    EXISTING_MODES,
+    MANIFEST_FORMATS,
+    TRIGGER_POSITIONS,
+    CaptionResult,
+    CaptionSummary,
+    caption_folder,
+)
 from .config import TARGET_DIM, InverterConfig
 from .curriculum import curriculum_subsets, weighted_scores
 from .dakl import DAKL, cosine_kernel, kmeans
@@ -38,8 +47,15 @@ from .data import (
     prompt_targets,
     read_pair_manifest,
 )
-from .decode import IVFIndex, PromptBank, compose_prompt, fit_calibration, keywords
-from .encoders import ENCODER_KINDS, MissingEncoderInput, UnknownImageEncoder, encoder_kind, image_features
+from .decode import IVFIndex, PromptBank, compose_prompt, confident_keywords, fit_calibration, keywords
+from .encoders import (
+    ENCODER_KINDS,
+    MissingEncoderInput,
+    UnknownImageEncoder,
+    encoder_image_size,
+    encoder_kind,
+    image_features,
+)
 from .io import METHOD, load_inverter, save_inverter
 from .losses import inversion_loss
 from .model import (
@@ -58,6 +74,8 @@ from .train import TrainResult, finish, loss_curve_image, train_inverter, train_
 from .vocabulary import STOP_WORDS, Vocabulary, content_words
 
 __all__ = [
+    "CAPTION_CONTENTS", "CaptionResult", "CaptionSummary", "EXISTING_MODES", "MANIFEST_FORMATS", "TRIGGER_POSITIONS",
+    "caption_folder", "confident_keywords", "encoder_image_size",
     "DAKL", "ENCODER_KINDS", "IMAGE_COLUMNS", "IVFIndex", "InverterConfig", "LDMUNetEncoder", "METHOD",
     "MiniLMEmbedder", "ManifestPair", "MissingEncoderInput", "PIXELS", "PROMPT_COLUMNS", "PixelEncoder", "PromptBank",
     "PromptInverter", "STOP_WORDS", "TARGET_DIM", "TrainResult", "UNetEncoder", "UnknownImageEncoder",

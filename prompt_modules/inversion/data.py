@@ -20,15 +20,17 @@ from .targets import TextEmbedder
 from .vocabulary import Vocabulary
 
 
-def load_pair_folder(folder: str | os.PathLike[str], size: int = 64) -> tuple[torch.Tensor, list[str]]:
+def load_pair_folder(folder: str | os.PathLike[str], size: int = 64, *, recursive: bool = True
+                     ) -> tuple[torch.Tensor, list[str]]:
     """Images ``[N, 3, size, size]`` (RGB, short side resized and centre-cropped by
-    :func:`~promptweave.prompt_modules.core.data.load_image`) and their prompts from ``folder``.
+    :func:`~promptweave.prompt_modules.core.data.load_image`) and their prompts from ``folder`` and, with
+    ``recursive``, its sub-folders (the layout :func:`~.caption.caption_folder` writes and LoRA trainers read).
 
     Every image needs a ``.txt`` file of the same stem holding its prompt; images without one are skipped;
     a folder without any pair is an error.
     """
     images, texts = [], []
-    for path in list_images(folder):
+    for path in list_images(folder, recursive=recursive):
         caption = path.with_suffix(".txt")
         if not caption.is_file():
             continue

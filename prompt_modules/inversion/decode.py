@@ -122,9 +122,14 @@ class PromptBank:
         ]
 
 
+def confident_keywords(kw: Sequence[tuple[str, float]], threshold: float = 0.5) -> list[str]:
+    """The keywords scoring at least ``threshold``, or the best three when none does."""
+    return [w for w, s in kw if s >= threshold] or [w for w, _ in kw[:3]]
+
+
 def compose_prompt(nearest: str | None, kw: Sequence[tuple[str, float]], threshold: float = 0.5) -> str:
     """Nearest bank prompt plus the confident keywords it lacks; the keywords alone without a bank prompt."""
-    confident = [w for w, s in kw if s >= threshold] or [w for w, _ in kw[:3]]
+    confident = confident_keywords(kw, threshold)
     if nearest:
         present = set(words(nearest))
         extra = [w for w in confident if w not in present]

@@ -11,12 +11,13 @@ so each caller reports it in its own words without reading the message.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from .model import PIXELS, VLMImageEncoder, WorldGenEncoder
+from .model import PIXELS, PixelEncoder, VLMImageEncoder, WorldGenEncoder
 
 #: The encoder families: a backbone name (``vlm:<name>``, ``clip_vision:<dim>``, ``worldgen:<fingerprint>``,
 #: ``sd-unet:<shape>``, ``pixels``) or the bare family (a training choice) selects one.
@@ -39,6 +40,12 @@ class MissingEncoderInput(ValueError):
     def __init__(self, input_name: str, backbone: str, kind: str, message: str) -> None:
         super().__init__(message)
         self.input, self.backbone, self.kind = input_name, backbone, kind
+
+
+#: The pixel CNN's input size (PixelEncoder resizes to it), the size a ``pixels`` inverter's images are read at.
+PIXEL_IMAGE_SIZE = int(inspect.signature(PixelEncoder).parameters["size"].default)
+#: Stable Diffusion 1.x/2.x's base resolution: images for the white-box ``sd_unet`` encoder are read at it.
+SD_IMAGE_SIZE = 512
 
 
 def encoder_kind(backbone: str) -> str:
@@ -102,3 +109,20 @@ def image_features(
             "unet_features", backbone, kind, f"the white-box '{backbone}' encoder needs the generator's U-Net"
         )
     return unet_features(images)
+
+
+def encoder_image_size(backbone: str, *, vlm: Any | None = None, clip_vision_size: int | None = None,
+                       worldgen: Any | None = None, sd_size: int = SD_IMAGE_SIZE) -> int:
+    """The side image files are read at for the encoder ``backbone`` names (a backbone name or a bare family):
+    the VLM's ``image_size``, CLIP vision's (``clip_vision_size``), WorldGen's, SD's ``sd_size`` for the white box,
+    else the pixel CNN's input; so training and captioning from files see the images in-graph inversion sees."""
+    kind = encoder_kind(backbone)
+    if kind == "vlm" and vlm is not None:
+        return int(vlm.image_size)
+    if kind == "clip_vision" and clip_vision_size is not None:
+        return int(clip_vision_size)
+    if kind == "worldgen" and worldgen is not None:
+        return int(getattr(getattr(worldgen, "config", None), "image_size", 64))
+    if kind == "sd_unet":
+        return int(sd_size)
+    return PIXEL_IMAGE_SIZE
