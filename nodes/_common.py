@@ -9,15 +9,17 @@ import json
 import math
 import numbers
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import folder_paths
 import torch
 
-from ..prompt_modules.core.artifacts import UnsafeNameError, safe_child_path
+from ..prompt_modules.core.artifacts import UnsafeNameError, WriteError, safe_child_path
 from ._types import expected_class
 
 MODELS_FOLDER = "promptweave"
@@ -398,6 +400,30 @@ def run_checkpoint(stem: str, settings: Sequence[Any], *, folder: bool = False) 
         return path
     root.mkdir(parents=True, exist_ok=True)
     return root / f"{safe_stem}-{key}.state.safetensors"
+
+
+@contextmanager
+def checkpointed_run(node: str, input_name: str, *runs: Path) -> Iterator[None]:
+    """The one checkpoint rule of every training node, around its training and its save.
+
+    A run's checkpoints (:func:`run_checkpoint`'s files or folders) live while the run is unfinished: an
+    interruption or an error keeps them, and running the node again with the same settings resumes. Once the
+    block has trained and saved, they are removed. A failed write (disk full, permissions), of a checkpoint or of
+    the result, keeps the last checkpoint and says where it is; ``input_name`` is the node's save-name input."""
+    try:
+        yield
+    except WriteError as exc:
+        kept = ", ".join(str(run) for run in runs)
+        raise NodeInputError(
+            node, input_name, f"{exc}; nothing trained is lost: the run's last checkpoint is kept in {kept}",
+            "free disk space or fix the folder's permissions, then run the node again with the same settings: it "
+            "resumes from that checkpoint and saves",
+        ) from None
+    for run in runs:
+        if run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+        else:
+            run.unlink(missing_ok=True)
 
 
 def sd_unet(node: str, model, allow_sdxl: bool = False) -> tuple[Any, Any]:

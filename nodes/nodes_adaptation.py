@@ -9,7 +9,6 @@ adapted MODEL is the incoming one with that file applied exactly as ``LoraLoader
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from ._common import (
     NodeInputError,
     TrainingProgress,
     check_inputs,
+    checkpointed_run,
     model_files,
     output_model_path,
     resolve_model_file,
@@ -323,24 +323,24 @@ class TrainLatentMapper(io.ComfyNode):
         run = run_checkpoint("mapper", settings, folder=True)
         ckpt = run / "mapper.state.safetensors"
         on_step = _progress(steps)
-        with torch.inference_mode(False), torch.enable_grad():
-            judge = trainable_copy(vlm, generator.device)
-            try:
-                result = train_mapper(
-                    generator,
-                    judge,
-                    config,
-                    checkpoint_path=ckpt,
-                    checkpoint_every=max(10, steps // 10),
-                    callback=lambda s, t, v: on_step("mapper", s, t, v),
-                )
-            except ArtifactError as exc:
-                raise NodeInputError(
-                    node, "seed", f"the checkpoint {ckpt} does not fit this run: {exc}", f"delete {run}"
-                ) from None
-        if out_path is not None:
-            save_mapper(result.trained, out_path)
-        shutil.rmtree(run, ignore_errors=True)
+        with checkpointed_run(node, "save_name", run):
+            with torch.inference_mode(False), torch.enable_grad():
+                judge = trainable_copy(vlm, generator.device)
+                try:
+                    result = train_mapper(
+                        generator,
+                        judge,
+                        config,
+                        checkpoint_path=ckpt,
+                        checkpoint_every=max(10, steps // 10),
+                        callback=lambda s, t, v: on_step("mapper", s, t, v),
+                    )
+                except ArtifactError as exc:
+                    raise NodeInputError(
+                        node, "seed", f"the checkpoint {ckpt} does not fit this run: {exc}", f"delete {run}"
+                    ) from None
+            if out_path is not None:
+                save_mapper(result.trained, out_path)
         return io.NodeOutput(result.trained, _plots(result.losses))
 
 
@@ -537,31 +537,31 @@ class AdaptModel(io.ComfyNode):
         run = run_checkpoint("adapt", settings, folder=True)
         total = steps + (mapper_steps if method == "ipl" and mapper is None else 0)
         on_step = _progress(total)
-        with torch.inference_mode(False), torch.enable_grad():
-            judge = trainable_copy(vlm, generator.device)
-            try:
-                result = run_adaptation(
-                    generator,
-                    judge,
-                    config,
-                    mapper if method == "ipl" else None,
-                    checkpoint_dir=run,
-                    checkpoint_every=max(10, total // 10),
-                    callback=on_step,
-                )
-            except ArtifactError as exc:
-                raise NodeInputError(
-                    node, "seed", f"a checkpoint in {run} does not fit this run: {exc}", f"delete {run}"
-                ) from None
-        extra = {
-            "vlm": vlm.name,
-            "width": width,
-            "height": height,
-            "sample_steps": sample_steps,
-            "model_class": type(model.model).__name__,
-        }
-        path = save_lora_comfyui(result.lora, lora_path, extra=extra)
-        shutil.rmtree(run, ignore_errors=True)
+        with checkpointed_run(node, "lora_name", run):
+            with torch.inference_mode(False), torch.enable_grad():
+                judge = trainable_copy(vlm, generator.device)
+                try:
+                    result = run_adaptation(
+                        generator,
+                        judge,
+                        config,
+                        mapper if method == "ipl" else None,
+                        checkpoint_dir=run,
+                        checkpoint_every=max(10, total // 10),
+                        callback=on_step,
+                    )
+                except ArtifactError as exc:
+                    raise NodeInputError(
+                        node, "seed", f"a checkpoint in {run} does not fit this run: {exc}", f"delete {run}"
+                    ) from None
+            extra = {
+                "vlm": vlm.name,
+                "width": width,
+                "height": height,
+                "sample_steps": sample_steps,
+                "model_class": type(model.model).__name__,
+            }
+            path = save_lora_comfyui(result.lora, lora_path, extra=extra)
         adapted, _ = comfy.sd.load_lora_for_models(model, None, kohya_state_dict(result.lora), 1.0, 0.0)
         return io.NodeOutput(adapted, str(path), _plots(result.mapper_losses, result.losses))
 

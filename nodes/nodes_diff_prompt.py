@@ -34,6 +34,7 @@ from ._common import (
     NodeInputError,
     TrainingProgress,
     check_inputs,
+    checkpointed_run,
     model_files,
     output_model_path,
     resolve_model_file,
@@ -608,31 +609,33 @@ class TrainDiffPrompt(io.ComfyNode):
             extra = [] if stage_batch == batch_size else [f"{name}-batch-{stage_batch}"]
             return run_checkpoint(f"{Path(target).stem}-{name}", [*settings, *extra])
 
-        try:
-            run = train_diff_prompt(
-                trainable_copy(vlm),
-                data,
-                stages=stages,
-                previous=previous,
-                vae_steps=steps,
-                dit_steps=steps,
-                prompt_steps=steps,
-                batch_size=batch_size,
-                seed=seed,
-                bundle_path=target,
-                checkpoint_paths={name: checkpoint(name) for name in stages},
-                checkpoint_every=max(10, steps // 10),
-                callback=TrainingProgress(steps * len(stages)),
-                progress=False,
-                init_prompts=pretrained_prompts,
-                ddim_steps=ddim_steps or None,
-                prompted_layers=prompted_layers or None,
-                lr=learning_rate or None,
-                mask_size=mask_size or None,
-            )
-        except ConfigError as exc:
-            input_name, fix = _plan_error_input(exc.field, stages[0])
-            raise NodeInputError(node, input_name, str(exc), fix) from None
+        checkpoints = {name: checkpoint(name) for name in stages}
+        with checkpointed_run(node, "bundle_name", *checkpoints.values()):
+            try:
+                run = train_diff_prompt(
+                    trainable_copy(vlm),
+                    data,
+                    stages=stages,
+                    previous=previous,
+                    vae_steps=steps,
+                    dit_steps=steps,
+                    prompt_steps=steps,
+                    batch_size=batch_size,
+                    seed=seed,
+                    bundle_path=target,
+                    checkpoint_paths=checkpoints,
+                    checkpoint_every=max(10, steps // 10),
+                    callback=TrainingProgress(steps * len(stages)),
+                    progress=False,
+                    init_prompts=pretrained_prompts,
+                    ddim_steps=ddim_steps or None,
+                    prompted_layers=prompted_layers or None,
+                    lr=learning_rate or None,
+                    mask_size=mask_size or None,
+                )
+            except ConfigError as exc:
+                input_name, fix = _plan_error_input(exc.field, stages[0])
+                raise NodeInputError(node, input_name, str(exc), fix) from None
         model = run.model
         if model is not None:
             model = model.to(vlm.device).eval()

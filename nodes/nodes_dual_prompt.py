@@ -29,6 +29,7 @@ from ._common import (
     NodeInputError,
     TrainingProgress,
     check_inputs,
+    checkpointed_run,
     model_files,
     output_model_path,
     resolve_model_file,
@@ -184,13 +185,14 @@ class TrainDualPrompt(io.ComfyNode):
             settings.append(f"data-{files_fingerprint(path.strip(), os.path.expanduser(root) if root else None)}")
         ckpt = run_checkpoint(name or "dcar", settings)
         on_step = TrainingProgress(steps)
-        result = train_dual_prompt(trainable_copy(vlm), data, config, steps=steps, batch_size=batch_size,
-                                   lr=learning_rate, seed=seed, checkpoint_path=ckpt,
-                                   checkpoint_every=max(10, steps // 10), callback=on_step, progress=False,
-                                   init_prompts=pretrained_prompts)
-        dual = result.dual
-        if target is not None:
-            save_dual_prompt(dual, target)
+        with checkpointed_run(node, "save_name", ckpt):
+            result = train_dual_prompt(trainable_copy(vlm), data, config, steps=steps, batch_size=batch_size,
+                                       lr=learning_rate, seed=seed, checkpoint_path=ckpt,
+                                       checkpoint_every=max(10, steps // 10), callback=on_step, progress=False,
+                                       init_prompts=pretrained_prompts)
+            dual = result.dual
+            if target is not None:
+                save_dual_prompt(dual, target)
         return io.NodeOutput(dual, loss_curve_image(result.losses).unsqueeze(0))
 
 

@@ -24,6 +24,7 @@ from ._common import (
     NodeInputError,
     TrainingProgress,
     check_inputs,
+    checkpointed_run,
     model_files,
     output_model_path,
     resolve_model_file,
@@ -214,22 +215,23 @@ class PretrainPrompts(io.ComfyNode):
             settings.append(f"data-{files_fingerprint(path.strip(), class_file or None)}")
         ckpt = run_checkpoint(name or "rpp", settings)
         on_step = TrainingProgress(steps)
-        result, bundle = pretrain_bundle(
-            trainable_copy(vlm),
-            data,
-            config,
-            save_path=target,
-            info=info,
-            teacher=teacher,
-            steps=steps,
-            batch_size=batch_size,
-            lr=learning_rate,
-            seed=seed,
-            checkpoint_path=ckpt,
-            checkpoint_every=max(10, steps // 10),
-            callback=on_step,
-            progress=False,
-        )
+        with checkpointed_run(node, "save_name", ckpt):
+            result, bundle = pretrain_bundle(
+                trainable_copy(vlm),
+                data,
+                config,
+                save_path=target,
+                info=info,
+                teacher=teacher,
+                steps=steps,
+                batch_size=batch_size,
+                lr=learning_rate,
+                seed=seed,
+                checkpoint_path=ckpt,
+                checkpoint_every=max(10, steps // 10),
+                callback=on_step,
+                progress=False,
+            )
         summary = bundle.summary()
         if teacher is not None:
             summary += f"\nsoft-label teacher: {teacher.name}"

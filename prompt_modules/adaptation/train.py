@@ -441,8 +441,9 @@ def run_adaptation(
 ) -> AdaptationResult:
     """Both stages (IPL) or stage 2 alone (NADA, or IPL with a given ``mapper``); ``callback(stage, step, total,
     loss)``. With ``checkpoint_dir``, stage checkpoints (``mapper.state.safetensors``, ``lora.state.safetensors``)
-    and the finished mapper (``mapper.safetensors``) go there so that a rerun resumes; each stage's state file
-    is removed once that stage has finished (the LoRA is the caller's to save)."""
+    and the finished mapper (``mapper.safetensors``) go there so that a rerun resumes. The mapper's state file is
+    removed once the mapper is saved there; the LoRA's stays, so that a rerun after a failed save of the LoRA (the
+    caller's to save) only returns it: remove the folder once the LoRA is saved, as the nodes do."""
     folder = Path(checkpoint_dir) if checkpoint_dir else None
     mapper_losses: list[float] = []
     mapper_sps = 0.0
@@ -475,7 +476,5 @@ def run_adaptation(
         checkpoint_every=checkpoint_every,
         callback=(lambda s, t, v: callback("lora", s, t, v)) if callback else None,
     )
-    if lora_state is not None:  # finished: a rerun starts stage 2 afresh (same seed, same result)
-        lora_state.unlink(missing_ok=True)
     result.mapper_losses, result.mapper_seconds_per_step = mapper_losses, mapper_sps
     return result

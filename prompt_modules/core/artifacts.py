@@ -46,6 +46,10 @@ class ArtifactError(ValueError):
     """A weights file is missing, unreadable, not safetensors, or not the artifact that was expected."""
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, permissions, a name too long): the message names the file."""
+
+
 class UnsafeNameError(ArtifactError):
     """A file name from user input would leave its folder or is not a portable file name."""
 
@@ -141,7 +145,8 @@ def remove_stale_temp_files(folder: str | os.PathLike[str], older_than: float = 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename (stale
-    temporary files of earlier, killed saves into the folder are removed first)."""
+    temporary files of earlier, killed saves into the folder are removed first). A failed write leaves ``path``
+    as it was and raises :class:`WriteError` naming it."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
@@ -149,7 +154,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     if not os.access(folder, os.W_OK):
         raise ArtifactError(f"cannot write {path}: folder {folder} is not writable")
     remove_stale_temp_files(folder)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise WriteError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as handle:
@@ -157,6 +165,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise WriteError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -36,7 +36,8 @@ from .targets import TextEmbedder, default_embedder
 from .vocabulary import Vocabulary
 
 StepCallback = Callable[[int, int, float], None]
-"""``callback(step, total_steps, loss)`` after every step; raise from it to interrupt (a checkpoint stays)."""
+"""``callback(step, total_steps, loss)`` after every step; raise from it to interrupt (the step is checkpointed
+first)."""
 
 
 @dataclass
@@ -169,7 +170,12 @@ def train_inverter(
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if callback is not None:
-            callback(step, total, losses[-1])
+            try:
+                callback(step, total, losses[-1])
+            except BaseException:  # interrupted: keep this step, as the shared loop (core.training) does
+                if checkpoint_path is not None and step % checkpoint_every and step != total:
+                    save_training_state(checkpoint_path, state, opt, step, backbone=config.backbone)
+                raise
     if bar is not None:
         bar.close()
     inverter = state.inverter.eval()

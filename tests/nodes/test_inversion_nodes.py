@@ -15,6 +15,7 @@ from conftest import load_api_workflow
 from PIL import Image
 
 from promptweave.headless import PACK_DIR
+from promptweave.prompt_modules.core.artifacts import read_metadata
 from promptweave.testing.defaults import TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
@@ -146,8 +147,10 @@ def test_bad_training_inputs_write_nothing(comfy, comfy_base, tmp_path, fast_tar
         with pytest.raises(mm.InterruptProcessingException):
             _train(comfy, filename="never")
     assert set(folder.iterdir()) == before
-    # interrupted at step 1, before the first checkpoint (every 3 steps)
-    assert not list((comfy_base / "output" / "promptweave" / "checkpoints").glob("never-*"))
+    # interrupted at step 1, before the first periodic checkpoint (every 3 steps): that step is kept for the rerun
+    kept = list((comfy_base / "output" / "promptweave" / "checkpoints").glob("never-*"))
+    assert len(kept) == 1 and json.loads(read_metadata(kept[0])["promptweave.step"]) == 1
+    kept[0].unlink()
 
 
 def test_corrupt_inverter_file_is_a_clear_error(comfy, comfy_base):

@@ -33,7 +33,13 @@ from promptweave.prompt_modules.adaptation import (
     sd_generator_from_diffusers,
     train_mapper,
 )
-from promptweave.prompt_modules.core.artifacts import ArtifactError, BackboneMismatchError, ConfigError, read_metadata
+from promptweave.prompt_modules.core.artifacts import (
+    ArtifactError,
+    BackboneMismatchError,
+    ConfigError,
+    meta_field,
+    read_metadata,
+)
 from promptweave.prompt_modules.core.vlm import VisionLanguageModel, VLMConfig
 from promptweave.prompt_modules.world import render_batch
 from promptweave.prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
@@ -268,7 +274,9 @@ def test_interrupted_run_resumes_to_the_same_result(vlm, worldgen, pool, tmp_pat
     resumed = run_adaptation(WorldGenGenerator(worldgen, pool), vlm, cfg, checkpoint_dir=folder, checkpoint_every=2)
     assert resumed.losses == whole.losses and resumed.mapper_losses == whole.mapper_losses
     assert _lora_close(resumed.lora, whole.lora)
-    assert not (folder / "lora.state.safetensors").exists()  # stage 2 finished: no stale state left behind
+    # stage 2 finished: its state stays until the caller has saved the LoRA (a rerun then only returns it)
+    state = folder / "lora.state.safetensors"
+    assert state.is_file() and int(meta_field(read_metadata(state), "step")) == len(whole.losses)
 
 
 def test_native_export_roundtrip_and_merge(vlm, worldgen, pool, tmp_path):
