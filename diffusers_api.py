@@ -12,6 +12,7 @@ read it to see which library call does the work. A session reads top to bottom::
 
     # 1. prompt inversion (Croitoru et al., CVIU 2024): image -> prompt text -> prompt_embeds -> a new image
     result = pw.invert_images(pw.load_inverter("inverter.safetensors"), images, vlm=worldclip)[0]
+    print(pw.caption_folder("my-dataset/", "inverter.safetensors", vlm=worldclip).report())  # <name>.txt per image
     image = pw.generate(pipe, *pw.encode_text(pipe, result["prompt"]))
     name, features = pw.white_box_features(pipe, images)            # the white box: the pipeline's own U-Net
 
@@ -79,14 +80,18 @@ from .prompt_modules.dual_prompt import (
 )
 from .prompt_modules.inversion import (
     PIXELS,
+    CaptionSummary,
     MissingEncoderInput,
     PromptInverter,
     UNetEncoder,
+    encoder_image_size,
     image_features,
     load_inverter,
     save_inverter,
     train_inverter_on_prompts,
 )
+from .prompt_modules.inversion import caption as inversion_caption
+from .prompt_modules.inversion.encoders import SD_IMAGE_SIZE
 from .prompt_modules.pretraining import RPPConfig, load_pretrained_prompts, pretrain_bundle, pretrain_prompts
 from .prompt_modules.world.models import load_world_models, load_worldclip
 
@@ -103,6 +108,7 @@ __all__ = [
     "IPLConfig",
     "RPPConfig",
     "adapt_to_domain",
+    "caption_folder",
     "dual_prompt_embeds",
     "encode_text",
     "generate",
@@ -308,14 +314,44 @@ def invert_images(
     a white-box ``sd-unet:*`` one the pipeline (:func:`white_box_features`)."""
     if not isinstance(inverter, PromptInverter):
         inverter = load_inverter(inverter)
-    unet_features = (lambda pixels: white_box_features(pipe, pixels)) if pipe is not None else None
+    return inverter.invert(_inverter_features(inverter, to_tensor(images), vlm, pipe)[1])
+
+
+def _inverter_features(inverter: PromptInverter, pixels: torch.Tensor, vlm: VisionLanguageModel | None,
+                       pipe: StableDiffusionPipeline | None) -> tuple[str, torch.Tensor]:
+    """The features of the image encoder ``inverter`` was trained on (a missing or other encoder is an error)."""
+    unet_features = (lambda images: white_box_features(pipe, images)) if pipe is not None else None
     try:
-        name, features = image_features(inverter.backbone, to_tensor(images), vlm=vlm, unet_features=unet_features)
+        name, features = image_features(inverter.backbone, pixels, vlm=vlm, unet_features=unet_features)
     except MissingEncoderInput as exc:
         needs = _INVERT_NEEDS.get(exc.input, f"invert_images computes no {exc.kind} features (no {exc.input} input)")
         raise ValueError(f"this inverter reads '{inverter.backbone}' features: {needs}") from None
     inverter.check_backbone(name)
-    return inverter.invert(features)
+    return name, features
+
+
+def caption_folder(
+    folder: str | os.PathLike[str],
+    inverter: PromptInverter | str | os.PathLike[str],
+    *,
+    vlm: VisionLanguageModel | None = None,
+    pipe: StableDiffusionPipeline | None = None,
+    **options: Any,
+) -> CaptionSummary:
+    """Write ``<name>.txt`` beside every image of ``folder`` and its sub-folders with the prompt the inverter
+    predicts (Croitoru et al., sec. 3), as ComfyUI's Caption Folder node and ``python -m promptweave.caption`` do:
+    :func:`~promptweave.prompt_modules.inversion.caption.caption_folder` (``options``: ``recursive``, ``content``
+    prompt/keywords/both, ``trigger``, ``trigger_position``, ``existing`` skip/overwrite/prepend/append,
+    ``manifest`` csv/jsonl, ``batch_size``, ``top_k``, ``threshold``, ``use_dakl``, ``dry_run``, ``progress``).
+    Encoders as :func:`invert_images`; images are read at the encoder's resolution. Returns the summary (written,
+    skipped, failed files: ``summary.report()``)."""
+    if not isinstance(inverter, PromptInverter):
+        inverter = load_inverter(inverter)
+    sd_side = pipe.unet.config.sample_size * pipe.vae_scale_factor if pipe is not None else SD_IMAGE_SIZE
+    size = encoder_image_size(inverter.backbone, vlm=vlm, sd_size=sd_side)
+    return inversion_caption.caption_folder(
+        folder, inverter, lambda pixels: _inverter_features(inverter, pixels, vlm, pipe), size=size, **options
+    )
 
 
 def train_inverter(
