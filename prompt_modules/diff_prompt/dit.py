@@ -207,12 +207,15 @@ def ddim_sample(
     kept: str = "pred_x0",
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    stop_when_kept: bool = False,
 ) -> DDIMResult:
     """Deterministic DDIM (eta = 0) from ``noise`` (or fresh Gaussian noise) to a clean latent.
 
     ``keep`` lists DDIM step indices (0 = the first, noisiest step); at each, ``kept="pred_x0"`` stores the
     clean latent predicted there (``(z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``), ``kept="latent"`` the DDIM state
-    after the step (``z_{t_prev}``). Latents are in the DiT's (scaled) space.
+    after the step (``z_{t_prev}``). Latents are in the DiT's (scaled) space. With ``stop_when_kept`` the loop
+    ends at the last kept step (``final`` is then the state after it): what a caller that needs only the kept
+    latents saves.
     """
     cfg = model.config
     b = image_features.shape[0]
@@ -235,5 +238,7 @@ def ddim_sample(
         z = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         if i in keep:
             stored[i] = x0 if kept == "pred_x0" else z
+            if stop_when_kept and len(stored) == len(set(keep)):
+                break
     kept_t = torch.stack([stored[k] for k in keep]) if keep else z.new_zeros((0, *shape))
     return DDIMResult(final=z, kept=kept_t, steps=keep, timesteps=tuple(ts))

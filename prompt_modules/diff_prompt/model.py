@@ -145,10 +145,11 @@ class MaskAdapter(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, masks: torch.Tensor) -> list[torch.Tensor]:
-        """``masks`` ``[K, B, 1, S, S]`` in 0..1 -> ``K`` tensors ``[B, n_tokens, width]``."""
+        """``masks`` ``[K, B, 1, S, S]`` in 0..1 (the first ``K`` layers' masks) -> ``K`` tensors
+        ``[B, n_tokens, width]``."""
         k, b = masks.shape[:2]
         feats = self.trunk(masks.reshape(k * b, *masks.shape[2:]) * 2.0 - 1.0).view(k, b, -1)
-        return [head(feats[i]).view(b, self.n_tokens, self.width) for i, head in enumerate(self.heads)]
+        return [head(feats[i]).view(b, self.n_tokens, self.width) for i, head in zip(range(k), self.heads)]
 
     @torch.no_grad()
     def set_bias(self, layer: int, tokens: torch.Tensor) -> None:
@@ -401,8 +402,10 @@ class DiffPrompt(nn.Module):
         *,
         generator: torch.Generator | None = None,
         steps: int | None = None,
+        layers: int | None = None,
     ) -> torch.Tensor:
-        """The generated intermediate masks ``[K, B, 1, S, S]`` (0..1), one per prompted layer (frozen path)."""
+        """The generated intermediate masks ``[K, B, 1, S, S]`` (0..1), one per prompted layer (frozen path); with
+        ``layers`` only the first ``layers`` of them, and DDIM stops at the last step they need."""
         images = _square(images, vlm.image_size)
         f_img = vlm.encode_image(images)
         f_txt = vlm.encode_text(list(texts))
@@ -416,7 +419,10 @@ class DiffPrompt(nn.Module):
             if steps == cfg.ddim_steps
             else dataclasses.replace(cfg, ddim_steps=steps, keep_steps=None).resolved_keep_steps(self.n_kept)
         )
-        result = ddim_sample(self.dit, f_img, f_txt, steps=steps, keep=keep, kept=cfg.kept, generator=generator)
+        if layers is not None:
+            keep = keep[:layers]
+        result = ddim_sample(self.dit, f_img, f_txt, steps=steps, keep=keep, kept=cfg.kept, generator=generator,
+                             stop_when_kept=layers is not None)
         k, b = result.kept.shape[:2]
         latents = result.kept.reshape(k * b, *result.kept.shape[2:]) / self.dit.config.scaling_factor
         masks = self.vae.decode(latents)
@@ -483,14 +489,31 @@ class DiffPrompt(nn.Module):
         """
         texts = _check_batch(images, texts)
         images = _square(images, vlm.image_size)
-        masks = self.generate(vlm, images, texts, generator=generator, steps=steps)
-        text_tokens, _ = self.prompt_tokens(masks, images.shape[0])
-        if not text_tokens:
-            return torch.zeros(images.shape[0], 0, dtype=torch.long)
-        table = F.normalize(vlm.token_embedding.weight.float(), dim=-1)
-        sims = F.normalize(text_tokens[0].float(), dim=-1) @ table.T
+        batch = images.shape[0]
+        if not self.text_depth:
+            return torch.zeros(batch, 0, dtype=torch.long)
+        # only the input layer's tokens are read: its mask (the first kept DDIM step; the rest is never sampled),
+        # its adapter head and its global prompts
+        parts = []
+        if self.text_adapter is not None:
+            masks = self.generate(vlm, images, texts, generator=generator, steps=steps, layers=1)
+            parts.extend(self.text_adapter(masks))  # one tensor: the input layer's generated tokens
+        if len(self.global_prompts.text):
+            parts.append(self.global_prompts.text[0].unsqueeze(0).expand(batch, -1, -1))
+        if not parts:
+            return torch.zeros(batch, 0, dtype=torch.long)
+        sims = F.normalize(torch.cat(parts, dim=1).float(), dim=-1) @ self._unit_token_table(vlm).T
         sims[..., [49406, 49407]] = -2.0
         return sims.argmax(dim=-1).cpu()
+
+    def _unit_token_table(self, vlm: VisionLanguageModel) -> torch.Tensor:
+        """The VLM's token embeddings at unit length, computed once per table (49,408 rows: a few ms each time)."""
+        weight = vlm.token_embedding.weight
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.device)
+        if getattr(self, "_token_table_key", None) != key:
+            self._token_table = F.normalize(weight.detach().float(), dim=-1)
+            self._token_table_key = key
+        return self._token_table
 
     @torch.no_grad()
     def init_from_vlm(
