@@ -149,7 +149,7 @@ class MaskAdapter(nn.Module):
         ``[B, n_tokens, width]``."""
         k, b = masks.shape[:2]
         feats = self.trunk(masks.reshape(k * b, *masks.shape[2:]) * 2.0 - 1.0).view(k, b, -1)
-        return [head(feats[i]).view(b, self.n_tokens, self.width) for i, head in zip(range(k), self.heads)]
+        return [self.heads[i](feats[i]).view(b, self.n_tokens, self.width) for i in range(k)]
 
     @torch.no_grad()
     def set_bias(self, layer: int, tokens: torch.Tensor) -> None:
