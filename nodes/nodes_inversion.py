@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io
 
-from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, ArtifactError, ConfigError, artifact_method
+from ..prompt_modules.core.artifacts import (
+    SHIPPED_WEIGHTS_DIR,
+    ArtifactError,
+    ConfigError,
+    UnsafeNameError,
+    artifact_method,
+    safe_child_path,
+)
+from ..prompt_modules.core.data import files_fingerprint
 from ..prompt_modules.inversion import (
+    CAPTION_CONTENTS,
+    EXISTING_MODES,
+    MANIFEST_FORMATS,
+    TRIGGER_POSITIONS,
     LDMUNetEncoder,
     MissingEncoderInput,
-    PixelEncoder,
     UnknownImageEncoder,
+    caption_folder,
+    encoder_image_size,
+    encoder_kind,
     image_features,
     load_inverter,
     load_pairs,
@@ -86,25 +100,12 @@ def _sd_unet_encoder(node: str, model, vae, clip) -> LDMUNetEncoder:
         raise NodeInputError(node, "model", str(exc), "use an SD1.x or SD2.x checkpoint") from None
 
 
-#: The pixel CNN's input size (PixelEncoder resizes to it), the size a ``pixels`` inverter's images are read at.
-_PIXEL_SIZE = int(inspect.signature(PixelEncoder).parameters["size"].default)
-#: Stable Diffusion 1.x/2.x's base resolution: a dataset for the white-box ``sd_unet`` encoder is read at it.
-_SD_SIZE = 512
-
-
 def _dataset_size(backbone: str, vlm, clip_vision, worldgen) -> int:
-    """The side a dataset folder's images are read at: the chosen encoder's own resolution (the VLM's
-    ``image_size``, CLIP vision's, WorldGen's, the pixel CNN's, SD's 512), so training sees the images inference
-    sees; nothing is 64 px unless the model is."""
-    if backbone == "vlm" and vlm is not None:
-        return int(vlm.image_size)
-    if backbone == "clip_vision" and clip_vision is not None:
-        return int(getattr(clip_vision, "image_size", 224))
-    if backbone == "worldgen" and worldgen is not None:
-        return int(getattr(getattr(worldgen, "config", None), "image_size", 64))
-    if backbone == "sd_unet":
-        return _SD_SIZE
-    return _PIXEL_SIZE
+    """The side a dataset folder's images are read at: the chosen encoder's own resolution
+    (:func:`encoder_image_size`: the VLM's ``image_size``, CLIP vision's, WorldGen's, the pixel CNN's, SD's 512), so
+    training and captioning see the images inference sees; nothing is 64 px unless the model is."""
+    vision_size = None if clip_vision is None else int(getattr(clip_vision, "image_size", 224))
+    return encoder_image_size(backbone, vlm=vlm, clip_vision_size=vision_size, worldgen=worldgen)
 
 
 #: How to connect what an image encoder is missing (MissingEncoderInput.kind -> fix).
@@ -136,6 +137,20 @@ def _features(node: str, kind: str, images: torch.Tensor, vlm, clip_vision, worl
     except UnknownImageEncoder:
         raise NodeInputError(node, "inverter", f"image encoder '{kind}' is not available in ComfyUI",
                              "use an inverter trained on pixels, a VLM, CLIP vision, WorldGen or an SD U-Net") from None
+
+
+def _inverter_features(node: str, inverter, images: torch.Tensor, vlm, clip_vision, worldgen, model, vae, clip
+                       ) -> tuple[str, torch.Tensor]:
+    """:func:`_features` of the encoder the inverter was trained on; another connected encoder is an error."""
+    name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen, model=model, vae=vae,
+                             clip=clip)
+    if name != inverter.backbone:
+        fix = "connect the encoder the inverter was trained on"
+        if inverter.backbone == "worldgen":  # saved before the WorldGen encoder's name held a weights fingerprint
+            fix = "retrain it (it does not record which WorldGen weights it was trained on)"
+        raise NodeInputError(node, "inverter", f"the inverter was trained on '{inverter.backbone}', the "
+                             f"connected encoder is '{name}'", fix)
+    return name, inputs
 
 
 class LoadPromptInverter(io.ComfyNode):
@@ -214,14 +229,7 @@ class PromptInversion(io.ComfyNode):
                 threshold: float = 0.5, use_dakl: bool = True, model=None, vae=None) -> io.NodeOutput:
         node = "PWPromptInversion"
         images = _images_bchw(node, image)
-        name, inputs = _features(node, inverter.backbone, images, vlm, clip_vision, worldgen,
-                                 model=model, vae=vae, clip=clip)
-        if name != inverter.backbone:
-            fix = "connect the encoder the inverter was trained on"
-            if inverter.backbone == "worldgen":  # saved before the WorldGen encoder's name held a weights fingerprint
-                fix = "retrain it (it does not record which WorldGen weights it was trained on)"
-            raise NodeInputError(node, "inverter", f"the inverter was trained on '{inverter.backbone}', the "
-                                 f"connected encoder is '{name}'", fix)
+        name, inputs = _inverter_features(node, inverter, images, vlm, clip_vision, worldgen, model, vae, clip)
         results = inverter.invert(inputs, top_k=top_k, threshold=threshold, use_dakl=use_dakl)
         prompts = [r["prompt"] for r in results]
         kw_lines = [", ".join(f"{w}:{s:.2f}" for w, s in r["keywords"]) for r in results]
@@ -368,4 +376,138 @@ _TRAIN_FIXES = {
     "batch_size": "use a batch_size of 2 or more",
 }
 
-NODES: list[type[io.ComfyNode]] = [LoadPromptInverter, PromptInversion, TrainPromptInverter]
+
+def _input_subfolder(node: str, folder: str) -> Path:
+    """A sub-folder of ComfyUI's input folder: the node writes caption files there, and PromptWeave writes only
+    inside ComfyUI's folders (SECURITY.md), so absolute paths and names leaving the folder are refused."""
+    import folder_paths
+
+    root = folder_paths.get_input_directory()
+    fix = (f"name a sub-folder of ComfyUI's input folder {root}, such as 'my-dataset' or 'datasets/cats' (copy or "
+           "move the images there; for a folder elsewhere run `python -m promptweave.caption FOLDER`)")
+    try:
+        path = safe_child_path(root, folder.strip().rstrip("/"), suffix="")
+        if not path.is_dir():
+            raise NodeInputError(node, "folder", f"{path} is not a folder", fix)
+    except UnsafeNameError as exc:
+        raise NodeInputError(node, "folder", str(exc), fix) from None
+    except OSError as exc:  # a name too long for the file system ...
+        raise NodeInputError(node, "folder", f"cannot open it ({exc.strerror or exc})", fix) from None
+    return path
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class CaptionFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWCaptionFolder",
+            display_name="Caption Folder",
+            category="PromptWeave/inversion",
+            description="Writes a caption file <name>.txt beside every image of a folder in ComfyUI's input folder "
+            "(and its sub-folders), predicted by a prompt inverter: the layout kohya_ss, EveryDream and Train Prompt "
+            "Inverter read. Existing captions are skipped, overwritten, or the new caption goes before or after "
+            "them; unreadable images are reported and skipped; a re-run resumes.",
+            is_output_node=True,
+            inputs=[
+                io.String.Input("folder", default="", tooltip="A sub-folder of ComfyUI's input folder holding the "
+                                "images (PNG, JPEG, WebP, BMP), e.g. 'my-dataset'."),
+                PromptInverterType.Input("inverter", tooltip="From Load Prompt Inverter or Train Prompt Inverter."),
+                io.Boolean.Input("recursive", default=True, tooltip="Caption the images of sub-folders too."),
+                io.Combo.Input("caption", options=list(CAPTION_CONTENTS), default="prompt",
+                               tooltip="prompt: the composed prompt; keywords: the confident keywords as "
+                               "comma-separated tags; both: the prompt, then the tags it lacks."),
+                io.String.Input("trigger_words", default="", tooltip="Words added to every new caption, e.g. a "
+                                "LoRA's trigger word (optional)."),
+                io.Combo.Input("trigger_position", options=list(TRIGGER_POSITIONS), default="prepend",
+                               tooltip="Put the trigger words before or after the caption."),
+                io.Combo.Input("existing_captions", options=list(EXISTING_MODES), default="skip",
+                               tooltip="For images that have a caption file: skip (keep it; a re-run resumes), "
+                               "overwrite, prepend (new caption first) or append (new caption last)."),
+                io.Combo.Input("manifest", options=["none", *MANIFEST_FORMATS], default="none",
+                               tooltip="Also write captions.csv or captions.jsonl (file_name, text) in the folder."),
+                io.Boolean.Input("dry_run", default=False,
+                                 tooltip="List what would change in the summary; invert and write nothing."),
+                io.Int.Input("batch_size", default=16, min=1, max=1024, tooltip="Images inverted at once."),
+                io.Int.Input("top_k", default=8, min=1, max=100, tooltip="Number of keywords per image."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Keywords scoring at least this go into the caption."),
+                io.Boolean.Input("use_dakl", default=True,
+                                 tooltip="Apply the kernel refinement (DAKL) if the inverter has one."),
+                VLMType.Input("vlm", optional=True,
+                              tooltip="Image encoder for inverters trained on a VLM (e.g. WorldCLIP)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Image encoder for inverters trained on CLIP vision features."),
+                WorldGenType.Input("worldgen", optional=True,
+                                   tooltip="For white-box inverters trained on WorldGen's denoiser."),
+                io.Model.Input("model", optional=True,
+                               tooltip="For white-box inverters trained on an SD checkpoint's U-Net (with vae and "
+                               "clip)."),
+                io.Vae.Input("vae", optional=True, tooltip="The checkpoint's VAE, for white-box SD inverters."),
+                io.Clip.Input("clip", optional=True, tooltip="The checkpoint's CLIP, for white-box SD inverters."),
+            ],
+            outputs=[
+                io.String.Output(display_name="captions",
+                                 tooltip="The caption of each captioned image, one per line (same order as paths)."),
+                io.String.Output(display_name="paths", tooltip="The captioned image files, one per line."),
+                io.String.Output(display_name="summary",
+                                 tooltip="Written, skipped and failed counts, and each failed file with the reason."),
+                io.String.Output(display_name="folder",
+                                 tooltip="The folder's full path: connect it to Train Prompt Inverter's "
+                                 "dataset_folder."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs) -> str:
+        """Run again whenever the folder's files changed (ComfyUI would otherwise reuse the last result)."""
+        try:
+            return str(files_fingerprint(_input_subfolder("PWCaptionFolder", kwargs.get("folder"))))
+        except (OSError, ValueError, AttributeError):  # a bad name: execute reports it
+            return ""
+
+    @classmethod
+    @check_inputs
+    def execute(cls, folder: str, inverter, recursive: bool = True, caption: str = "prompt",
+                trigger_words: str = "", trigger_position: str = "prepend", existing_captions: str = "skip",
+                manifest: str = "none", dry_run: bool = False, batch_size: int = 16, top_k: int = 8,
+                threshold: float = 0.5, use_dakl: bool = True, vlm=None, clip_vision=None, worldgen=None,
+                model=None, vae=None, clip=None) -> io.NodeOutput:
+        node = "PWCaptionFolder"
+        path = _input_subfolder(node, folder)
+        try:
+            kind = encoder_kind(inverter.backbone)
+        except UnknownImageEncoder:
+            raise NodeInputError(node, "inverter", f"image encoder '{inverter.backbone}' is not available in "
+                                 "ComfyUI", "use an inverter trained on pixels, a VLM, CLIP vision, WorldGen or an SD "
+                                 "U-Net") from None
+        progress = TrainingProgress()
+
+        def encode(pixels: torch.Tensor) -> tuple[str, torch.Tensor]:
+            return _inverter_features(node, inverter, pixels, vlm, clip_vision, worldgen, model, vae, clip)
+
+        try:
+            summary = caption_folder(
+                path, inverter, encode, size=_dataset_size(kind, vlm, clip_vision, worldgen), recursive=recursive,
+                content=caption, trigger=trigger_words, trigger_position=trigger_position,
+                existing=existing_captions, manifest=None if manifest == "none" else manifest, batch_size=batch_size,
+                top_k=top_k, threshold=threshold, use_dakl=use_dakl, dry_run=dry_run,
+                progress=lambda done, total: progress(done, total, 0.0),
+            )
+        except NodeInputError:
+            raise
+        except OSError as exc:  # the manifest could not be written (disk full, permissions)
+            raise NodeInputError(node, "manifest", str(exc), "free disk space or make the folder writable, or set "
+                                 "manifest to none") from None
+        except ValueError as exc:  # a folder without images
+            raise NodeInputError(node, "folder", str(exc), "put PNG, JPEG or WebP images in it, or turn on "
+                                 "recursive for its sub-folders") from None
+        done = summary.captioned
+        return io.NodeOutput("\n".join(_one_line(r.text) for r in done), "\n".join(str(r.image) for r in done),
+                             summary.report(), str(path))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadPromptInverter, PromptInversion, TrainPromptInverter, CaptionFolder]

@@ -5,7 +5,8 @@ No pretrained weights can be downloaded here, so the defaults are built on deman
 a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase, and a tiny
 random-weight CLIP in transformers' layout in ``models/vlm``, and a random-weight OpenAI CLIP ViT-L/14 as ComfyUI's
 two files (``models/text_encoders`` and ``models/clip_vision``: ViT-L is the smallest tower ComfyUI's
-``CLIPVisionLoader`` recognises). The "use your own CLIP" workflows load those two CLIPs.
+``CLIPVisionLoader`` recognises). The "use your own CLIP" workflows load those two CLIPs. The caption workflow
+captions ``input/promptweave-caption-demo``, a folder of world scenes (:mod:`promptweave.testing.caption_demo`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from ..prompt_modules.core.artifacts import read_safetensors
 from ..prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
+from .caption_demo import CAPTION_DEMO_FOLDER, write_caption_demo_folder
 from .tiny import build_tiny_clip_folder, build_tiny_sd15, build_vit_l_14_files
 
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -85,6 +87,9 @@ def install_default_models(base_dir: str | os.PathLike[str], cache_dir: Path = C
     if not (clip / "model.safetensors").is_file():
         build_tiny_clip_folder(clip, seed=0)
     text, vision = cached_vit_l_14_files(cache_dir)
-    return {"checkpoint": link, "learned_prompt": prompt_path, "clip": clip,
+    captions = Path(base_dir) / "input" / CAPTION_DEMO_FOLDER  # the folder the caption workflow captions
+    if not captions.is_dir():
+        write_caption_demo_folder(captions)
+    return {"checkpoint": link, "caption_demo": captions, "learned_prompt": prompt_path, "clip": clip,
             "clip_l_text": _link(text, models / "text_encoders" / DEMO_CLIP_L_TEXT_NAME),
             "clip_l_vision": _link(vision, models / "clip_vision" / DEMO_CLIP_L_VISION_NAME)}

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from promptweave.headless import PACK_DIR
+from promptweave.testing.caption_demo import write_caption_demo_folder
 from promptweave.testing.defaults import DEFAULT_PROMPT_NAME, TINY_SD15_NAME
 
 pytestmark = pytest.mark.comfyui
@@ -362,12 +363,15 @@ def ctx(comfy, comfy_base):
     }
     three = images[:3]
     pairs = "\n".join(captions)
+    captions_folder = comfy_base / "input" / "pw-prop-captions"  # Caption Folder writes only inside input/
+    write_caption_demo_folder(captions_folder)
     baselines = {
         "PWLoadLearnedPrompt": dict(prompt_name=DEFAULT_PROMPT_NAME),
         "PWApplyLearnedPrompt": dict(clip=clip, learned_prompt=learned),
         "PWWorldGenSample": dict(worldgen=worldgen, worldclip=worldclip, steps=1),
         "PWLoadPromptInverter": dict(inverter_name="inverter-pixels-world.safetensors"),
         "PWPromptInversion": dict(image=three, inverter=inverter, clip=clip),
+        "PWCaptionFolder": dict(folder=captions_folder.name, inverter=inverter, batch_size=4),
         "PWTrainPromptInverter": dict(
             backbone="pixels",
             filename="pw-prop-inverter",
