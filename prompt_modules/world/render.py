@@ -403,6 +403,34 @@ def paint(
     raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
 
 
+#: How far (0..255) the lightness of a painted background may be from its named colour before a caption must
+#: name another colour: neon darkens every background to near black, sketch paper lightens charcoal to grey.
+BACKGROUND_LIGHTNESS_TOLERANCE = 60.0
+
+
+def _lightness(rgb: Sequence[float]) -> float:
+    r, g, b = (float(c) for c in rgb)
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+@cache
+def painted_background(background: RGB, style: str) -> RGB:
+    """The colour ``style`` paints an empty part of the image with ``background`` (median over a 64 px image)."""
+    empty = np.full((BASE_SIZE, BASE_SIZE), -1, dtype=np.int8)
+    image = paint(empty, np.zeros(empty.shape, dtype=bool), [(0, 0, 0)], background, style)  # no object pixel
+    return tuple(int(c) for c in np.median(image.reshape(-1, 3), axis=0))  # type: ignore[return-value]
+
+
+def background_name_as_drawn(name: str, style: str, named: dict[str, RGB]) -> str:
+    """The name of ``named`` (colour name -> RGB) a caption gives a scene's background ``name`` in ``style``:
+    ``name`` itself while the painted colour is about as light as that colour, else the named colour nearest
+    to the painted one (neon's near-black background is "charcoal", whatever the scene's colour)."""
+    drawn = painted_background(named[name], style)
+    if abs(_lightness(drawn) - _lightness(named[name])) <= BACKGROUND_LIGHTNESS_TOLERANCE:
+        return name
+    return min(named, key=lambda other: sum((a - b) ** 2 for a, b in zip(named[other], drawn, strict=True)))
+
+
 def render(
     placements: Sequence[Placement],
     colours: Sequence[RGB],

@@ -7,7 +7,10 @@ size and style.  Design choices:
 
 * **Content vs. rendering.**  Content depends only on the seed (and split), never on ``size`` or
   ``style``: the same seed gives the same objects, caption and (up to scaling) masks in every style and
-  at 64 or 128 pixels.  Styles are pure domain shifts for adaptation experiments.
+  at 64 or 128 pixels.  Styles are pure domain shifts for adaptation experiments.  One exception keeps
+  captions true: a style that paints the background far lighter or darker than its colour (neon: near
+  black; sketch: charcoal as grey paper) has the caption name the colour drawn (``charcoal``,
+  ``light grey``; :func:`~.render.background_name_as_drawn`). ``Scene.background`` keeps the content's.
 * **Occlusion.**  Objects are drawn in list order; later ones cover earlier ones.  Masks hold the
   *visible* pixels only.  Placement is rejection-sampled so that every object keeps at least
   :data:`MIN_VISIBLE` of its area visible and no two centres are closer than a quarter of the two
@@ -43,7 +46,7 @@ from .captions import (
     hard_negatives,
     referring_expressions,
 )
-from .render import Placement, boxes_from_masks, masks_from_label, render, shape_template
+from .render import Placement, background_name_as_drawn, boxes_from_masks, masks_from_label, render, shape_template
 from .vocabulary import (
     BACKGROUND_NAMES,
     BACKGROUNDS,
@@ -291,10 +294,11 @@ def sample_layout(rng: random.Random, split: str) -> tuple[str, list[WorldObject
     return background, placed
 
 
-def _content(seed: int, split: str) -> tuple[random.Random, str, list[WorldObject], Caption]:
+def _content(seed: int, split: str, style: str = "flat") -> tuple[random.Random, str, list[WorldObject], Caption]:
     rng = random.Random(seed)
     background, objects = sample_layout(rng, split)
-    caption = describe(objects, background, rng)
+    # the caption names the background as the style draws it (neon: near black); the random draws stay the same
+    caption = describe(objects, background_name_as_drawn(background, style, BACKGROUNDS), rng)
     return rng, background, objects, caption
 
 
@@ -318,7 +322,7 @@ def sample_scene(
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     split = inferred
-    rng, background, objects, caption = _content(seed, split)
+    rng, background, objects, caption = _content(seed, split, style)
     referring = referring_expressions(objects, rng)
     negatives = hard_negatives(caption, objects, rng)
 
@@ -328,7 +332,7 @@ def sample_scene(
         source = r.start + zlib.crc32(f"noise-source:{seed}".encode()) % len(r)
         if source == seed:
             source = r.start + (source - r.start + 1) % len(r)
-        text, is_noisy = _content(source, split)[3].text, True
+        text, is_noisy = _content(source, split, style)[3].text, True
 
     image, label = render(
         [o.placement for o in objects],

@@ -64,12 +64,46 @@ def test_determinism_and_variety() -> None:
     scenes = [sample_scene(s) for s in range(40)]
     assert len({s.image.tobytes() for s in scenes}) == 40
     assert len({s.caption for s in scenes}) == 40
-    # content (caption, masks) is the same in every style; only the pixels change
+    # content (caption, masks) is the same in every style; only the pixels change (and the background's name
+    # where the style paints it another colour: test_captions_name_the_background_that_is_drawn)
     flat = sample_scene(5)
+    assert f"{flat.background} background" in flat.caption  # seed 5's template names the background
     for style in STYLES[1:]:
         other = sample_scene(5, style=style)
-        assert other.caption == flat.caption and np.array_equal(other.masks, flat.masks)
-        assert other.image.tobytes() != flat.image.tobytes()
+        named = _caption_background(other.caption)
+        assert other.caption.replace(f"{named} background", f"{flat.background} background") == flat.caption
+        assert np.array_equal(other.masks, flat.masks) and other.image.tobytes() != flat.image.tobytes()
+
+
+def _caption_background(caption: str) -> str:
+    """The background colour name a caption uses (for a template that names one)."""
+    found = [name for name in BACKGROUNDS if re.search(rf"\b{name} background\b", caption)]
+    assert len(found) == 1, (caption, found)
+    return found[0]
+
+
+def test_captions_name_the_background_that_is_drawn() -> None:
+    """A caption's background colour is (about as light as) what the image shows: neon paints every background
+    near black, so its captions say "charcoal", never "pale green" or "light grey" (a bug once)."""
+    seen = set()
+    for seed in range(60):
+        for style in STYLES:
+            scene = sample_scene(seed, style=style)
+            if scene.noise_source is not None or "background" not in scene.caption:
+                continue
+            named = _caption_background(scene.caption)
+            empty = scene.label < 0
+            drawn = np.median(scene.image[empty].reshape(-1, 3), axis=0)
+            lightness = np.array([0.299, 0.587, 0.114])
+            assert abs(float(drawn @ lightness) - float(np.array(BACKGROUNDS[named]) @ lightness)) <= 60, (
+                seed, style, scene.caption, drawn)
+            seen.add((style, scene.background, named))
+            if style == "neon":
+                assert named == "charcoal", scene.caption
+            # hard negatives keep the caption's wording, background included
+            assert all(_caption_background(n.text) == named for n in scene.hard_negative_edits), seed
+    assert {("neon", bg, "charcoal") for bg in ("pale green", "light grey")} <= seen
+    assert ("flat", "pale green", "pale green") in seen
 
 
 def test_masks_match_rendered_pixels() -> None:
