@@ -2,7 +2,9 @@
 
 The UI format (what the ComfyUI window loads, saves and shows in its templates browser) is derived from the
 API format and the real ComfyUI node definitions (``/object_info``), so widget order always matches the
-nodes. Run after editing a workflow::
+nodes. Each UI workflow also gets a note (a frontend-only MarkdownNote node, above the graph) with the
+workflow's one-line description and its note from ``workflows/meta/descriptions.json``; every API workflow
+needs an entry there. Run after editing a workflow::
 
     .venv/bin/python scripts/make_ui_workflows.py          # rewrite workflows/*.json
     .venv/bin/python scripts/make_ui_workflows.py --check  # exit 1 if any file is out of date
@@ -20,6 +22,65 @@ ROOT = Path(__file__).resolve().parent.parent
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NODE_WIDTH, COLUMN_GAP, ROW_GAP = 320, 40, 40
 MAX_COLUMNS = 10  # a deeper graph is laid out in bands of columns, one below the other, to stay legible
+# Not workflows/*.json: ComfyUI lists every .json file of the templates folder as a template.
+DESCRIPTIONS = ROOT / "workflows" / "meta" / "descriptions.json"
+NOTE_WIDTH, NOTE_CHARS_PER_LINE, NOTE_LINE_HEIGHT = 2 * NODE_WIDTH + COLUMN_GAP, 80, 22
+
+
+def load_descriptions() -> dict[str, dict[str, str]]:
+    """``{workflow name: {"description": one line, "note": markdown}}`` from workflows/meta/descriptions.json."""
+    return json.loads(DESCRIPTIONS.read_text())
+
+
+def describe(name: str, descriptions: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The entry of workflow ``name``; a clear error names the file to edit when it is missing or incomplete."""
+    entry = descriptions.get(name) or {}
+    missing = [key for key in ("description", "note") if not str(entry.get(key, "")).strip()]
+    if missing:
+        raise KeyError(
+            f"{DESCRIPTIONS.relative_to(ROOT)} lacks {' and '.join(missing)} for workflow {name!r}: add "
+            f'"{name}": {{"description": "<one line: what it shows>", "note": "<what it does, what to change>"}}'
+        )
+    return entry
+
+
+def note_text(entry: dict[str, str]) -> str:
+    return f"**{entry['description'].strip()}**\n\n{entry['note'].strip()}"
+
+
+def _note_height(text: str) -> int:
+    lines = sum(max(1, -(-len(line) // NOTE_CHARS_PER_LINE)) for line in text.splitlines())
+    return 60 + NOTE_LINE_HEIGHT * lines
+
+
+def add_note(ui: dict, entry: dict[str, str]) -> dict:
+    """Put a MarkdownNote ("About this workflow") above the graph; the nodes move down to make room."""
+    text = note_text(entry)
+    height = _note_height(text)
+    for node in ui["nodes"]:
+        node["pos"][1] += height + ROW_GAP
+        node["order"] += 1
+    note_id = ui["last_node_id"] + 1
+    ui["nodes"].append(
+        {
+            "id": note_id,
+            "type": "MarkdownNote",
+            "pos": [40, 40],
+            "size": [NOTE_WIDTH, height],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [],
+            "title": "About this workflow",
+            "properties": {},
+            "widgets_values": [text],
+            "color": "#432",
+            "bgcolor": "#653",
+        }
+    )
+    ui["last_node_id"] = note_id
+    return ui
 
 
 def _is_widget(spec: list) -> bool:
@@ -197,10 +258,11 @@ def api_to_ui(prompt: dict, node_info: dict[str, dict]) -> dict:
 def build_all(node_info_for) -> dict[Path, str]:
     """Map each UI workflow path to its expected text, from every ``workflows/api/*.json``."""
     result = {}
+    descriptions = load_descriptions()
     for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
         prompt = json.loads(api_path.read_text())
         info = {node["class_type"]: node_info_for(node["class_type"]) for node in prompt.values()}
-        ui = api_to_ui(prompt, info)
+        ui = add_note(api_to_ui(prompt, info), describe(api_path.stem, descriptions))
         result[ROOT / "workflows" / api_path.name] = json.dumps(ui, indent=1) + "\n"
     return result
 

@@ -134,6 +134,13 @@ def test_workflow_templates_are_listed_and_served(comfy_server):
         served = json.loads(_get(url))
         assert served == json.loads(path.read_text()), f"{url} differs from {path}"
         assert served["nodes"], path.name
+        # the template browser's card shows <name>.jpg from the same folder (a placeholder when it answers 404)
+        thumbnail = f"{comfy_server}/api/workflow_templates/{PACK_LINK_NAME}/{urllib.parse.quote(path.stem)}.jpg"
+        with urllib.request.urlopen(thumbnail, timeout=30) as response:
+            assert response.status == 200, thumbnail
+            data = response.read()
+        with Image.open(io.BytesIO(data)) as jpeg:
+            assert jpeg.format == "JPEG" and min(jpeg.size) >= 64, (thumbnail, jpeg.format, jpeg.size)
 
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=lambda path: path.stem)

@@ -160,7 +160,8 @@ def test_the_built_wheel_carries_every_module_and_data_file_and_imports(tmp_path
     assert expected_modules <= names, sorted(expected_modules - names)[:10]
     harness = ("promptweave/testing/", "promptweave/tests/", "promptweave/scripts/")
     assert not [n for n in names if n.startswith(harness)]
-    for pattern in ("workflows/*.json", "workflows/api/*.json", "web/docs/*.md", "weights/*.safetensors"):
+    for pattern in ("workflows/*.json", "workflows/*.jpg", "workflows/api/*.json", "web/docs/*.md",
+                    "weights/*.safetensors"):
         files = {"promptweave/" + str(p.relative_to(PACK_DIR)) for p in PACK_DIR.glob(pattern)}
         assert files and files <= names, (pattern, sorted(files - names)[:5])
 

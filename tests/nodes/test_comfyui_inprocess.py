@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,25 @@ def test_ui_workflows_match_their_api_twins(comfy):
     assert not stale, f"run `make ui-workflows`: stale UI workflows {stale}"
     ui_files = {p.name for p in (PACK_DIR / "workflows").glob("*.json")}
     assert ui_files == {path.name for path in expected}, "every UI workflow has an API twin and vice versa"
+
+
+def test_every_text_output_of_the_example_workflows_is_shown(comfy):
+    """Wherever a pack node outputs text (a prompt, keywords with scores, rank scores, a box, a summary), the
+    workflow shows it with a Preview as Text node (core PreviewAny); file and folder paths are left out."""
+    unshown = []
+    for path in sorted((PACK_DIR / "workflows" / "api").glob("*.json")):
+        prompt = json.loads(path.read_text())
+        shown = {
+            (str(value[0]), int(value[1]))
+            for node in prompt.values() if node["class_type"] == "PreviewAny"
+            for value in node["inputs"].values() if isinstance(value, list)
+        }
+        for node_id, node in prompt.items():
+            if not node["class_type"].startswith("PW"):
+                continue
+            info = comfy.node_info(node["class_type"])
+            for slot, (kind, name) in enumerate(zip(info["output"], info["output_name"], strict=True)):
+                is_path = "path" in name or name == "folder"
+                if kind == "STRING" and not is_path and (node_id, slot) not in shown:
+                    unshown.append(f"{path.stem}: node {node_id} ({node['class_type']}) output '{name}'")
+    assert not unshown, "add a PreviewAny node for:\n" + "\n".join(unshown)
