@@ -143,9 +143,27 @@ def remove_stale_temp_files(folder: str | os.PathLike[str], older_than: float = 
     return removed
 
 
+#: When each folder was last swept for stale temporary files by this process (``time.monotonic()``).
+_last_sweep: dict[str, float] = {}
+#: A folder is swept on this process's first write into it, then at most once per this many seconds: listing a
+#: folder of thousands of files before every write (a captioned dataset) would cost more than the writes.
+SWEEP_INTERVAL_SECONDS = 60.0
+
+
+def _sweep_now_and_then(folder: Path) -> None:
+    """:func:`remove_stale_temp_files` on ``folder`` unless this process swept it in the last
+    :data:`SWEEP_INTERVAL_SECONDS`. A killed save's leftovers come from another (killed) process, so the first
+    write of each process into a folder finds them; later sweeps catch those that were not yet stale then."""
+    key, now = os.fspath(folder), time.monotonic()
+    if now - _last_sweep.get(key, -SWEEP_INTERVAL_SECONDS) >= SWEEP_INTERVAL_SECONDS:
+        _last_sweep[key] = now
+        remove_stale_temp_files(folder)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename (stale
-    temporary files of earlier, killed saves into the folder are removed first). A failed write leaves ``path``
+    temporary files of earlier, killed saves into the folder are removed first, see :func:`_sweep_now_and_then`).
+    A failed write leaves ``path``
     as it was and raises :class:`WriteError` naming it."""
     path = Path(path)
     folder = path.parent
@@ -153,7 +171,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         raise ArtifactError(f"cannot write {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ArtifactError(f"cannot write {path}: folder {folder} is not writable")
-    remove_stale_temp_files(folder)
+    _sweep_now_and_then(folder)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:

@@ -135,7 +135,10 @@ class _StopAt:
         self.real()
 
 
-def _stale_temp_file(folder: Path) -> Path:
+def _stale_temp_file(comfy, folder: Path) -> Path:
+    """A temporary file of a save killed over 10 minutes ago, as an earlier, killed ComfyUI process leaves it; the
+    pack's record of swept folders is cleared, as a new process starts without one."""
+    comfy.pack_module("prompt_modules.core.artifacts")._last_sweep.clear()
     folder.mkdir(parents=True, exist_ok=True)
     stale = folder / ".pw-killed-save.safetensors.k1ll3d00.tmp"
     stale.write_bytes(b"partial")
@@ -164,7 +167,7 @@ def test_a_run_stopped_at_a_random_step_resumes_to_the_uninterrupted_result(comf
             _run(comfy, trainer, models, resumed)
     assert not _saved(comfy_base, trainer, resumed).exists(), "a stopped run wrote its result"
     assert _checkpoints(comfy_base) - before, "a stopped run kept no checkpoint"
-    stale = _stale_temp_file(_saved(comfy_base, trainer, resumed).parent)
+    stale = _stale_temp_file(comfy, _saved(comfy_base, trainer, resumed).parent)
 
     rerun = _StopAt(mm, None)
     with monkeypatch.context() as patch:
