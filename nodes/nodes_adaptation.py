@@ -188,8 +188,9 @@ def _sd_generator(
 
 
 
-def _plots(*curves: list[float]) -> torch.Tensor:
-    images = [loss_curve_image(c) for c in curves if c]
+def _plots(*curves: tuple[str, list[float]]) -> torch.Tensor:
+    """One loss plot per ``(title, losses)`` that has steps, one below the other, as one IMAGE."""
+    images = [loss_curve_image(c, title=title) for title, c in curves if c]
     return torch.cat(images or [loss_curve_image([])], dim=0).unsqueeze(0)
 
 
@@ -341,7 +342,7 @@ class TrainLatentMapper(io.ComfyNode):
                     ) from None
             if out_path is not None:
                 save_mapper(result.trained, out_path)
-        return io.NodeOutput(result.trained, _plots(result.losses))
+        return io.NodeOutput(result.trained, _plots(("latent mapper loss", result.losses)))
 
 
 def _mapper_files() -> list[str]:
@@ -563,7 +564,8 @@ class AdaptModel(io.ComfyNode):
             }
             path = save_lora_comfyui(result.lora, lora_path, extra=extra)
         adapted, _ = comfy.sd.load_lora_for_models(model, None, kohya_state_dict(result.lora), 1.0, 0.0)
-        return io.NodeOutput(adapted, str(path), _plots(result.mapper_losses, result.losses))
+        plots = _plots(("latent mapper loss", result.mapper_losses), ("LoRA loss", result.losses))
+        return io.NodeOutput(adapted, str(path), plots)
 
 
 NODES: list[type[io.ComfyNode]] = [TrainLatentMapper, LoadLatentMapper, AdaptModel]

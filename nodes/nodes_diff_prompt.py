@@ -54,6 +54,9 @@ FILE_SOURCES = ("refcoco", "grounding_jsonl")
 REFCOCO_INSTANCES = "instances.json"
 REFS_SUFFIXES = (".json", ".jsonl")
 
+#: Names of Diff-Prompt's stages on its loss plot.
+STAGE_TITLES = {"vae": "1 Mask-VAE", "dit": "2 DiT", "prompt": "3 prompts"}
+
 
 # ----- input checks ---------------------------------------------------------------------------------------------
 def _check_model(node: str, model, vlm: VisionLanguageModel) -> DiffPrompt:
@@ -639,7 +642,9 @@ class TrainDiffPrompt(io.ComfyNode):
         model = run.model
         if model is not None:
             model = model.to(vlm.device).eval()
-        return io.NodeOutput(model, str(target), loss_curve_image(run.all_losses).unsqueeze(0))
+        stages = [(STAGE_TITLES.get(name, name), len(losses)) for name, losses in run.losses.items()]
+        curve = loss_curve_image(run.all_losses, stages=stages, title="Diff-Prompt loss")
+        return io.NodeOutput(model, str(target), curve.unsqueeze(0))
 
     @staticmethod
     def _source(

@@ -193,7 +193,7 @@ class TrainDualPrompt(io.ComfyNode):
             dual = result.dual
             if target is not None:
                 save_dual_prompt(dual, target)
-        return io.NodeOutput(dual, loss_curve_image(result.losses).unsqueeze(0))
+        return io.NodeOutput(dual, loss_curve_image(result.losses, title="dual prompt loss").unsqueeze(0))
 
 
 _IMAGE_ROOT_FIX = (

@@ -361,7 +361,7 @@ class TrainPromptInverter(io.ComfyNode):
                 raise NodeInputError(node, "filename", f"the checkpoint {ckpt} does not fit this run: {exc}",
                                      f"delete {ckpt} or choose another filename") from None
             path = save_inverter(result.inverter, target)
-        curve = loss_curve_image(result.losses).unsqueeze(0)
+        curve = loss_curve_image(result.losses, title="inverter loss").unsqueeze(0)
         return io.NodeOutput(result.inverter, curve, str(path))
 
 

@@ -242,7 +242,7 @@ class PretrainPrompts(io.ComfyNode):
                 more = " ..." if len(short) > 10 else ""
                 summary += f"; {len(short)} class(es) with fewer, used with all they have: {listed}{more}"
         summary += f"\nsaved: {target}" if target else ""
-        return io.NodeOutput(bundle, loss_curve_image(result.losses).unsqueeze(0), summary)
+        return io.NodeOutput(bundle, loss_curve_image(result.losses, title="RPP loss").unsqueeze(0), summary)
 
     @staticmethod
     def _folder(node: str, path: str, size: int, class_map: str, shots: int) -> FolderClassSource:
