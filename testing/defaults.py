@@ -5,8 +5,10 @@ No pretrained weights can be downloaded here, so the defaults are built on deman
 a learned prompt initialised CoOp-style from that checkpoint's token embeddings of a phrase, and a tiny
 random-weight CLIP in transformers' layout in ``models/vlm``, and a random-weight OpenAI CLIP ViT-L/14 as ComfyUI's
 two files (``models/text_encoders`` and ``models/clip_vision``: ViT-L is the smallest tower ComfyUI's
-``CLIPVisionLoader`` recognises). The "use your own CLIP" workflows load those two CLIPs. The caption workflow
-captions ``input/promptweave-caption-demo``, a folder of world scenes (:mod:`promptweave.testing.caption_demo`).
+``CLIPVisionLoader`` recognises), and links the trained world artifacts of ``weights/`` that the demo workflows load
+(:data:`DEMO_ARTIFACT_NAMES`) into ``models/promptweave``. The "use your own CLIP" workflows load those two CLIPs.
+The caption workflow captions ``input/promptweave-caption-demo``, a folder of world scenes
+(:mod:`promptweave.testing.caption_demo`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from ..prompt_modules.core.artifacts import read_safetensors
+from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, read_safetensors
 from ..prompt_modules.core.learned_prompt import LearnedPrompt, LearnedPromptConfig
 from .caption_demo import CAPTION_DEMO_FOLDER, write_caption_demo_folder
 from .tiny import build_tiny_clip_folder, build_tiny_sd15, build_vit_l_14_files
@@ -32,6 +34,15 @@ DEMO_CLIP_NAME = "pw-demo-clip"
 DEMO_CLIP_L_TEXT_NAME = "pw-random-clip-l.safetensors"
 DEMO_CLIP_L_VISION_NAME = "pw-random-clip-vision-vit-l-14.safetensors"
 DEFAULT_PROMPT_PHRASE = "a photo of a"
+#: The trained world artifacts shipped in ``weights/`` (``python -m promptweave.bench.demo_artifacts``) that the demo
+#: workflows load from ``models/promptweave``: a DCAR dual prompt, an RPP bundle, a Diff-Prompt bundle and the IPL
+#: latent mapper. (The IPL LoRA on WorldGen's decoder stays in ``weights/``: no node applies a LoRA to WorldGen.)
+DEMO_ARTIFACT_NAMES = (
+    "dcar-world.safetensors",
+    "rpp-world.safetensors",
+    "diff-prompt-world.safetensors",
+    "ipl-sketch-mapper.safetensors",
+)
 SD1_TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 
 
@@ -87,9 +98,11 @@ def install_default_models(base_dir: str | os.PathLike[str], cache_dir: Path = C
     if not (clip / "model.safetensors").is_file():
         build_tiny_clip_folder(clip, seed=0)
     text, vision = cached_vit_l_14_files(cache_dir)
+    artifacts = {name: _link(SHIPPED_WEIGHTS_DIR / name, models / "promptweave" / name)
+                 for name in DEMO_ARTIFACT_NAMES if (SHIPPED_WEIGHTS_DIR / name).is_file()}
     captions = Path(base_dir) / "input" / CAPTION_DEMO_FOLDER  # the folder the caption workflow captions
     if not captions.is_dir():
         write_caption_demo_folder(captions)
-    return {"checkpoint": link, "caption_demo": captions, "learned_prompt": prompt_path, "clip": clip,
+    return {**artifacts, "checkpoint": link, "caption_demo": captions, "learned_prompt": prompt_path, "clip": clip,
             "clip_l_text": _link(text, models / "text_encoders" / DEMO_CLIP_L_TEXT_NAME),
             "clip_l_vision": _link(vision, models / "clip_vision" / DEMO_CLIP_L_VISION_NAME)}
