@@ -159,13 +159,26 @@ class HeadlessComfyUI:
 
     def output_files(self, history: dict) -> list[Path]:
         """Paths of the images the workflow's output nodes wrote."""
+        return [path for _, path in self.node_images(history)]
+
+    def node_images(self, history: dict) -> list[tuple[str, Path]]:
+        """``(node id, path)`` of every image the workflow's output nodes wrote, in the order they ran."""
         files = []
-        for node_output in history.get("outputs", {}).values():
+        for node_id, node_output in history.get("outputs", {}).items():
             for image in node_output.get("images", []):
                 root = {"output": "output", "temp": "temp"}.get(image.get("type", "output"), "output")
                 folder = Path(self.folder_paths.get_directory_by_type(root) or self.base_dir / root)
-                files.append(folder / image.get("subfolder", "") / image["filename"])
+                files.append((str(node_id), folder / image.get("subfolder", "") / image["filename"]))
         return files
+
+    @staticmethod
+    def node_texts(history: dict) -> list[tuple[str, str]]:
+        """``(node id, text)`` of every text the workflow's output nodes showed (Preview as Text: ``ui.text``)."""
+        return [
+            (str(node_id), str(text))
+            for node_id, node_output in history.get("outputs", {}).items()
+            for text in node_output.get("text", [])
+        ]
 
 
 class ServerStartError(RuntimeError):

@@ -7,9 +7,12 @@ models in place (``make demo SERVE=1``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -17,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT.parent))
+
+from PIL import Image  # noqa: E402
 
 from promptweave.headless import find_comfyui_dir, prepare_base_directory  # noqa: E402
 from promptweave.prompt_modules.core.artifacts import atomic_write_bytes  # noqa: E402
@@ -33,54 +38,246 @@ def serve(comfyui: Path, base: Path, port: int) -> int:
     return 0
 
 
-def run_all(comfyui: Path, base: Path, out: Path) -> int:
-    from promptweave.headless import HeadlessComfyUI
+#: Import failures of ComfyUI's own modules that the demo expects on this machine, and why.
+KNOWN_IMPORT_FAILURES = {
+    "nodes_audio.py": "no torchaudio for the CPU build of torch",
+    "nodes_audio_encoder.py": "no torchaudio for the CPU build of torch",
+}
+#: Titles that say how an image was made, not what it is: the report looks further upstream for a better one.
+GENERIC_TITLES = {"Save Image", "Preview Image", "SaveImage", "PreviewImage", "VAE Decode", "VAEDecode", "ImageBatch",
+                  "Batch Images", "KSampler"}
+IMAGE_INPUTS = ("images", "samples", "image", "pixels", "image1")
 
-    comfy = HeadlessComfyUI(comfyui, base)
-    rows, failures = [], 0
-    for workflow in sorted((ROOT / "workflows" / "api").glob("*.json")):
-        name = workflow.stem
-        start = time.perf_counter()
-        try:
-            history = comfy.run(json.loads(workflow.read_text()))
-            error = None
-        except Exception as exc:  # report every workflow, then fail at the end
-            history, error = {}, str(exc)
-            failures += 1
-        seconds = time.perf_counter() - start
-        images = []
-        for index, path in enumerate(comfy.output_files(history) if history else []):
-            target = out / name / f"{index:02d}{path.suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, target)
-            images.append(target.relative_to(out).as_posix())
-        rows.append({"workflow": name, "seconds": round(seconds, 2), "images": images, "error": error})
-        print(f"{name}: {'FAILED ' + error if error else 'ok'} ({seconds:.2f} s, {len(images)} image(s))")
+
+class ComfyLog:
+    """ComfyUI's own log (its logging records, prints and progress bars) goes to ``path``, not to the terminal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("w", buffering=1)
+        self.handler = logging.StreamHandler(self.file)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(self.handler)
+        root.setLevel(logging.INFO)
+
+    @contextlib.contextmanager
+    def capture(self, heading: str):
+        self.file.write(f"\n===== {heading} =====\n")
+        with contextlib.redirect_stdout(self.file), contextlib.redirect_stderr(self.file):
+            yield
+
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.file.close()
+
+    def summary(self) -> list[str]:
+        """A few lines for the terminal: where the log is, how many warnings and errors, import failures."""
+        text = self.path.read_text(errors="replace")
+        lines = text.splitlines()
+        warnings = sum(" WARNING " in line for line in lines)
+        errors = sum(" ERROR " in line for line in lines)
+        failed = sorted(set(re.findall(r"IMPORT FAILED: (\S+)", text)))
+        known = [name for name in failed if Path(name).name in KNOWN_IMPORT_FAILURES]
+        unknown = [name for name in failed if name not in known]
+        out = [f"ComfyUI log: {self.path} ({len(lines)} lines, {warnings} warnings, {errors} errors)"]
+        if known:
+            reasons = sorted({KNOWN_IMPORT_FAILURES[Path(name).name] for name in known})
+            out.append(
+                f"  known: ComfyUI's {', '.join(Path(n).name for n in known)} did not import ({'; '.join(reasons)}): "
+                "only its audio nodes are missing"
+            )
+        if unknown:
+            out.append(f"  unexpected import failures: {', '.join(unknown)} (see the log)")
+        return out
+
+
+def _title(node: dict) -> str:
+    return node.get("_meta", {}).get("title") or node["class_type"]
+
+
+def image_label(prompt: dict, node_id: str) -> str:
+    """What an output image shows, from the node that saved it: its title, or else the title of the nearest node
+    upstream that has a telling one (e.g. "Mask to Image" of a grounding mask, "KSampler (adapted model)")."""
+    node = prompt.get(node_id, {"class_type": "?"})
+    seen = {node_id}
+    while _title(node) in GENERIC_TITLES:
+        sources = [node["inputs"][name] for name in IMAGE_INPUTS if isinstance(node.get("inputs", {}).get(name), list)]
+        if not sources or str(sources[0][0]) not in prompt or str(sources[0][0]) in seen:
+            break
+        seen.add(str(sources[0][0]))
+        node = prompt[str(sources[0][0])]
+    title = _title(node)
+    return f"generated by {title}" if title == "KSampler" else title
+
+
+def _image_sort_key(item: dict) -> tuple[int, int]:
+    label = item["label"].lower()
+    return (0 if label.startswith("input") else 2 if "loss" in label else 1, item["order"])
+
+
+def run_all(comfyui: Path, base: Path, out: Path) -> int:
+    log = ComfyLog(out / "comfyui.log")
+    try:
+        with log.capture("start ComfyUI in this process and load the pack"):
+            from promptweave.headless import HeadlessComfyUI
+
+            comfy = HeadlessComfyUI(comfyui, base)
+        rows, failures = [], 0
+        descriptions = json.loads((ROOT / "workflows" / "meta" / "descriptions.json").read_text())
+        for workflow in sorted((ROOT / "workflows" / "api").glob("*.json")):
+            name = workflow.stem
+            prompt = json.loads(workflow.read_text())
+            start = time.perf_counter()
+            try:
+                with log.capture(f"workflow {name}"):
+                    history = comfy.run(prompt)
+                error = None
+            except Exception as exc:  # report every workflow, then fail at the end
+                history, error = {}, str(exc)
+                failures += 1
+            seconds = time.perf_counter() - start
+            images = []
+            node_images = comfy.node_images(history) if history else []
+            per_node: dict[str, int] = {}
+            for node_id, _ in node_images:
+                per_node[node_id] = per_node.get(node_id, 0) + 1
+            seen: dict[str, int] = {}
+            for order, (node_id, path) in enumerate(node_images):
+                target = out / name / f"{order:02d}{path.suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+                seen[node_id] = seen.get(node_id, 0) + 1
+                label = image_label(prompt, node_id)
+                if per_node[node_id] > 1:
+                    label += f" ({seen[node_id]}/{per_node[node_id]})"
+                node = prompt.get(node_id, {"class_type": "?"})
+                with Image.open(target) as opened:
+                    width, height = opened.size
+                images.append({"src": target.relative_to(out).as_posix(), "label": label, "node": node_id,
+                               "class_type": node["class_type"], "order": order, "width": width, "height": height})
+            images.sort(key=_image_sort_key)
+            texts = [
+                {"label": _title(prompt.get(node_id, {"class_type": "?"})), "node": node_id, "text": text}
+                for node_id, text in (comfy.node_texts(history) if history else [])
+            ]
+            rows.append({"workflow": name, "description": descriptions.get(name, {}).get("description", ""),
+                         "seconds": round(seconds, 2), "images": images, "texts": texts, "error": error})
+            status = "FAILED: " + short_error(error) if error else "ok"
+            print(f"{name}: {status} ({seconds:.2f} s, {len(images)} image(s), {len(texts)} text(s))")
+    finally:
+        log.close()
+    for line in log.summary():
+        print(line)
     atomic_write_bytes(out / "report.json", json.dumps(rows, indent=1).encode())
     atomic_write_bytes(out / "report.html", render_report(rows).encode())
     print(f"report: {out / 'report.html'}")
     return 1 if failures else 0
 
 
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1080px;margin:auto;padding:0 16px 48px;color:#222;line-height:1.45}
+h1{margin-bottom:4px} h2{margin:36px 0 2px;padding-top:12px;border-top:1px solid #ddd;font-size:1.25em}
+.desc{font-size:1.05em;margin:4px 0} .meta{color:#666;font-size:.9em;margin:2px 0 10px}
+.ok{color:#176a21;font-weight:600} .failed{color:#b00;font-weight:600}
+.images{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+figure{margin:0;display:flex;flex-direction:column;align-items:center;max-width:100%}
+figure img{border:1px solid #ccc;background:#fff;max-width:100%}
+img.small{width:160px;height:160px;image-rendering:pixelated}
+figcaption{font-size:.85em;margin-top:4px;text-align:center;max-width:520px}
+.node{color:#888;font-size:.85em}
+.texts{margin-top:12px} .text{margin:6px 0} .text b{font-size:.9em}
+pre{background:#f5f5f2;border:1px solid #e2e2dc;padding:6px 8px;margin:2px 0;white-space:pre-wrap;
+    font-size:.85em;max-height:220px;overflow:auto}
+table.toc{border-collapse:collapse;font-size:.92em} .toc td{padding:2px 10px 2px 0;vertical-align:top}
+table.data{border-collapse:collapse;font-size:.85em;margin:2px 0}
+.data th,.data td{border:1px solid #e2e2dc;padding:2px 8px;text-align:left} .data th{background:#f5f5f2}
+"""
+
+
 def render_report(rows: list[dict]) -> str:
+    esc = html.escape
+    toc = "".join(
+        f"<tr><td><a href='#{esc(r['workflow'])}'>{esc(r['workflow'])}</a></td>"
+        f"<td class='{'failed' if r['error'] else 'ok'}'>{'failed' if r['error'] else 'ok'}</td>"
+        f"<td>{r['seconds']:.1f}&nbsp;s</td><td>{esc(r.get('description', ''))}</td></tr>"
+        for r in rows
+    )
     body = []
     for row in rows:
-        images = "".join(
-            f'<img src="{html.escape(src)}" height="192" style="image-rendering:pixelated;margin:4px">'
-            for src in row["images"]
+        figures = []
+        for image in row["images"]:
+            size = "small" if max(image.get("width", 0), image.get("height", 0)) <= 128 else ""
+            figures.append(
+                f"<figure><img src='{esc(image['src'])}' class='{size}' alt='{esc(image['label'])}'>"
+                f"<figcaption>{esc(image['label'])}<br><span class='node'>node {esc(image['node'])}, "
+                f"{esc(image['class_type'])}</span></figcaption></figure>"
+            )
+        texts = "".join(
+            f"<div class='text'><b>{esc(t['label'])}</b> <span class='node'>(node {esc(t['node'])})</span>"
+            f"{render_text(t['text'])}</div>"
+            for t in row.get("texts", [])
         )
-        status = f'<b style="color:#b00">failed: {html.escape(row["error"])}</b>' if row["error"] else "ok"
+        status = (f"<span class='failed'>failed</span>: {esc(short_error(row['error']))}" if row["error"]
+                  else "<span class='ok'>ok</span>")
+        details = (f"<details><summary>ComfyUI's error report</summary><pre>{esc(row['error'])}</pre></details>"
+                   if row["error"] else "")
         body.append(
-            f"<h2>{html.escape(row['workflow'])}</h2><p>{status}, {row['seconds']:.2f} s</p><div>{images}</div>"
+            f"<h2 id='{esc(row['workflow'])}'>{esc(row['workflow'])}</h2>"
+            f"<p class='desc'>{esc(row.get('description', ''))}</p>"
+            f"<p class='meta'>{status}, {row['seconds']:.2f} s, {len(row['images'])} image(s)</p>{details}"
+            f"<div class='images'>{''.join(figures)}</div>"
+            + (f"<div class='texts'>{texts}</div>" if texts else "")
         )
     return (
         "<!doctype html><meta charset='utf-8'><title>PromptWeave demo</title>"
-        "<body style='font-family:sans-serif;max-width:960px;margin:auto'>"
-        "<h1>PromptWeave demo</h1><p>Every workflow in <code>workflows/api/</code>, run headless in real ComfyUI "
-        "on the embedded default models (random-weight tiny SD1.x: the images are noise; the wiring is real).</p>"
-        + "".join(body)
-        + "</body>"
+        f"<style>{STYLE}</style><body><h1>PromptWeave demo</h1>"
+        "<p>Every workflow of <code>workflows/api/</code>, run headless in real ComfyUI. Each section says what the "
+        "workflow shows, its images labelled by the node that saved them (inputs first, loss plots last), the texts "
+        "it printed (Preview as Text: prompts, keywords with scores, rank scores, boxes) and its time.</p>"
+        "<p>Images from the <b>SD checkpoint</b> (KSampler) come from a random-weight tiny SD1.x stand-in: they are "
+        "noise, while the wiring is real. Images from <b>WorldGen</b>, and what WorldCLIP, the demo inverter and the "
+        "trained artifacts in <code>weights/</code> predict, are real. The training workflows run a few steps "
+        "only: they show how training is wired, not what a full run reaches. ComfyUI's own log is in "
+        "<a href='comfyui.log'>comfyui.log</a>.</p>"
+        f"<table class='toc'>{toc}</table>" + "".join(body) + "</body>"
     )
+
+
+def short_error(message: str) -> str:
+    """The node and the message of a failed run (ComfyUI's report also holds the traceback, kept in details)."""
+    keys = ("node_id", "node_type", "exception_message")
+    found = {key: re.search(r'"' + key + r'": "((?:[^"\\]|\\.)*)"', message) for key in keys}
+    if not found["exception_message"]:
+        return message.splitlines()[0][:500] if message else ""
+    text = json.loads(f'"{found["exception_message"].group(1)}"').strip()
+    if found["node_id"] and found["node_type"]:
+        return f"node {found['node_id'].group(1)} ({found['node_type'].group(1)}): {text}"
+    return text
+
+
+def render_text(text: str) -> str:
+    """A text output: a JSON list of records (rank scores, keywords, boxes) as a table, anything else as is."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        keys = list(dict.fromkeys(k for v in value for k in v))
+        head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(v.get(k, '')))}</td>" for k in keys) + "</tr>" for v in value
+        )
+        return f"<table class='data'><tr>{head}</tr>{body}</table>"
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def main() -> int:
