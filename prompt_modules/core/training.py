@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .checkpointing import load_training_state, save_training_state
+from .distributed import SINGLE_PROCESS, DataParallel
 
 #: ``callback(step, steps, loss)`` after each step; returning ``False`` interrupts the run.
 StepCallback = Callable[[int, int, float], "bool | None"]
@@ -48,6 +49,7 @@ def run_resumable_loop(
     ema: nn.Module | None = None,
     after_step: Callable[[int], None] | None = None,
     extra: Mapping[str, object] | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> LoopResult:
     """The optimisation loop every prompt trainer shares: resumable, interruptible, deterministic.
 
@@ -57,6 +59,10 @@ def run_resumable_loop(
     ``checkpoint_path``, ``module`` (+ ``ema``), the optimizer, the losses and ``extra`` are saved every
     ``checkpoint_every`` steps, when ``callback`` returns ``False``, when an exception escapes (then
     re-raised) and at the end; an existing checkpoint is resumed, so a resumed run equals an uninterrupted one.
+
+    Under ``parallel`` (:mod:`.distributed`) ``step_fn`` returns the loss of this rank's part of the step's
+    global batch; the trainable gradients and the recorded losses are averaged over the ranks, and only rank 0
+    writes the checkpoint and shows progress (``callback`` must decide alike on every rank).
     """
     from tqdm.auto import tqdm
 
@@ -66,13 +72,15 @@ def run_resumable_loop(
         losses = [float(x) for x in saved.get("losses", [])][:start]
         logs = {k: [float(x) for x in v][:start] for k, v in dict(saved.get("logs", {})).items()}
 
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+
     def save(step: int) -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and parallel.is_main:
             state = {**(extra or {}), "losses": losses, "logs": logs}
             save_training_state(checkpoint_path, module, optimizer, step, backbone=backbone, extra=state, ema=ema)
 
     interrupted = False
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=desc)
+    bar = tqdm(total=steps, initial=start, disable=not (progress and parallel.is_main), desc=desc)
     try:
         for step in range(start, steps):
             torch.manual_seed(seed * 7919 + step)
@@ -80,12 +88,13 @@ def run_resumable_loop(
             loss, named = out if isinstance(out, tuple) else (out, {})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            parallel.average_gradients(trainable)
             optimizer.step()
             if after_step is not None:
                 after_step(step)
-            losses.append(float(loss.detach()))
+            losses.append(parallel.mean(float(loss.detach())))
             for key, value in named.items():
-                logs.setdefault(key, []).append(float(value))
+                logs.setdefault(key, []).append(parallel.mean(float(value)))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             done = step + 1

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..core.data import ClassSource
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.training import train_frozen
 from ..core.vlm import VisionLanguageModel
 from .config import RPPConfig
@@ -74,6 +75,7 @@ def pretrain_prompts(
     checkpoint_every: int = 50,
     callback: Callable[[int, int, float], bool | None] | None = None,
     progress: bool = True,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> PretrainResult:
     """Pretrain RPP prompts on a frozen ``vlm`` as a classifier over ``source.class_names``.
 
@@ -84,6 +86,9 @@ def pretrain_prompts(
     end, and an existing checkpoint is resumed (same result as an uninterrupted run). ``callback(step,
     steps, loss)`` runs after each step; returning ``False`` stops early (``interrupted=True``), an exception
     it raises propagates after the state has been saved. Runs with inference mode off and gradients on.
+    Under ``parallel`` (``torchrun``, :mod:`~..core.distributed`) ``batch_size`` is the global batch: each rank
+    takes its part of every batch (the class subset is drawn from the whole batch), and the result equals a
+    one-process run's.
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _pretrain(
@@ -99,11 +104,13 @@ def pretrain_prompts(
             checkpoint_every=checkpoint_every,
             callback=callback,
             progress=progress,
+            parallel=parallel,
         )
 
 
 def _pretrain(
-    vlm, source, config, *, steps, batch_size, lr, seed, teacher, checkpoint_path, checkpoint_every, callback, progress
+    vlm, source, config, *, steps, batch_size, lr, seed, teacher, checkpoint_path, checkpoint_every, callback, progress,
+    parallel=SINGLE_PROCESS,
 ) -> PretrainResult:
     names = list(source.class_names)
     if len(names) < 2:
@@ -124,7 +131,8 @@ def _pretrain(
         batch = source.batch(seed, step, batch_size)
         generator = torch.Generator().manual_seed(seed * 104_729 + step)
         subset, local = sample_class_subset(batch.labels, len(names), config.classes_per_step, generator)
-        images = batch.images.to(vlm.device)
+        part = parallel.part(batch_size)  # the whole batch in one process
+        images, local = batch.images[part].to(vlm.device), local[part]
         image_features = rpp.encode_images(vlm, images)
         class_features = rpp.encode_classes(vlm, [names[int(i)] for i in subset])
         logits = vlm.logit_scale.detach() * image_features @ class_features.T
@@ -156,6 +164,7 @@ def _pretrain(
         callback=callback,
         progress=progress,
         desc="RPP",
+        parallel=parallel,
     )
     parts = {key: loop.logs.get(key, []) for key in ("hard", "soft")}
     rpp.eval()
@@ -215,7 +224,7 @@ def pretrain_bundle(
         tail = result.losses[-10:]
         summary = {"steps": result.steps_done, "final_loss": round(sum(tail) / max(1, len(tail)), 5), **(info or {})}
         tokens = result.rpp.layer_tokens(vlm)
-        if save_path is not None:
+        if save_path is not None and train_kwargs.get("parallel", SINGLE_PROCESS).is_main:  # rank 0 writes
             save_pretrained_prompts(result.rpp, save_path, vlm, class_names=result.class_names, info=summary)
     bundle = PretrainedPromptBundle(result.rpp, tokens, {"n_classes": len(result.class_names), **summary})
     return result, bundle
