@@ -262,6 +262,7 @@ def train_ipl(out: Path, work: Path) -> dict:
                        ctx_init="a picture of a", steps=s["steps"], mapper_steps=s["mapper_steps"],
                        mapper_batch=s["mapper_batch"], batch_size=s["batch_size"], lr=IPL_LR,
                        auto_layer_k=layer_selection_k(len(generator.lora_targets)), seed=SEED)
+    (work / "ipl").mkdir(parents=True, exist_ok=True)
     result = run_adaptation(generator, vlm, config, checkpoint_dir=work / "ipl")
     seconds = time.perf_counter() - t0
     recipe = {**s, "lr": IPL_LR, "auto_layer_k": config.auto_layer_k, "seed": SEED, "style": IPL_STYLE,
