@@ -6,8 +6,8 @@ launch -m promptweave.train ...``) every process trains on its part of each glob
 averaged (:mod:`promptweave.prompt_modules.core.distributed`); only rank 0 writes checkpoints, logs and the result,
 and a checkpoint resumes at any process count.
 
-Methods so far: ``rpp`` (prompt pretraining). The other four methods still train in one process only, from their
-nodes or Python functions.
+Methods so far: ``rpp`` (prompt pretraining) and ``dcar`` (dual prompts). Inversion, Diff-Prompt and IPL still train
+in one process only, from their nodes or Python functions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 
 from .prompt_modules.core.distributed import DataParallel, data_parallel_from_env
 from .prompt_modules.core.vlm import VisionLanguageModel, load_vlm
+from .prompt_modules.dual_prompt import DualPromptConfig, save_dual_prompt, train_dual_prompt
+from .prompt_modules.dual_prompt.data import FDRDSource, FolderSource
 from .prompt_modules.pretraining import RPPConfig, pretrain_bundle
 from .prompt_modules.pretraining.data import FolderClassSource
 
@@ -106,30 +108,66 @@ def train_rpp(args: argparse.Namespace, parallel: DataParallel) -> Path:
     return Path(args.out)
 
 
+def train_dcar(args: argparse.Namespace, parallel: DataParallel) -> Path:
+    settings = _config_file(args.config)
+    vlm = _vlm(args.vlm, args.vision).requires_grad_(False)
+    config = DualPromptConfig(**settings.get("config", {}))
+    size = int(vlm.image_size)
+    if args.source == "folder":
+        source = FolderSource(args.path, size=size)
+    elif args.source == "fdrd_json":
+        source = FDRDSource(args.path, args.image_root, size=size, config=config)
+    else:
+        from .prompt_modules.world.sources import WorldSource
+
+        source = WorldSource(size=size, config=config)
+    batch_size = int(settings.get("batch_size", args.batch_size))
+    log = _Log(parallel, batch_size, args.log_csv)
+    result = train_dual_prompt(
+        vlm, source, config, steps=int(settings.get("steps", args.steps)), batch_size=batch_size,
+        lr=float(settings.get("lr", args.lr)), seed=int(settings.get("seed", args.seed)),
+        checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every, callback=log, progress=False,
+        parallel=parallel,
+    )
+    if parallel.is_main:
+        save_dual_prompt(result.dual, args.out)
+    log.write()
+    return Path(args.out)
+
+
+def _common_options(command: argparse.ArgumentParser, lr: float, config: str) -> None:
+    command.add_argument("--vlm", default="worldclip", help="worldclip, preset:NAME, or a CLIP file/folder")
+    command.add_argument("--vision", default=None, help="CLIP-vision file, with a ComfyUI text-encoder --vlm")
+    command.add_argument("--steps", type=int, default=200)
+    command.add_argument("--batch-size", type=int, default=32, help="the global batch over all processes")
+    command.add_argument("--lr", type=float, default=lr)
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--config", default=None, help=f"JSON/YAML: {{'config': {{{config} fields}}, 'steps': ...}}")
+    command.add_argument("--out", required=True, help="the .safetensors file to write")
+    command.add_argument("--checkpoint", default=None, help="resumable state (resumes when it exists)")
+    command.add_argument("--checkpoint-every", type=int, default=50)
+    command.add_argument("--log-csv", default=None, help="one row per step: step, loss, samples/s")
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="python -m promptweave.train", description=__doc__.split("\n\n")[0])
     methods = main.add_subparsers(dest="method", required=True)
     rpp = methods.add_parser("rpp", help="RPP prompt pretraining (writes what Load Pretrained Prompts reads)")
-    rpp.add_argument("--vlm", default="worldclip", help="worldclip, preset:NAME, or a CLIP file/folder")
-    rpp.add_argument("--vision", default=None, help="CLIP-vision file, with a ComfyUI text-encoder --vlm")
+    _common_options(rpp, 2e-3, "RPPConfig")
     rpp.add_argument("--source", choices=("world", "folder"), default="world")
     rpp.add_argument("--path", default="", help="the ImageFolder root (one sub-folder per class) for --source folder")
-    rpp.add_argument("--steps", type=int, default=200)
-    rpp.add_argument("--batch-size", type=int, default=32, help="the global batch over all processes")
-    rpp.add_argument("--lr", type=float, default=2e-3)
-    rpp.add_argument("--seed", type=int, default=0)
-    rpp.add_argument("--config", default=None, help="JSON/YAML: {'config': {RPPConfig fields}, 'steps': ...}")
-    rpp.add_argument("--out", required=True, help="the .safetensors bundle to write")
-    rpp.add_argument("--checkpoint", default=None, help="resumable state (resumes when it exists)")
-    rpp.add_argument("--checkpoint-every", type=int, default=50)
-    rpp.add_argument("--log-csv", default=None, help="one row per step: step, loss, samples/s")
+    dcar = methods.add_parser("dcar", help="DCAR dual prompts (writes what Load Dual Prompt reads)")
+    _common_options(dcar, 5e-3, "DualPromptConfig")
+    dcar.add_argument("--source", choices=("world", "folder", "fdrd_json"), default="world")
+    dcar.add_argument("--path", default="", help="image + .txt folder, or an FDRD-style JSON file")
+    dcar.add_argument("--image-root", default=None, help="where an FDRD JSON's images are")
     return main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     parallel = data_parallel_from_env()
-    path = {"rpp": train_rpp}[args.method](args, parallel)
+    path = {"rpp": train_rpp, "dcar": train_dcar}[args.method](args, parallel)
     parallel.barrier()
     if parallel.is_main:
         print(f"wrote {path} ({parallel.world_size} process(es))")

@@ -56,6 +56,15 @@ class DataParallel:
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
             param.grad.div_(self.world_size)
 
+    def gather(self, part: torch.Tensor) -> torch.Tensor:
+        """The whole batch's rows from every rank's ``part`` (equal parts, in rank order), differentiable: a loss
+        that couples samples (a contrastive loss) is then computed on the whole batch by every rank. Its gradient
+        reaches each rank's part ``world_size`` times (every rank computes the same loss), which
+        :meth:`average_gradients` divides out again, so the result is the one-process gradient."""
+        if not self.active:
+            return part
+        return _Gather.apply(part.contiguous(), self.rank, self.world_size)
+
     def mean(self, value: float) -> float:
         """The mean of a per-rank number (a loss) over the ranks."""
         if not self.active:
@@ -67,6 +76,24 @@ class DataParallel:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather along dim 0; backward: the sum over ranks of the whole batch's gradient (an all-reduce),
+    of which each rank keeps its own rows."""
+
+    @staticmethod
+    def forward(ctx, part: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.rank, ctx.rows = rank, part.shape[0]
+        parts = [torch.empty_like(part) for _ in range(world_size)]
+        dist.all_gather(parts, part)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
 
 
 #: A single process: every helper above is then a no-op.

@@ -15,6 +15,7 @@ from torch import nn
 from ..core.artifacts import BackboneMismatchError
 from ..core.data import RetrievalBatch
 from ..core.deep_prompts import TEXT_KEY, DeepPrompts, encode_image_prompted, encode_text_prompted
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.learned_prompt import LearnedPrompt
 from ..core.vlm import VisionLanguageModel, clip_tokenizer
 from ..pretraining.io import PretrainedPromptBundle, as_bundle, init_deep_prompts_from_bundle
@@ -135,12 +136,17 @@ class DualPrompt(nn.Module):
         return [(tok.decode([i]).strip(), float(weights[offset + k])) for k, i in enumerate(ids)]
 
     # ----- training pieces ----------------------------------------------------------------------------------
-    def loss(self, vlm: VisionLanguageModel, batch: RetrievalBatch) -> torch.Tensor:
-        """The training loss on one batch (category-aware when enabled, else plain symmetric InfoNCE)."""
+    def loss(
+        self, vlm: VisionLanguageModel, batch: RetrievalBatch, parallel: DataParallel = SINGLE_PROCESS
+    ) -> torch.Tensor:
+        """The training loss on one batch (category-aware when enabled, else plain symmetric InfoNCE). Under
+        ``parallel`` each rank encodes its part of the batch and the features are gathered, so every rank
+        computes the whole batch's loss (:meth:`~..core.distributed.DataParallel.gather`)."""
         cfg = self.config
-        images = self.encode_images(vlm, batch.images)
+        part = parallel.part(len(batch.positives))
+        images = parallel.gather(self.encode_images(vlm, batch.images[part]))
         bank = images.detach() if cfg.token_reweighting else None
-        positives = self.encode_texts(vlm, batch.positives, bank=bank)
+        positives = parallel.gather(self.encode_texts(vlm, batch.positives[part], bank=bank))
         if not cfg.category_aware:
             return category_aware_contrastive_loss(images, positives, vlm.logit_scale)
         match = None
@@ -152,8 +158,8 @@ class DualPrompt(nn.Module):
         negatives = weights = None
         k = min((len(n) for n in batch.negatives), default=0)
         if k:
-            flat = [n for row in batch.negatives for n in row[:k]]
-            negatives = self.encode_texts(vlm, flat, bank=bank).view(len(batch.negatives), k, -1)
+            flat = [n for row in batch.negatives[part] for n in row[:k]]
+            negatives = parallel.gather(self.encode_texts(vlm, flat, bank=bank).view(len(flat) // k, k, -1))
             weights = batch.negative_weights[:, :k].to(images.device)
         return category_aware_contrastive_loss(
             images, positives, vlm.logit_scale, match_weights=match, negative_features=negatives,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..core.data import RetrievalSource
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.training import train_frozen
 from ..core.vlm import VisionLanguageModel
 from .config import DualPromptConfig
@@ -41,6 +42,7 @@ def train_dual_prompt(
     progress: bool = True,
     bank_batches: int = 4,
     init_prompts: Any = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train DCAR prompts on a frozen ``vlm``; batches come from ``source.batch(seed, step, batch_size)``.
 
@@ -58,11 +60,11 @@ def train_dual_prompt(
     with torch.inference_mode(False), torch.enable_grad():
         return _train(vlm, source, config, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                       checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, callback=callback,
-                      progress=progress, bank_batches=bank_batches, init_prompts=init_prompts)
+                      progress=progress, bank_batches=bank_batches, init_prompts=init_prompts, parallel=parallel)
 
 
 def _train(vlm, source, config, *, steps, batch_size, lr, seed, checkpoint_path, checkpoint_every, callback,
-           progress, bank_batches, init_prompts) -> TrainResult:
+           progress, bank_batches, init_prompts, parallel=SINGLE_PROCESS) -> TrainResult:
     config = config or DualPromptConfig()
     sample = source.batch(seed, 20_000_000, min(batch_size, 32))
     dual = DualPrompt.for_vlm(vlm, config, seed=seed, sample=sample)
@@ -73,7 +75,7 @@ def _train(vlm, source, config, *, steps, batch_size, lr, seed, checkpoint_path,
     loop = train_frozen(
         dual,
         optimizer,
-        lambda step: dual.loss(vlm, source.batch(seed, step, batch_size)),
+        lambda step: dual.loss(vlm, source.batch(seed, step, batch_size), parallel),
         frozen_modules=(vlm,),
         steps=steps,
         seed=seed,
@@ -83,6 +85,7 @@ def _train(vlm, source, config, *, steps, batch_size, lr, seed, checkpoint_path,
         callback=callback,
         progress=progress,
         desc="DCAR",
+        parallel=parallel,
     )
     dual.eval()
     with torch.no_grad():

@@ -27,16 +27,18 @@ from promptweave.prompt_modules.core.distributed import DataParallel
 pytestmark = pytest.mark.slow
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[3]
-COMMON = ["rpp", "--vlm", "preset:tiny", "--batch-size", "8", "--seed", "3"]
+COMMON = ["--vlm", "preset:tiny", "--batch-size", "8", "--seed", "3"]
 
 
-def _train(tmp_path: Path, processes: int, *args: str, wait: bool = True) -> subprocess.Popen | str:
+def _train(
+    tmp_path: Path, processes: int, *args: str, wait: bool = True, method: str = "rpp"
+) -> subprocess.Popen | str:
     """Run the CLI in ``processes`` processes; its output (or, with ``wait=False``, the running launcher)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "promptweave.train"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
         "-m", "promptweave.train"]
-    process = subprocess.Popen([*launcher, *COMMON, *args], cwd=PACKAGE_PARENT, env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([*launcher, method, *COMMON, *args], cwd=PACKAGE_PARENT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     if not wait:
         return process
@@ -60,15 +62,21 @@ def test_the_part_of_each_rank_and_refused_batch_sizes():
     assert DataParallel().part(5) == slice(0, 5)
 
 
-def test_two_processes_train_what_one_process_trains_and_a_killed_run_resumes_on_one(tmp_path):
+@pytest.mark.parametrize("method", ["rpp", "dcar"])
+def test_two_processes_train_what_one_process_trains(tmp_path, method):
+    """DCAR's contrastive loss couples the samples of a batch: each rank encodes its part and the features are
+    gathered (differentiably), so both ranks compute the whole batch's loss."""
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    _train(tmp_path, 1, "--steps", "4", "--out", str(one))
-    _train(tmp_path, 2, "--steps", "4", "--out", str(two), "--log-csv", str(tmp_path / "log.csv"))
+    _train(tmp_path, 1, "--steps", "4", "--out", str(one), method=method)
+    _train(tmp_path, 2, "--steps", "4", "--out", str(two), "--log-csv", str(tmp_path / "log.csv"), method=method)
     assert _max_difference(one, two) < 1e-5
-    info = json.loads(read_metadata(two)["promptweave.info"])
-    assert info["processes"] == 2 and info["steps"] == 4
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 1 + 4  # rank 0 alone logs, once per step
+    if method == "rpp":
+        info = json.loads(read_metadata(two)["promptweave.info"])
+        assert info["processes"] == 2 and info["steps"] == 4
 
+
+def test_a_killed_two_process_run_resumes_on_one_process(tmp_path):
     steps = "24"
     full, resumed, state = tmp_path / "full.safetensors", tmp_path / "resumed.safetensors", tmp_path / "run.state"
     _train(tmp_path, 1, "--steps", steps, "--out", str(full))
