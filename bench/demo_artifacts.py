@@ -23,7 +23,6 @@ The demo scenes the tests and BENCHMARKS measure these files on are fixed by rul
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -121,15 +120,6 @@ def grounding_ious(vlm, model, data, seed: int = 0) -> dict[str, list[float]]:
     union = (pred | target).flatten(1).sum(1).float().clamp(min=1)
     boxes = box_iou(out.boxes.float().cpu(), data.boxes)  # paired boxes
     return {"mask_iou": (inter / union).tolist(), "box_iou": boxes.tolist()}
-
-
-def adapted_worldgen(gen, lora, strength: float = 1.0):
-    """A copy of WorldGen whose decoder has the native IPL LoRA merged in (``gen`` itself is unchanged)."""
-    from ..prompt_modules.adaptation import merge_lora
-
-    adapted = copy.deepcopy(gen)
-    merge_lora(adapted.autoencoder.decoder, lora, strength)
-    return adapted.eval()
 
 
 @torch.no_grad()
@@ -233,6 +223,7 @@ def train_ipl(out: Path, work: Path) -> dict:
     from ..prompt_modules.adaptation import (
         IPLConfig,
         WorldGenGenerator,
+        adapted_worldgen,
         load_lora_native,
         run_adaptation,
         sample_worldgen_latents,

@@ -18,7 +18,9 @@ from ..prompt_modules.adaptation import (
     IPLConfig,
     StableDiffusionGenerator,
     TrainedMapper,
+    adapted_worldgen,
     kohya_state_dict,
+    load_lora_native,
     load_mapper,
     run_adaptation,
     save_lora_comfyui,
@@ -45,7 +47,7 @@ from ._common import (
     sd_unet,
     tensors_key,
 )
-from ._types import LatentMapperType, VLMType
+from ._types import LatentMapperType, VLMType, WorldGenType
 
 CATEGORY = "PromptWeave/adaptation"
 METHODS = ["ipl", "nada"]
@@ -568,4 +570,53 @@ class AdaptModel(io.ComfyNode):
         return io.NodeOutput(adapted, str(path), plots)
 
 
-NODES: list[type[io.ComfyNode]] = [TrainLatentMapper, LoadLatentMapper, AdaptModel]
+def _worldgen_lora_files() -> list[str]:
+    """IPL LoRAs in models/promptweave: the native files of a WorldGen adaptation (SD LoRAs go to models/loras)."""
+    names = []
+    for name in model_files():
+        try:
+            path = resolve_model_file("PWApplyWorldGenLoRA", "lora_name", name)
+        except (ValueError, OSError):
+            continue
+        if artifact_method(path) == "ipl_lora":  # never raises for a file's content
+            names.append(name)
+    return names
+
+
+class ApplyWorldGenLoRA(io.ComfyNode):
+    """A WorldGen with an IPL LoRA merged into its decoder: sample the same seeds with and without it to see the
+    adaptation (the LoraLoader of the world generator)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PWApplyWorldGenLoRA",
+            display_name="Apply IPL LoRA to WorldGen",
+            category=CATEGORY,
+            description="Merges an IPL LoRA trained on WorldGen (a native LoRA in ComfyUI/models/promptweave) into a "
+            "copy of WorldGen's decoder. The input WorldGen is unchanged, so the same seeds sampled before and after "
+            "show what the adaptation did.",
+            inputs=[
+                WorldGenType.Input("worldgen", tooltip="From Load World Models."),
+                io.Combo.Input("lora_name", options=_worldgen_lora_files(),
+                               tooltip="A native IPL LoRA of WorldGen's decoder (e.g. ipl-sketch-worldgen-lora)."),
+                io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.05,
+                               tooltip="How much of the LoRA to merge (1 = as trained, 0 = none)."),
+            ],
+            outputs=[WorldGenType.Output(display_name="worldgen", tooltip="The adapted copy of WorldGen.")],
+        )
+
+    @classmethod
+    @check_inputs
+    def execute(cls, worldgen, lora_name: str, strength: float = 1.0) -> io.NodeOutput:
+        node = "PWApplyWorldGenLoRA"
+        path = resolve_model_file(node, "lora_name", lora_name)
+        fix = "pick a native IPL LoRA trained on this WorldGen (ipl-sketch-worldgen-lora.safetensors ships)"
+        try:
+            lora = load_lora_native(path)
+            return io.NodeOutput(adapted_worldgen(worldgen, lora, strength))
+        except (ArtifactError, ValueError) as exc:
+            raise NodeInputError(node, "lora_name", str(exc), fix) from None
+
+
+NODES: list[type[io.ComfyNode]] = [TrainLatentMapper, LoadLatentMapper, AdaptModel, ApplyWorldGenLoRA]

@@ -36,12 +36,13 @@ DEMO_CLIP_L_VISION_NAME = "pw-random-clip-vision-vit-l-14.safetensors"
 DEFAULT_PROMPT_PHRASE = "a photo of a"
 #: The trained world artifacts shipped in ``weights/`` (``python -m promptweave.bench.demo_artifacts``) that the demo
 #: workflows load from ``models/promptweave``: a DCAR dual prompt, an RPP bundle, a Diff-Prompt bundle and the IPL
-#: latent mapper. (The IPL LoRA on WorldGen's decoder stays in ``weights/``: no node applies a LoRA to WorldGen.)
+#: latent mapper and its LoRA on WorldGen's decoder (which Apply IPL LoRA to WorldGen merges).
 DEMO_ARTIFACT_NAMES = (
     "dcar-world.safetensors",
     "rpp-world.safetensors",
     "diff-prompt-world.safetensors",
     "ipl-sketch-mapper.safetensors",
+    "ipl-sketch-worldgen-lora.safetensors",
 )
 SD1_TOKEN_EMBEDDING_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 

@@ -22,6 +22,8 @@ from .data import DEFAULT_TEMPLATES, step_seed, template_prompts
 from .export import (
     FORMATS,
     LoraWeights,
+    adapted_worldgen,
+    check_lora_fits,
     diffusers_state_dict,
     kohya_state_dict,
     ldm_to_diffusers_name,
@@ -92,6 +94,8 @@ __all__ = [
     "load_lora_native",
     "load_mapper",
     "mapper_loss",
+    "adapted_worldgen",
+    "check_lora_fits",
     "merge_lora",
     "nada_direction",
     "run_adaptation",

@@ -255,6 +255,34 @@ def load_lora_native(path: str | os.PathLike[str]) -> LoraWeights:
     )
 
 
+def check_lora_fits(root: torch.nn.Module, lora: LoraWeights, what: str = "the model") -> None:
+    """A ``ValueError`` naming the first adapted layer that ``root`` lacks, or whose weight has another shape than
+    the LoRA's ``B @ A`` (a LoRA trained on another generator)."""
+    for name in sorted(lora.down):
+        try:
+            weight = root.get_submodule(name).weight
+        except AttributeError:
+            raise ValueError(f"{what} has no layer '{name}' that this LoRA adapts: it was trained on another "
+                             "generator") from None
+        a, b = lora.down[name], lora.up[name]
+        shape = (b.shape[0], *a.shape[1:]) if a.ndim == 4 else (b.shape[0], a.shape[1])
+        if tuple(weight.shape) != shape:
+            raise ValueError(f"layer '{name}' of {what} is {tuple(weight.shape)}, the LoRA adapts a {shape} weight: "
+                             "it was trained on another generator")
+
+
+def adapted_worldgen(gen: Any, lora: LoraWeights, strength: float = 1.0) -> Any:
+    """A copy of a WorldGen whose decoder has a native IPL LoRA (``save_lora_native`` of a WorldGen run) merged in
+    at ``strength``; ``gen`` itself is unchanged. Before/after images from the same seeds show the adaptation."""
+    import copy
+
+    decoder = gen.autoencoder.decoder
+    check_lora_fits(decoder, lora, "WorldGen's decoder")
+    adapted = copy.deepcopy(gen)
+    merge_lora(adapted.autoencoder.decoder, lora, strength)
+    return adapted.eval()
+
+
 @torch.no_grad()
 def merge_lora(root: torch.nn.Module, lora: LoraWeights, strength: float = 1.0) -> None:
     """Add ``strength * B @ A * alpha / rank`` to the weights of ``root``'s layers (Linear or Conv2d) in place."""

@@ -69,14 +69,19 @@ def test_ranking_picks_the_candidate_the_description_names(world):
 
 
 def test_adapted_worldgen_scores_higher_for_the_target_style(world):
-    from promptweave.prompt_modules.adaptation import WorldGenGenerator, load_lora_native, sample_worldgen_latents
+    from promptweave.prompt_modules.adaptation import (
+        WorldGenGenerator,
+        adapted_worldgen,
+        load_lora_native,
+        sample_worldgen_latents,
+    )
 
     vlm, gen = world
     lora = load_lora_native(SHIPPED_WEIGHTS_DIR / demo.IPL_LORA_FILE)
     latents = sample_worldgen_latents(gen, vlm, demo.adaptation_captions(), steps=20, seed=0)
     with torch.no_grad():
         source = WorldGenGenerator(gen).generate(latents)
-        adapted = WorldGenGenerator(demo.adapted_worldgen(gen, lora)).generate(latents)
+        adapted = WorldGenGenerator(adapted_worldgen(gen, lora)).generate(latents)
     assert not torch.allclose(source, adapted, atol=0.05)
     before, after = demo.style_scores(vlm, source, demo.IPL_STYLE), demo.style_scores(vlm, adapted, demo.IPL_STYLE)
     assert after["prob"] > before["prob"], (before, after)
@@ -120,3 +125,36 @@ def test_ground_workflow_recolours_only_inside_the_mask_of_the_named_object(comf
     assert changed[mask].mean() > 0.5
     red = demo.red_pixels(torch.from_numpy(scene.copy()).permute(2, 0, 1).float() / 255).numpy()
     assert (mask & red).sum() / (mask | red).sum() >= 0.5
+
+
+@pytest.mark.comfyui
+def test_before_after_workflow_shows_the_adaptation_and_leaves_worldgen_unchanged(comfy, world):
+    """The same texts and seed through WorldGen and through Apply IPL LoRA to WorldGen: the adapted images differ
+    and score higher for the target style under WorldCLIP; strength 0 gives the unadapted images exactly; a file
+    that is not a native WorldGen LoRA is refused naming the input."""
+    workflow = _workflow("adaptation_worldgen_before_after.json")
+    assert workflow["3"]["inputs"]["lora_name"] == demo.IPL_LORA_FILE
+    assert workflow["2"]["inputs"]["text"] == workflow["4"]["inputs"]["text"]
+    history = comfy.run(workflow)
+
+    def images(node: str) -> torch.Tensor:
+        paths = comfy.output_files({"outputs": {node: history["outputs"][node]}})
+        arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+    before, after = images("5"), images("6")
+    assert before.shape == after.shape and before.shape[0] == 4
+    assert (before != after).any(dim=1).float().mean() > 0.1
+    vlm, _ = world
+    scores = [demo.style_scores(vlm, batch, demo.IPL_STYLE)["prob"] for batch in (before, after)]
+    assert scores[1] > scores[0], scores
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PWApplyWorldGenLoRA"]
+    sample = comfy.nodes.NODE_CLASS_MAPPINGS["PWWorldGenSample"]
+    vlm, gen = comfy.pack_module("prompt_modules.world.models").load_world_models()  # the pack's own classes
+    with torch.inference_mode():
+        unchanged = node.execute(worldgen=gen, lora_name=demo.IPL_LORA_FILE, strength=0.0)[0]
+        args = dict(worldclip=vlm, text="a large red square on a white background", seed=3, steps=4, guidance=5.0)
+        assert torch.equal(sample.execute(worldgen=unchanged, **args)[0], sample.execute(worldgen=gen, **args)[0])
+    errors = comfy.pack_module("nodes._common")
+    with pytest.raises(errors.NodeInputError, match="PWApplyWorldGenLoRA: input 'lora_name'"):
+        node.execute(worldgen=gen, lora_name=demo.DCAR_FILE, strength=1.0)

@@ -398,6 +398,7 @@ def ctx(comfy, comfy_base):
             save_name="",
         ),
         "PWLoadLatentMapper": dict(mapper_name="pw-prop-mapper.safetensors"),
+        "PWApplyWorldGenLoRA": dict(worldgen=worldgen, lora_name="ipl-sketch-worldgen-lora.safetensors"),
         "PWAdaptModel": dict(
             model=model,
             clip=clip,
