@@ -347,16 +347,21 @@ class TrainLatentMapper(io.ComfyNode):
         return io.NodeOutput(result.trained, _plots(("latent mapper loss", result.losses)))
 
 
-def _mapper_files() -> list[str]:
+def _files_of(method: str, node: str, input_name: str) -> list[str]:
+    """The files in models/promptweave whose metadata names ``method`` (for a node's combo input)."""
     names = []
     for name in model_files():
         try:
-            path = resolve_model_file("PWLoadLatentMapper", "mapper_name", name)
+            path = resolve_model_file(node, input_name, name)
         except (ValueError, OSError):
             continue
-        if artifact_method(path) == "ipl_mapper":  # never raises for a file's content
+        if artifact_method(path) == method:  # never raises for a file's content
             names.append(name)
     return names
+
+
+def _mapper_files() -> list[str]:
+    return _files_of("ipl_mapper", "PWLoadLatentMapper", "mapper_name")
 
 
 class LoadLatentMapper(io.ComfyNode):
@@ -572,15 +577,7 @@ class AdaptModel(io.ComfyNode):
 
 def _worldgen_lora_files() -> list[str]:
     """IPL LoRAs in models/promptweave: the native files of a WorldGen adaptation (SD LoRAs go to models/loras)."""
-    names = []
-    for name in model_files():
-        try:
-            path = resolve_model_file("PWApplyWorldGenLoRA", "lora_name", name)
-        except (ValueError, OSError):
-            continue
-        if artifact_method(path) == "ipl_lora":  # never raises for a file's content
-            names.append(name)
-    return names
+    return _files_of("ipl_lora", "PWApplyWorldGenLoRA", "lora_name")
 
 
 class ApplyWorldGenLoRA(io.ComfyNode):
