@@ -163,7 +163,10 @@ def test_corrupt_inverter_file_is_a_clear_error(comfy, comfy_base):
 def test_invert_and_regenerate_workflow(comfy):
     history = comfy.run(load_api_workflow("inversion_regenerate.json"))
     files = comfy.output_files(history)
-    assert len(files) == 2 and all(f.is_file() for f in files)
+    saved = comfy.output_files({"outputs": {"11": history["outputs"]["11"]}})  # the regenerated images
+    shown = comfy.output_files({"outputs": {"14": history["outputs"]["14"]}})  # the input, previewed beside them
+    assert len(saved) == 2 and len(shown) == 2 and all(f.is_file() for f in files)
+    assert history["outputs"]["12"]["text"] and history["outputs"]["13"]["text"]  # prompt and keywords shown
 
 
 def test_clip_vision_features_reach_the_inverter(comfy):
@@ -190,8 +193,11 @@ def test_clip_vision_features_reach_the_inverter(comfy):
 
 def test_train_on_generated_images_workflow(comfy, comfy_base, fast_targets):
     history = comfy.run(load_api_workflow("inversion_train_generated.json"))
-    files = comfy.output_files(history)
-    assert len(files) == 1 + 4 and all(f.is_file() for f in files)  # loss curve + 4 regenerated images
+    def files(node: str) -> list:
+        return comfy.output_files({"outputs": {node: history["outputs"][node]}})
+
+    assert len(files("12")) == 1 and len(files("16")) == 4  # loss curve, 4 regenerated images
+    assert len(files("20")) == 4 and all(f.is_file() for f in comfy.output_files(history))  # the training images
     assert (comfy_base / "models" / "promptweave" / "inverter-from-generated.safetensors").is_file()
 
 
