@@ -99,8 +99,11 @@ def test_mapping_of_the_full_sd15_unet() -> None:
 
 
 def test_mapping_rejects_unknown_keys() -> None:
+    # SDXL's added (pooled text + size ids) embedding is mapped since issue 34; other stray keys are refused
+    assert diffusers_unet_key_to_ldm("add_embedding.linear_1.weight", 1, set()) == "label_emb.0.0.weight"
+    assert diffusers_unet_key_to_ldm("add_embedding.linear_2.bias", 1, set()) == "label_emb.0.2.bias"
     with pytest.raises(KeyError):
-        diffusers_unet_key_to_ldm("add_embedding.linear_1.weight", 1, set())
+        diffusers_unet_key_to_ldm("add_embedding.linear_3.weight", 1, set())
     with pytest.raises(KeyError):
         diffusers_unet_key_to_ldm("down_blocks.0.resnets.0.weird.weight", 1, set())
 
