@@ -179,8 +179,12 @@ def test_a_run_stopped_at_a_random_step_resumes_to_the_uninterrupted_result(comf
     want, _ = read_safetensors(_saved(comfy_base, trainer, full))
     got, _ = read_safetensors(_saved(comfy_base, trainer, resumed))
     assert want.keys() == got.keys()
-    different = [k for k in want if not torch.allclose(want[k].float(), got[k].float(), rtol=0, atol=1e-6)]
-    assert not different, f"resumed result differs from the uninterrupted one in {different[:3]}"
+    worst = {k: float((want[k].float() - got[k].float()).abs().max()) for k in want}
+    # trained tensors within 1e-6; RPP's derived layer tokens (``layers.*``, the prompts run through the VLM's
+    # blocks after training) carry those rounding differences through a transformer, so 1e-4 there (CI saw one
+    # above 1e-6 once; ten local runs never did)
+    different = [k for k in want if worst[k] > (1e-4 if k.startswith("layers.") else 1e-6)]
+    assert not different, f"resumed result differs from the uninterrupted one: { {k: worst[k] for k in different[:3]} }"
 
 
 @pytest.mark.parametrize("node_id", sorted(TRAINERS))
