@@ -183,6 +183,17 @@ class LoadPromptInverter(io.ComfyNode):
         return io.NodeOutput(inverter)
 
 
+def _encoder_inputs() -> list:
+    """The optional image-encoder inputs every inverting node offers, in this order (saved workflows rely on it)."""
+    return [
+        VLMType.Input("vlm", optional=True, tooltip="Image encoder for inverters trained on a VLM (e.g. WorldCLIP)."),
+        io.ClipVision.Input("clip_vision", optional=True,
+                            tooltip="Image encoder for inverters trained on CLIP vision features."),
+        WorldGenType.Input("worldgen", optional=True,
+                           tooltip="For white-box inverters trained on WorldGen's denoiser."),
+    ]
+
+
 class PromptInversion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -197,12 +208,7 @@ class PromptInversion(io.ComfyNode):
                 io.Image.Input("image", tooltip="RGB images; one prompt per image."),
                 PromptInverterType.Input("inverter", tooltip="From Load Prompt Inverter or Train Prompt Inverter."),
                 io.Clip.Input("clip", optional=True, tooltip="Text encoder for the conditioning output (optional)."),
-                VLMType.Input("vlm", optional=True,
-                              tooltip="Image encoder for inverters trained on a VLM (e.g. WorldCLIP)."),
-                io.ClipVision.Input("clip_vision", optional=True,
-                                    tooltip="Image encoder for inverters trained on CLIP vision features."),
-                WorldGenType.Input("worldgen", optional=True,
-                                   tooltip="For white-box inverters trained on WorldGen's denoiser."),
+                *_encoder_inputs(),
                 io.Int.Input("top_k", default=8, min=1, max=100, tooltip="Number of keywords per image."),
                 io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Keywords scoring at least this are added to the composed prompt."),
@@ -437,12 +443,7 @@ class CaptionFolder(io.ComfyNode):
                                tooltip="Keywords scoring at least this go into the caption."),
                 io.Boolean.Input("use_dakl", default=True,
                                  tooltip="Apply the kernel refinement (DAKL) if the inverter has one."),
-                VLMType.Input("vlm", optional=True,
-                              tooltip="Image encoder for inverters trained on a VLM (e.g. WorldCLIP)."),
-                io.ClipVision.Input("clip_vision", optional=True,
-                                    tooltip="Image encoder for inverters trained on CLIP vision features."),
-                WorldGenType.Input("worldgen", optional=True,
-                                   tooltip="For white-box inverters trained on WorldGen's denoiser."),
+                *_encoder_inputs(),
                 io.Model.Input("model", optional=True,
                                tooltip="For white-box inverters trained on an SD checkpoint's U-Net (with vae and "
                                "clip)."),
