@@ -48,7 +48,8 @@ from ..core.vlm import VisionLanguageModel, VLMConfig, get_config, load_vlm, sav
 from .captions import NUM_HARD_NEGATIVES, HardNegative
 from .dataset import render_batch, style_for_seed
 from .scene import Scene, sample_scene, split_seed_range
-from .vocabulary import CATEGORY_NAMES, COLOUR_NAMES, STYLE_PHRASES, STYLES
+from .vocabulary import CATEGORY_NAMES, COLOUR_NAMES, FAMILIES, MAX_OBJECTS, STYLE_PHRASES, STYLES
+from .web_captions import BASIC_COLOUR_NAMES, WebCaptionConfig, basic_colour_ids, web_caption
 from .zero_shot import (
     category_prompts,
     colour_prompts,
@@ -76,7 +77,13 @@ WORLDCLIP_CONFIG = VLMConfig(
 #: 32-64-128 channels): the same 8x8 token grid, so every prompt method runs on it unchanged.
 WORLDCLIP2_CONFIG = dataclasses.replace(WORLDCLIP_CONFIG, name="worldclip2", conv_stem=(32, 64, 128))
 
-WORLD_VLM_CONFIGS = {c.name: c for c in (WORLDCLIP_CONFIG, WORLDCLIP2_CONFIG)}
+#: WorldCLIP-web: WorldCLIP 2's shape, pretrained on web-like captions (:mod:`.web_captions`, ``captions="web"``).
+WORLDCLIP_WEB_CONFIG = dataclasses.replace(WORLDCLIP2_CONFIG, name="worldclip-web")
+
+WORLD_VLM_CONFIGS = {c.name: c for c in (WORLDCLIP_CONFIG, WORLDCLIP2_CONFIG, WORLDCLIP_WEB_CONFIG)}
+
+#: Caption sources of a training run: the world's own captions, or web-like alt-text (:mod:`.web_captions`).
+CAPTION_SOURCES = ("world", "web")
 
 #: Keys of the dict :func:`evaluate_worldclip` returns.
 METRIC_KEYS = ("zero_shot_acc", "zero_shot_colour_acc", "zero_shot_style_acc", "i2t_r1", "t2i_r1")
@@ -127,6 +134,12 @@ class WorldCLIPTrainConfig:
     trains (LiT, Zhai et al. 2022): a new image tower for an existing text space, recorded as the model's
     ``text_space``; WorldGen is conditioned on that text space, so it works with the new model unchanged.
     Without it the text tower is only initialised from the file and trains in the contrastive steps.
+
+    ``captions="web"`` trains on web-like captions instead (:func:`~.web_captions.web_caption` with
+    :class:`~.web_captions.WebCaptionConfig`'s defaults): families far more often than fine categories, basic
+    colour words, some styles named, 20% wrong or unrelated text. No curated hard negatives exist for such
+    text (``hard_negatives`` must be 0; ``partial_captions`` and the style fractions do not apply), and the
+    label heads name what a coarse label set would give: the scene's shape families and basic colours.
     """
 
     vlm: str | dict[str, Any] = "worldclip"
@@ -157,6 +170,7 @@ class WorldCLIPTrainConfig:
     styles: tuple[str, ...] = field(default_factory=lambda: tuple(STYLES))
     image_size: int = 64
     checkpoint_every: int = 100
+    captions: str = "world"
 
     def __post_init__(self) -> None:
         self.styles = tuple(self.styles)
@@ -173,7 +187,18 @@ class WorldCLIPTrainConfig:
             raise ValueError("partial_captions, style_captions and image_tune_style_captions are fractions in [0, 1]")
         if not 0 <= self.hard_negatives <= NUM_HARD_NEGATIVES:
             raise ValueError(f"hard_negatives must be in 0..{NUM_HARD_NEGATIVES}")
+        if self.captions not in CAPTION_SOURCES:
+            raise ValueError(f"captions must be one of {CAPTION_SOURCES}, got {self.captions!r}")
+        if self.captions == "web" and self.hard_negatives:
+            raise ValueError("web captions have no curated hard negatives: use hard_negatives=0")
         self.vlm_config()  # fail early on an unknown preset
+
+    def label_sizes(self) -> tuple[int, int]:
+        """Classes of the temporary shape and colour heads: fine categories and colours for the world's captions,
+        families and basic colours for web captions."""
+        if self.captions == "web":
+            return len(FAMILIES), len(BASIC_COLOUR_NAMES)
+        return len(CATEGORY_NAMES), len(COLOUR_NAMES)
 
     def style_caption_fraction(self, step: int) -> float:
         """The style-named fraction of batch ``step``'s captions (``image_tune_style_captions`` from ``steps`` on,
@@ -250,6 +275,8 @@ def training_batch(config: WorldCLIPTrainConfig, step: int) -> TrainingBatch:
     styles = [style_for_seed(s, config.styles) for s in seeds]
     batch = render_batch(seeds, size=config.image_size, style=styles)
     scenes: list[Scene] = batch["scenes"]
+    if config.captions == "web":
+        return web_training_batch(config, step, batch["image"], scenes)
     partial = np.random.default_rng([config.seed + step, 2]).random(len(scenes)) < config.partial_captions
     captions = [partial_caption(sc) if p else sc.caption for sc, p in zip(scenes, partial, strict=True)]
     negatives: list[str] = []
@@ -265,6 +292,26 @@ def training_batch(config: WorldCLIPTrainConfig, step: int) -> TrainingBatch:
     k = config.hard_negatives
     negatives = [styled_caption(c, styles[i // k]) if named[i // k] else c for i, c in enumerate(negatives)]
     return TrainingBatch(batch["image"], captions, negatives, batch["category_ids"], batch["colour_ids"])
+
+
+def _padded(ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    out = torch.full((len(ids), MAX_OBJECTS), -1, dtype=torch.long)
+    for row, values in enumerate(ids):
+        out[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+    return out
+
+
+def web_training_batch(
+    config: WorldCLIPTrainConfig, step: int, images: torch.Tensor, scenes: list[Scene]
+) -> TrainingBatch:
+    """Batch ``step`` with web-like captions (:func:`~.web_captions.web_caption`; a wrong caption describes the
+    next scene of the batch), no hard negatives, and family and basic-colour labels for the heads."""
+    web = WebCaptionConfig()
+    others = scenes[1:] + scenes[:1]
+    captions = [web_caption(sc, other, web, config.seed + step) for sc, other in zip(scenes, others, strict=True)]
+    families = _padded([sc.family_ids for sc in scenes])
+    colours = _padded([basic_colour_ids(sc) for sc in scenes])
+    return TrainingBatch(images, captions, [], families, colours)
 
 
 def styled_caption(caption: str, style: str) -> str:
@@ -451,8 +498,9 @@ def train_worldclip(
             vlm.config = dataclasses.replace(vlm.config, text_space=source.text_space)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        head = nn.Linear(vlm.embed_dim, len(CATEGORY_NAMES))
-        colour_head = nn.Linear(vlm.embed_dim, len(COLOUR_NAMES)) if config.colour_head else None
+        n_shapes, n_colours = config.label_sizes()
+        head = nn.Linear(vlm.embed_dim, n_shapes)
+        colour_head = nn.Linear(vlm.embed_dim, n_colours) if config.colour_head else None
     modules = {"clip": vlm.clip, "category_head": head}
     if colour_head is not None:
         modules["colour_head"] = colour_head
@@ -677,6 +725,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-n", type=int, default=500, help="test scenes for the final metrics (0: skip)")
     parser.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--captions", choices=CAPTION_SOURCES, default=defaults.captions,
+                        help="the world's captions, or web-like alt-text (worldclip-web; needs --hard-negatives 0)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -703,6 +753,7 @@ def run_cli(args: argparse.Namespace) -> int:
         hard_negative_weight=args.hard_negative_weight,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        captions=args.captions,
     )
     started = time.perf_counter()
     vlm = train_worldclip(

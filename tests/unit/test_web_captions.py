@@ -1,0 +1,104 @@
+"""Web-like captions (issue 37): the pretraining text of WorldCLIP-web, and its training batches."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+from promptweave.prompt_modules.world.clip_training import WorldCLIPTrainConfig, train_worldclip, training_batch
+from promptweave.prompt_modules.world.scene import sample_scene, split_seed_range
+from promptweave.prompt_modules.world.vocabulary import CATEGORY_NAMES, COLOUR_NAMES, FAMILIES, STYLES
+from promptweave.prompt_modules.world.web_captions import (
+    BASIC_COLOUR,
+    BASIC_COLOUR_NAMES,
+    FAMILY_WORDS,
+    WebCaptionConfig,
+    describe_web,
+    web_caption,
+)
+
+FINE_ONLY_COLOURS = sorted(set(COLOUR_NAMES) - set(BASIC_COLOUR_NAMES))
+
+
+def _scenes(n: int, style: str = "flat"):
+    start = split_seed_range("train").start
+    return [sample_scene(start + k, style=style) for k in range(n)]
+
+
+def _mentions(text: str, word: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+def test_fine_names_are_a_long_tail_and_families_are_the_common_word():
+    config = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0)
+    probabilities = sorted(config.fine_name_probability(c) for c in CATEGORY_NAMES)
+    assert probabilities[-1] == pytest.approx(config.fine_rate)
+    assert probabilities[0] < probabilities[-1] / 20  # a long tail, not a uniform rate
+    captions = [web_caption(sc, sc, config, seed=0) for sc in _scenes(400)]
+    fine = sum(any(_mentions(c, name) for name in CATEGORY_NAMES) for c in captions)
+    family = sum(any(_mentions(c, word) for word in FAMILY_WORDS.values()) for c in captions)
+    assert family > 3 * fine > 0
+
+
+def test_only_basic_colours_and_some_styles_are_named():
+    config = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0, style_rate=1.0)
+    assert set(BASIC_COLOUR) == set(COLOUR_NAMES)
+    for style in STYLES:
+        captions = [web_caption(sc, sc, config, seed=1) for sc in _scenes(60, style)]
+        for caption in captions:
+            assert not any(_mentions(caption, name) for name in FINE_ONLY_COLOURS), caption
+        named = sum(style in c or ("sketch" in c and style == "sketch") for c in captions)
+        if style in config.named_styles:
+            assert named > 0
+        else:
+            assert not any(w in c for c in captions for w in ("neon", "pixel", "mosaic")), style
+
+
+def test_a_share_of_captions_is_wrong_or_unrelated_and_captions_are_deterministic():
+    config = WebCaptionConfig()
+    scenes = _scenes(300)
+    others = scenes[1:] + scenes[:1]
+    rng_free = [web_caption(sc, o, config, seed=5) for sc, o in zip(scenes, others, strict=True)]
+    assert rng_free == [web_caption(sc, o, config, seed=5) for sc, o in zip(scenes, others, strict=True)]
+    assert rng_free != [web_caption(sc, o, config, seed=6) for sc, o in zip(scenes, others, strict=True)]
+    # a caption names the shape family of its own first object unless it is wrong or unrelated
+    own = sum(any(_mentions(c, w) for w in (FAMILY_WORDS[sc.objects[0].family], sc.objects[0].category))
+              for c, sc in zip(rng_free, scenes, strict=True))
+    share = 1 - own / len(scenes)
+    expected = config.wrong_rate + config.unrelated_rate
+    assert expected / 2 < share < expected * 2, share
+
+
+def test_describe_web_mentions_the_first_object():
+    import random
+
+    scene = _scenes(1)[0]
+    text = describe_web(scene, WebCaptionConfig(fine_rate=1.0, tail_exponent=0.0), random.Random(0))
+    assert scene.objects[0].category in text
+
+
+def test_web_training_batches_have_no_negatives_and_coarse_labels():
+    with pytest.raises(ValueError, match="hard_negatives=0"):
+        WorldCLIPTrainConfig(captions="web")
+    config = WorldCLIPTrainConfig(vlm="tiny", captions="web", hard_negatives=0, steps=4, pretrain_steps=2,
+                                  pretrain_pool=32, pretrain_batch_size=8, batch_size=8)
+    assert config.label_sizes() == (len(FAMILIES), len(BASIC_COLOUR_NAMES))
+    for step in (0, 3):
+        batch = training_batch(config, step)
+        assert batch.negatives == []
+        assert int(batch.category_ids.max()) < len(FAMILIES) and int(batch.colour_ids.max()) < len(BASIC_COLOUR_NAMES)
+        assert Counter(batch.category_ids[0].tolist())[-1] < batch.category_ids.shape[1]
+
+
+def test_web_training_runs_and_names_the_backbone(tmp_path):
+    config = WorldCLIPTrainConfig(vlm="tiny", captions="web", hard_negatives=0, steps=3, pretrain_steps=1,
+                                  pretrain_pool=16, pretrain_batch_size=4, batch_size=4, image_tune_steps=1)
+    before = {k: v.clone() for k, v in train_worldclip(
+        WorldCLIPTrainConfig(**{**config.to_dict(), "steps": 0, "pretrain_steps": 0, "image_tune_steps": 0}), None,
+        progress=False).clip.state_dict().items()}
+    vlm = train_worldclip(config, None, progress=False)
+    changed = [k for k, v in vlm.clip.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("visual.") for k in changed) and any(not k.startswith("visual.") for k in changed)
