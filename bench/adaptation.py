@@ -46,7 +46,7 @@ from ..prompt_modules.world.zero_shot import (
     single_object_scenes,
     zero_shot_predict,
 )
-from .harness import TaskResult
+from .harness import TaskResult, bench_backbone_name
 
 SOURCE_STYLE = "flat"
 SOURCE_TEXT = STYLE_PHRASES[SOURCE_STYLE]
@@ -80,6 +80,11 @@ def load_backbones() -> tuple[object, object, str | None]:
         return vlm, gen, "PW_BENCH_VLM=tiny: random tiny VLM and WorldGen (code-path check, figures meaningless)"
     from ..prompt_modules.world.models import load_world_models
 
+    if bench_backbone_name() != "worldclip2":
+        raise SystemExit(
+            f"the adaptation benchmark runs WorldGen, which is conditioned on WorldCLIP 2's text space; it has no "
+            f"WorldGen for --backbone {bench_backbone_name()} yet: use --backbone worldclip2"
+        )
     try:
         vlm, gen = load_world_models()
     except ArtifactError as exc:

@@ -49,7 +49,7 @@ from ..prompt_modules.diff_prompt import (
     zero_shot_ground,
 )
 from ..prompt_modules.world.sources import WorldGroundingSource, evaluation_set
-from .harness import TaskResult
+from .harness import TaskResult, bench_backbone_name
 
 #: (vae_steps, dit_steps, prompt_steps, batch_size, n_eval); ``PW_BENCH_GROUNDING_SIZES="a,b,c,d,e"`` replaces
 #: the full sizes (the run records the sizes it used in ``notes``), e.g. for a shorter run on a small CPU.
@@ -82,7 +82,7 @@ def load_backbone():
     if os.environ.get("PW_BENCH_VLM", "").strip().lower() == "tiny":
         return VisionLanguageModel("tiny", seed=0), "PW_BENCH_VLM=tiny: random tiny VLM, figures mean nothing"
     try:
-        return load_worldclip(), None
+        return load_worldclip(name=bench_backbone_name()), None
     except ArtifactError as exc:
         raise SystemExit(
             f"grounding benchmark: {exc}. It needs the trained WorldCLIP; to check the pipeline without it, run "

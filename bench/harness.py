@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,11 @@ from pathlib import Path
 
 from ..prompt_modules.core.artifacts import atomic_write_bytes
 
-SPLITS = ("test", "compositional")
+SPLITS = ("test", "compositional", "val")
+#: World backbones a task can run on (``--backbone``): WorldCLIP 2 (trained on the world's own captions) and
+#: WorldCLIP-web (pretrained on web-like captions, issue 37). Tasks read the choice with :func:`bench_backbone`.
+BACKBONES = ("worldclip2", "worldclip-web")
+BACKBONE_ENV = "PW_BENCH_BACKBONE"
 #: Seeds every task runs for: training sets start at ``seed * 1_000_000`` in the world's train split (1e9 scenes),
 #: so seeds 0..999 keep every task inside it; the command line refuses others up front.
 MAX_SEED = 999
@@ -21,7 +26,7 @@ MAX_SEED = 999
 TASKS: dict[str, str] = {
     task: task for task in (
         "world", "inversion", "inversion_unet", "retrieval", "adaptation", "grounding", "pretraining", "overhead",
-        "soak", "scale",
+        "soak", "scale", "caption_folder", "headroom",
     )
 }
 
@@ -33,6 +38,22 @@ class TaskResult:
     metrics: dict[str, float]
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+
+
+def bench_backbone_name() -> str:
+    """The world backbone this run measures: ``--backbone`` (through :data:`BACKBONE_ENV`), WorldCLIP 2 by default."""
+    name = os.environ.get(BACKBONE_ENV, BACKBONES[0]).strip()
+    if name not in BACKBONES:
+        raise SystemExit(f"{BACKBONE_ENV}={name!r} is not a world backbone; choose one of {', '.join(BACKBONES)}")
+    return name
+
+
+def bench_backbone():
+    """``(name, vlm)``: the WorldCLIP of :func:`bench_backbone_name`, in eval mode."""
+    from ..prompt_modules.world.models import load_worldclip
+
+    name = bench_backbone_name()
+    return name, load_worldclip(name=name)
 
 
 def task_runner(task: str) -> Callable[[int, str, bool], TaskResult]:
@@ -55,6 +76,7 @@ def run_task(task: str, *, seed: int = 0, split: str = "test", quick: bool = Fal
         "seed": seed,
         "split": split,
         "quick": quick,
+        "backbone": bench_backbone_name(),
         "metrics": {k: float(v) for k, v in result.metrics.items()},
         "baselines": {name: {k: float(v) for k, v in m.items()} for name, m in result.baselines.items()},
         "notes": result.notes,
@@ -69,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help=f"0..{MAX_SEED} (default 0)")
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--json", dest="json_path", help="write the result record to this file")
+    parser.add_argument("--backbone", choices=BACKBONES, default=None,
+                        help=f"world backbone of the tasks that take one (default {BACKBONES[0]})")
     ns = parser.parse_args(argv)
+    if ns.backbone:
+        os.environ[BACKBONE_ENV] = ns.backbone
     record = run_task(ns.task, seed=ns.seed, split=ns.split, quick=ns.quick)
     text = json.dumps(record, indent=1)
     if ns.json_path:

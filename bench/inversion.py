@@ -35,7 +35,7 @@ from ..prompt_modules.inversion import (
 from ..prompt_modules.world import BACKGROUNDS, CATEGORY_NAMES, COLOUR_NAMES, MIXED, SIZES, TEXTURES
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
-from .harness import TaskResult
+from .harness import TaskResult, bench_backbone_name
 
 NOISE = 0.3
 SIZE_WORDS = tuple(SIZES)
@@ -91,7 +91,7 @@ def _load_world():
     try:
         from ..prompt_modules.world.models import load_worldclip
 
-        vlm = load_worldclip()
+        vlm = load_worldclip(name=bench_backbone_name())
         notes["encoder"] = "WorldCLIP"
     except Exception as exc:  # missing file or module: fall back, and say so
         from ..prompt_modules.core.vlm import VisionLanguageModel

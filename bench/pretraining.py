@@ -43,7 +43,7 @@ from ..prompt_modules.world.scene import sample_scene, split_seed_range
 from ..prompt_modules.world.sources import WorldClass, WorldClassSource, WorldSource, world_classes
 from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, FAMILY_MEMBERS
 from ..prompt_modules.world.zero_shot import scenes_to_images
-from .harness import TaskResult
+from .harness import TaskResult, bench_backbone_name
 
 #: Categories kept out of pretraining: the last member of each family.
 HELD_OUT_CATEGORIES: tuple[str, ...] = tuple(members[-1] for members in FAMILY_MEMBERS.values())
@@ -75,7 +75,7 @@ def load_backbone():
     if choice != "worldclip":
         raise SystemExit(f"pretraining benchmark: PW_BENCH_VLM={choice!r} is not 'worldclip' or 'tiny'")
     try:
-        return load_worldclip(), None
+        return load_worldclip(name=bench_backbone_name()), None
     except ArtifactError as exc:
         raise SystemExit(
             f"pretraining benchmark: {exc}. It measures transfer on the trained WorldCLIP; set PW_BENCH_VLM=tiny to "

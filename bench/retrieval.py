@@ -30,7 +30,7 @@ from ..prompt_modules.dual_prompt import DualPromptConfig, encode_gallery, train
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
 from ..prompt_modules.world.sources import WorldSource
-from .harness import TaskResult
+from .harness import TaskResult, bench_backbone_name
 
 KS = (1, 5, 10)
 
@@ -78,7 +78,7 @@ def load_backbone():
     from ..prompt_modules.world.models import load_worldclip
 
     try:
-        return load_worldclip(), None
+        return load_worldclip(name=bench_backbone_name()), None
     except ArtifactError as exc:
         return VisionLanguageModel("tiny", seed=0), f"WorldCLIP unavailable ({exc}); random tiny VLM used"
 

@@ -1,0 +1,158 @@
+"""Benchmark ``headroom``: how much a backbone leaves to learn on each downstream task (issue 37).
+
+A learned-prompt method can only show itself where the frozen backbone's zero-shot score sits well below what the
+task's own training data allows. Per task this measures, on one backbone (``--backbone``), the zero-shot score and
+the score of a simple supervised reference trained on the task's training set, and reports the gap in points:
+
+- ``fine``: fine-category classification (27 categories, every render style), the skill behind RPP transfer and
+  DCAR's category-aware prompts. Zero-shot: "a picture of a {category}."; reference: a linear probe (multinomial
+  logistic regression on the frozen normalised image features, as in CLIP's linear-probe evaluation, Radford et
+  al. 2021 sec. 3.2) on 16 shots per category.
+- ``retrieval``: image->text recall@1 (percent) over the world's captions plus their category-swap hard negatives
+  (the gallery of the ``retrieval`` benchmark). Reference: the whole VLM fine-tuned contrastively with those hard
+  negatives (NegCLIP's loss) on the same number of training pairs the ``retrieval`` benchmark's methods see.
+- ``inversion``: MiniLM cosine between the predicted and the true caption. Zero-shot: the ``inversion``
+  benchmark's CLIP-Interrogator baseline; reference: a linear map (ridge regression) from the image features to
+  the caption's MiniLM embedding, fitted on the training scenes.
+
+Splits: ``val`` for design choices, ``test`` to report; training data always comes from the train split.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ..prompt_modules.inversion import VLMImageEncoder, default_embedder, mean_cosine
+from ..prompt_modules.world.clip_training import WorldCLIPTrainConfig, batch_loss, training_batch
+from ..prompt_modules.world.scene import split_seed_range
+from ..prompt_modules.world.sources import render_class_sample, world_classes
+from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, STYLES
+from ..prompt_modules.world.zero_shot import category_prompts, scenes_to_images, single_object_scenes
+from .harness import TaskResult, bench_backbone
+from .inversion import Interrogator, world_pairs
+from .retrieval import eval_set, recalls
+
+SHOTS = 16
+#: The ``retrieval`` benchmark's training budget: 200 steps of 32 pairs.
+RETRIEVAL_STEPS, RETRIEVAL_BATCH = 200, 32
+
+
+@torch.no_grad()
+def image_features(vlm, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    return torch.cat([vlm.encode_image(part) for part in images.split(chunk)]).float()
+
+
+def fine_eval_set(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` single-object scenes of ``split``, a quarter in each render style, and their category ids."""
+    per_style = n // len(STYLES)
+    scenes = [sc for style in STYLES for sc in single_object_scenes(split, per_style, style=style)]
+    return scenes_to_images(scenes), torch.tensor([sc.category_ids[0] for sc in scenes])
+
+
+def fine_train_set(seed: int, shots: int = SHOTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shots`` renders per category (random trainable colour, render styles in turn), seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for label, category in enumerate(CATEGORY_NAMES):
+        classes = world_classes([category])
+        for shot in range(shots):
+            cls = classes[int(torch.randint(len(classes), (1,), generator=generator))]
+            sample_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            images.append(render_class_sample(cls, sample_seed, style=STYLES[shot % len(STYLES)]))
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, classes: int, *, weight_decay: float = 1e-3,
+                 steps: int = 500, seed: int = 0) -> torch.nn.Linear:
+    """Multinomial logistic regression on normalised features, full batch (Adam, ``steps`` steps)."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(train_x.shape[1], classes)
+    x = F.normalize(train_x, dim=-1)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05, weight_decay=weight_decay)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(head(x), train_y).backward()
+        optimizer.step()
+    return head
+
+
+def fine_headroom(vlm, split: str, seed: int, n_eval: int) -> dict[str, float]:
+    images, labels = fine_eval_set(split, n_eval)
+    features = image_features(vlm, images)
+    with torch.no_grad():
+        text = F.normalize(vlm.encode_text(category_prompts()).float(), dim=-1)
+    zero_shot = 100.0 * float(((F.normalize(features, dim=-1) @ text.T).argmax(1) == labels).float().mean())
+    train_x, train_y = fine_train_set(seed)
+    head = linear_probe(image_features(vlm, train_x), train_y, len(CATEGORY_NAMES), seed=seed)
+    with torch.no_grad():
+        probe = 100.0 * float((head(F.normalize(features, dim=-1)).argmax(1) == labels).float().mean())
+    return {"fine_zero_shot": zero_shot, "fine_probe": probe}
+
+
+def finetune_retrieval(vlm, seed: int, steps: int = RETRIEVAL_STEPS, batch_size: int = RETRIEVAL_BATCH,
+                       lr: float = 1e-4):
+    """A copy of ``vlm``, both towers fine-tuned with the CLIP loss plus 2 category-swap hard negatives per image
+    (weight 1) on world train pairs (every style)."""
+    model = copy.deepcopy(vlm).train()
+    config = WorldCLIPTrainConfig(vlm=vlm.config.to_dict(), steps=steps, batch_size=batch_size, pretrain_steps=0,
+                                  partial_captions=0.0, style_captions=0.0, hard_negatives=2, seed=1000 + seed)
+    optimizer = torch.optim.AdamW(model.clip.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        batch = training_batch(config, step)
+        loss = batch_loss(model, batch.images, batch.captions, batch.negatives, hard_negative_weight=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def i2t_r1(vlm, images: torch.Tensor, captions: list[str], gallery: list[str]) -> float:
+    features = F.normalize(image_features(vlm, images), dim=-1)
+    text = torch.cat([F.normalize(vlm.encode_text(gallery[i : i + 256]).float(), dim=-1)
+                      for i in range(0, len(gallery), 256)])
+    return recalls(features @ text.T, len(captions))["i2t_r1"]
+
+
+def retrieval_headroom(vlm, split: str, seed: int, n_eval: int, steps: int) -> dict[str, float]:
+    images, captions, gallery = eval_set(split, n_eval)
+    zero_shot = i2t_r1(vlm, images, captions, gallery)
+    tuned = i2t_r1(finetune_retrieval(vlm, seed, steps=steps), images, captions, gallery)
+    return {"retrieval_zero_shot": zero_shot, "retrieval_finetune": tuned}
+
+
+def inversion_headroom(vlm, split: str, seed: int, n_eval: int, n_train: int) -> dict[str, float]:
+    embed = default_embedder()
+    encoder = VLMImageEncoder(vlm)
+    test_images, _, test_captions = world_pairs(split, n_eval)
+    train_images, _, train_captions = world_pairs("train", n_train, offset=seed * 1_000_000)
+    test_target = embed(test_captions).float()
+    with torch.no_grad():
+        test_x, train_x = encoder(test_images).float(), encoder(train_images).float()
+    zero_shot = mean_cosine(embed(Interrogator(vlm)(test_images, test_x)).float(), test_target)
+    # ridge regression with a bias column, lambda fixed on val
+    x = torch.cat([train_x, torch.ones(len(train_x), 1)], 1)
+    y = embed(train_captions).float()
+    weights = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1]), x.T @ y)
+    predicted = torch.cat([test_x, torch.ones(len(test_x), 1)], 1) @ weights
+    return {"inversion_zero_shot": 100.0 * zero_shot, "inversion_probe": 100.0 * mean_cosine(predicted, test_target)}
+
+
+def run(seed: int, split: str, quick: bool) -> TaskResult:
+    name, vlm = bench_backbone()
+    vlm = vlm.requires_grad_(False).eval()
+    n_eval = 200 if quick else 1000
+    metrics: dict[str, float] = {}
+    metrics.update(fine_headroom(vlm, split, seed, n_eval))
+    metrics.update(retrieval_headroom(vlm.requires_grad_(True), split, seed, 200 if quick else 500,
+                                      steps=40 if quick else RETRIEVAL_STEPS))
+    metrics.update(inversion_headroom(vlm.requires_grad_(False), split, seed, n_eval, 1000 if quick else 4000))
+    for task, reference in (("fine", "probe"), ("retrieval", "finetune"), ("inversion", "probe")):
+        metrics[f"{task}_gap"] = metrics[f"{task}_{reference}"] - metrics[f"{task}_zero_shot"]
+    notes = {"backbone": name, "shots_per_category": SHOTS, "n_eval": n_eval, "first_eval_seed":
+             split_seed_range(split).start, "gap_needed": 15.0}
+    return TaskResult(metrics=metrics, notes=notes)

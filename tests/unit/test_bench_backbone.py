@@ -1,0 +1,53 @@
+"""The benchmark's world backbone choice (``--backbone``) and the headroom task's pieces (issue 37)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptweave.bench import harness
+from promptweave.bench.headroom import fine_train_set, linear_probe
+from promptweave.prompt_modules.world.models import WORLDCLIP_FILES, load_worldclip
+from promptweave.prompt_modules.world.vocabulary import CATEGORY_NAMES
+
+
+def test_backbone_defaults_to_worldclip2_and_refuses_unknown_names(monkeypatch):
+    monkeypatch.delenv(harness.BACKBONE_ENV, raising=False)
+    assert harness.bench_backbone_name() == "worldclip2"
+    monkeypatch.setenv(harness.BACKBONE_ENV, "worldclip3")
+    with pytest.raises(SystemExit, match="worldclip-web"):
+        harness.bench_backbone_name()
+    assert set(harness.BACKBONES) == set(WORLDCLIP_FILES)
+
+
+def test_load_worldclip_names_the_missing_file_and_refuses_unknown_backbones(tmp_path):
+    with pytest.raises(ValueError, match="worldclip2"):
+        load_worldclip(tmp_path, name="nope")
+    with pytest.raises(Exception, match="worldclip-web.safetensors"):
+        load_worldclip(tmp_path, name="worldclip-web")
+
+
+def test_the_command_line_passes_the_backbone_to_the_tasks(monkeypatch):
+    seen = {}
+
+    def fake_run(seed, split, quick):
+        seen["backbone"] = harness.bench_backbone_name()
+        return harness.TaskResult(metrics={"x": 1.0})
+
+    monkeypatch.setenv(harness.BACKBONE_ENV, "worldclip2")  # restored after the test, whatever main() sets
+    monkeypatch.setattr(harness, "task_runner", lambda task: fake_run)
+    assert harness.main(["world", "--backbone", "worldclip-web", "--split", "val"]) == 0
+    assert seen["backbone"] == "worldclip-web"
+
+
+def test_headroom_probe_data_and_probe():
+    images, labels = fine_train_set(seed=0, shots=2)
+    assert images.shape == (2 * len(CATEGORY_NAMES), 3, 64, 64)
+    assert torch.bincount(labels).tolist() == [2] * len(CATEGORY_NAMES)
+    # the probe learns a linearly separable problem
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 16, generator=generator) * 3
+    y = torch.arange(5).repeat(20)
+    x = centres[y] + 0.3 * torch.randn(100, 16, generator=generator)
+    head = linear_probe(x, y, 5, steps=200)
+    assert float((head(torch.nn.functional.normalize(x, dim=-1)).argmax(1) == y).float().mean()) > 0.95
