@@ -11,6 +11,10 @@ the score of a simple supervised reference trained on the task's training set, a
 - ``retrieval``: image->text recall@1 (percent) over the world's captions plus their category-swap hard negatives
   (the gallery of the ``retrieval`` benchmark). Reference: the whole VLM fine-tuned contrastively with those hard
   negatives (NegCLIP's loss) on the same number of training pairs the ``retrieval`` benchmark's methods see.
+- ``grounding``: picking the object a referring expression names among the scene's objects (scenes of two or
+  more objects, flat style), each object shown alone on the background (ReCLIP-style isolation, Subramanian et
+  al. 2022). Zero-shot: the object whose image is closest to the expression; reference: the whole VLM fine-tuned
+  on train scenes with that choice as a cross-entropy over each scene's objects.
 - ``inversion``: MiniLM cosine between the predicted and the true caption. Zero-shot: the ``inversion``
   benchmark's CLIP-Interrogator baseline; reference: a linear map (ridge regression) from the image features to
   the caption's MiniLM embedding, fitted on the training scenes.
@@ -21,13 +25,14 @@ Splits: ``val`` for design choices, ``test`` to report; training data always com
 from __future__ import annotations
 
 import copy
+import random
 
 import torch
 import torch.nn.functional as F
 
 from ..prompt_modules.inversion import VLMImageEncoder, default_embedder, mean_cosine
 from ..prompt_modules.world.clip_training import WorldCLIPTrainConfig, batch_loss, training_batch
-from ..prompt_modules.world.scene import split_seed_range
+from ..prompt_modules.world.scene import Scene, sample_scene, split_seed_range
 from ..prompt_modules.world.sources import render_class_sample, world_classes
 from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, STYLES
 from ..prompt_modules.world.zero_shot import category_prompts, scenes_to_images, single_object_scenes
@@ -38,6 +43,8 @@ from .retrieval import eval_set, recalls
 SHOTS = 16
 #: The ``retrieval`` benchmark's training budget: 200 steps of 32 pairs.
 RETRIEVAL_STEPS, RETRIEVAL_BATCH = 200, 32
+#: Fine-tuning steps of the grounding reference (16 train scenes each).
+GROUNDING_STEPS = 100
 
 
 @torch.no_grad()
@@ -125,6 +132,70 @@ def retrieval_headroom(vlm, split: str, seed: int, n_eval: int, steps: int) -> d
     return {"retrieval_zero_shot": zero_shot, "retrieval_finetune": tuned}
 
 
+def referring_scenes(split: str, n: int, offset: int = 0) -> list[tuple[Scene, int, str]]:
+    """``(scene, referent index, expression)`` for the first ``n`` scenes of ``split`` (from ``offset``) with two or
+    more objects and a unique referring expression (the expression drawn by the scene's seed)."""
+    found: list[tuple[Scene, int, str]] = []
+    seed = split_seed_range(split).start + offset
+    while len(found) < n:
+        scene = sample_scene(seed)
+        if len(scene.objects) >= 2 and scene.referring:
+            index, text = random.Random(seed).choice(scene.referring)
+            found.append((scene, index, text))
+        seed += 1
+    return found
+
+
+def isolated_objects(scene: Scene) -> torch.Tensor:
+    """``[N, 3, H, W]``: each object of ``scene`` alone, every other pixel painted with the background colour."""
+    image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0
+    background = torch.tensor(scene.background_rgb, dtype=torch.float32)[:, None, None] / 255.0
+    masks = torch.from_numpy(scene.masks)[:, None]
+    return torch.where(masks, image[None], background[None])
+
+
+def selection_logits(vlm, items: list[tuple[Scene, int, str]]) -> list[torch.Tensor]:
+    """Per scene, the cosine of each isolated object to the expression."""
+    crops = [isolated_objects(scene) for scene, _, _ in items]
+    features = F.normalize(vlm.encode_image(torch.cat(crops)).float(), dim=-1)
+    text = F.normalize(vlm.encode_text([t for _, _, t in items]).float(), dim=-1)
+    out, start = [], 0
+    for k, crop in enumerate(crops):
+        out.append(features[start : start + len(crop)] @ text[k])
+        start += len(crop)
+    return out
+
+
+def selection_accuracy(vlm, items: list[tuple[Scene, int, str]]) -> float:
+    with torch.no_grad():
+        picks = [int(scores.argmax()) for chunk in range(0, len(items), 64)
+                 for scores in selection_logits(vlm, items[chunk : chunk + 64])]
+    return 100.0 * sum(p == index for p, (_, index, _) in zip(picks, items, strict=True)) / len(items)
+
+
+def finetune_selection(vlm, seed: int, steps: int, batch_size: int = 16, lr: float = 1e-4):
+    """A copy of ``vlm`` fine-tuned to pick the referent: cross-entropy over each train scene's isolated objects."""
+    model = copy.deepcopy(vlm).train().requires_grad_(True)
+    train = referring_scenes("train", steps * batch_size, offset=seed * 1_000_000)
+    optimizer = torch.optim.AdamW(model.clip.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        items = train[step * batch_size : (step + 1) * batch_size]
+        logits = selection_logits(model, items)
+        scale = model.logit_scale
+        loss = torch.stack([F.cross_entropy(scale * row[None], torch.tensor([index]))
+                            for row, (_, index, _) in zip(logits, items, strict=True)]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval().requires_grad_(False)
+
+
+def grounding_headroom(vlm, split: str, seed: int, n_eval: int, steps: int) -> dict[str, float]:
+    items = referring_scenes(split, n_eval)
+    return {"grounding_zero_shot": selection_accuracy(vlm, items),
+            "grounding_finetune": selection_accuracy(finetune_selection(vlm, seed, steps), items)}
+
+
 def inversion_headroom(vlm, split: str, seed: int, n_eval: int, n_train: int) -> dict[str, float]:
     embed = default_embedder()
     encoder = VLMImageEncoder(vlm)
@@ -150,8 +221,10 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     metrics.update(fine_headroom(vlm, split, seed, n_eval))
     metrics.update(retrieval_headroom(vlm.requires_grad_(True), split, seed, 200 if quick else 500,
                                       steps=40 if quick else RETRIEVAL_STEPS))
+    metrics.update(grounding_headroom(vlm, split, seed, 200 if quick else 500, steps=20 if quick else GROUNDING_STEPS))
     metrics.update(inversion_headroom(vlm.requires_grad_(False), split, seed, n_eval, 1000 if quick else 4000))
-    for task, reference in (("fine", "probe"), ("retrieval", "finetune"), ("inversion", "probe")):
+    tasks = (("fine", "probe"), ("retrieval", "finetune"), ("grounding", "finetune"), ("inversion", "probe"))
+    for task, reference in tasks:
         metrics[f"{task}_gap"] = metrics[f"{task}_{reference}"] - metrics[f"{task}_zero_shot"]
     notes = {"backbone": name, "shots_per_category": SHOTS, "n_eval": n_eval, "first_eval_seed":
              split_seed_range(split).start, "gap_needed": 15.0}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from promptweave.bench import harness
-from promptweave.bench.headroom import fine_train_set, linear_probe
+from promptweave.bench.headroom import fine_train_set, isolated_objects, linear_probe, referring_scenes
 from promptweave.prompt_modules.world.models import WORLDCLIP_FILES, load_worldclip
 from promptweave.prompt_modules.world.vocabulary import CATEGORY_NAMES
 
@@ -51,3 +51,15 @@ def test_headroom_probe_data_and_probe():
     x = centres[y] + 0.3 * torch.randn(100, 16, generator=generator)
     head = linear_probe(x, y, 5, steps=200)
     assert float((head(torch.nn.functional.normalize(x, dim=-1)).argmax(1) == y).float().mean()) > 0.95
+
+
+def test_grounding_headroom_shows_each_object_alone_and_names_one_of_them():
+    items = referring_scenes("val", 5)
+    for scene, index, text in items:
+        assert len(scene.objects) >= 2 and 0 <= index < len(scene.objects) and text
+        crops = isolated_objects(scene)
+        assert crops.shape == (len(scene.objects), 3, scene.size, scene.size)
+        background = torch.tensor(scene.background_rgb, dtype=torch.float32)[:, None, None] / 255.0
+        for k, crop in enumerate(crops):
+            differs = (crop - background).abs().sum(0) > 1e-6
+            assert not (differs & ~torch.from_numpy(scene.masks[k])).any()  # nothing outside the object's mask
