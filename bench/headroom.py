@@ -15,9 +15,11 @@ the score of a simple supervised reference trained on the task's training set, a
   more objects, flat style), each object shown alone on the background (ReCLIP-style isolation, Subramanian et
   al. 2022). Zero-shot: the object whose image is closest to the expression; reference: the whole VLM fine-tuned
   on train scenes with that choice as a cross-entropy over each scene's objects.
-- ``inversion``: MiniLM cosine between the predicted and the true caption. Zero-shot: the ``inversion``
-  benchmark's CLIP-Interrogator baseline; reference: a linear map (ridge regression) from the image features to
-  the caption's MiniLM embedding, fitted on the training scenes.
+- ``inversion``: MiniLM cosine (x100) between the predicted and the true prompt, on prompts written as people
+  write text-to-image prompts (:func:`~promptweave.prompt_modules.world.generation_prompts.generation_prompt`:
+  style and quality words, missing attributes, words no image shows). Zero-shot: the ``inversion`` benchmark's
+  CLIP-Interrogator baseline; reference: a linear map (ridge regression) from the image features to the
+  prompt's MiniLM embedding, fitted on the training scenes.
 
 Splits: ``val`` for design choices, ``test`` to report; training data always comes from the train split.
 """
@@ -32,12 +34,14 @@ import torch.nn.functional as F
 
 from ..prompt_modules.inversion import VLMImageEncoder, default_embedder, mean_cosine
 from ..prompt_modules.world.clip_training import WorldCLIPTrainConfig, batch_loss, training_batch
+from ..prompt_modules.world.dataset import MIXED, render_batch
+from ..prompt_modules.world.generation_prompts import generation_prompt
 from ..prompt_modules.world.scene import Scene, sample_scene, split_seed_range
 from ..prompt_modules.world.sources import render_class_sample, world_classes
 from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, STYLES
 from ..prompt_modules.world.zero_shot import category_prompts, scenes_to_images, single_object_scenes
 from .harness import TaskResult, bench_backbone
-from .inversion import Interrogator, world_pairs
+from .inversion import Interrogator
 from .retrieval import eval_set, recalls
 
 SHOTS = 16
@@ -196,18 +200,25 @@ def grounding_headroom(vlm, split: str, seed: int, n_eval: int, steps: int) -> d
             "grounding_finetune": selection_accuracy(finetune_selection(vlm, seed, steps), items)}
 
 
+def prompt_pairs(split: str, n: int, offset: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """``n`` scenes of ``split`` (mixed styles) and their generation prompts (:func:`generation_prompt`)."""
+    start = split_seed_range(split).start + offset
+    batch = render_batch(range(start, start + n), style=MIXED)
+    return batch["image"], [generation_prompt(scene) for scene in batch["scenes"]]
+
+
 def inversion_headroom(vlm, split: str, seed: int, n_eval: int, n_train: int) -> dict[str, float]:
     embed = default_embedder()
     encoder = VLMImageEncoder(vlm)
-    test_images, _, test_captions = world_pairs(split, n_eval)
-    train_images, _, train_captions = world_pairs("train", n_train, offset=seed * 1_000_000)
-    test_target = embed(test_captions).float()
+    test_images, test_prompts = prompt_pairs(split, n_eval)
+    train_images, train_prompts = prompt_pairs("train", n_train, offset=seed * 1_000_000)
+    test_target = embed(test_prompts).float()
     with torch.no_grad():
         test_x, train_x = encoder(test_images).float(), encoder(train_images).float()
     zero_shot = mean_cosine(embed(Interrogator(vlm)(test_images, test_x)).float(), test_target)
-    # ridge regression with a bias column, lambda fixed on val
+    # ridge regression with a bias column
     x = torch.cat([train_x, torch.ones(len(train_x), 1)], 1)
-    y = embed(train_captions).float()
+    y = embed(train_prompts).float()
     weights = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1]), x.T @ y)
     predicted = torch.cat([test_x, torch.ones(len(test_x), 1)], 1) @ weights
     return {"inversion_zero_shot": 100.0 * zero_shot, "inversion_probe": 100.0 * mean_cosine(predicted, test_target)}

@@ -102,3 +102,16 @@ def test_web_training_runs_and_names_the_backbone(tmp_path):
     vlm = train_worldclip(config, None, progress=False)
     changed = [k for k, v in vlm.clip.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("visual.") for k in changed) and any(not k.startswith("visual.") for k in changed)
+
+
+def test_generation_prompts_name_the_first_object_and_a_style_and_leave_attributes_out():
+    from promptweave.prompt_modules.world.generation_prompts import STYLE_WORDS, generation_prompt
+
+    scenes = [sc for style in STYLES for sc in _scenes(50, style)]
+    prompts = [generation_prompt(sc) for sc in scenes]
+    assert prompts == [generation_prompt(sc) for sc in scenes]
+    assert all(sc.objects[0].category in p for sc, p in zip(scenes, prompts, strict=True))
+    styled = sum(any(w in p for w in STYLE_WORDS[sc.style]) for sc, p in zip(scenes, prompts, strict=True))
+    assert 0.6 < styled / len(scenes) < 0.95
+    colour_named = sum(sc.objects[0].colour in p for sc, p in zip(scenes, prompts, strict=True))
+    assert 0.5 < colour_named / len(scenes) < 0.95  # attributes are left out, unlike the world's captions
