@@ -16,6 +16,7 @@ import re
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -81,9 +82,15 @@ def meta_field(metadata: Mapping[str, str], key: str, default: object = None) ->
         return raw
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """The process's umask. Reading it means setting it for a moment, so concurrent writers (Caption Folder
+    writes from several threads) take turns: otherwise one could read the other's temporary value."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
 
 

@@ -5,8 +5,9 @@
 and ``python -m promptweave.caption``. It walks the folder (sub-folders too with ``recursive``), reads each image
 with :func:`~promptweave.prompt_modules.core.data.load_image` (PNG, JPEG, WebP, BMP; alpha composited on white,
 16-bit scaled; the size checked from the header), inverts in batches with the inverter and the image encoder the
-caller passes, and writes each caption file atomically. A file that cannot be read is reported and skipped; a run
-stopped half-way leaves whole caption files only, and a re-run picks up where it stopped.
+caller passes, and writes each caption file atomically (decoding, inverting and writing overlap). A file that
+cannot be read is reported and skipped; a run stopped half-way leaves whole caption files only, and a re-run picks
+up where it stopped.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,12 @@ MANIFEST_STEM = "captions"
 #: Actions that write a caption file.
 WRITE_ACTIONS = ("create", "overwrite", "prepend", "append")
 SEPARATOR = ", "
+#: How many batches the decoding threads work ahead of the inversion.
+LOOKAHEAD = 2
+#: Threads that write caption files. Every write fsyncs its file before the rename (whole or absent, even after a
+#: power cut); fsyncs issued together share the file system's journal commits (ext4: 16 files wait about as long
+#: as 2 written one after the other), and the writes overlap decoding and inverting the next batch.
+WRITERS = 8
 
 #: Images ``[B, 3, H, W]`` in 0..1 -> ``(encoder name, features)``: the image encoder the inverter was trained on
 #: (:func:`~.encoders.image_features` with the caller's models).
@@ -169,20 +178,45 @@ def _plan(images: list[Path], existing: str) -> tuple[list[CaptionResult], list[
     return results, to_invert
 
 
-def _load(results: Sequence[CaptionResult], size: int) -> list[tuple[CaptionResult, torch.Tensor | None]]:
-    """Each image at ``size`` (``None`` for a file that cannot be read, marked failed with the reason)."""
-    loaded = []
-    for result in results:
-        try:
-            loaded.append((result, load_image(result.image, size)))
-        except ValueError as exc:
-            result.action, result.error = "fail", str(exc)
-            loaded.append((result, None))
-    return loaded
+def _load(result: CaptionResult, size: int) -> torch.Tensor | None:
+    """The image at ``size`` (``None`` for a file that cannot be read, marked failed with the reason)."""
+    try:
+        return load_image(result.image, size)
+    except ValueError as exc:
+        result.action, result.error = "fail", str(exc)
+        return None
 
 
 def _batches(items: Sequence[CaptionResult], batch_size: int) -> Iterable[Sequence[CaptionResult]]:
     return (items[i: i + batch_size] for i in range(0, len(items), batch_size))
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _decode_threads(cpus: int | None = None) -> int:
+    """Threads that decode image files during a run: 2 (4 from 16 CPUs), so that decoding, the run's bottleneck
+    with a light encoder, can use every core of a small machine."""
+    return min(4, max(2, (_cpus() if cpus is None else cpus) // 4))
+
+
+@contextmanager
+def _torch_threads_beside(readers: int) -> Iterator[None]:
+    """Cap torch's intra-op threads at the CPUs the ``readers`` decoding threads leave (at least 1) while the
+    block runs, then restore them. Beside busy decoding threads, an operation split over more threads than there
+    are free cores waits at every step for a thread the scheduler has put aside: on 2 CPUs with one of them busy,
+    a batch of 16 through the pixel inverter took 2 to 16 times longer on 2 threads than on 1. The pixel
+    inverter's outputs are bitwise the same on 1 and 2 threads."""
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, _cpus() - readers))
+    if wanted != before:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            torch.set_num_threads(before)
 
 
 def _write_caption(result: CaptionResult, new: str, existing: str) -> None:
@@ -206,6 +240,17 @@ def _write_caption(result: CaptionResult, new: str, existing: str) -> None:
         result.action, result.error = "fail", f"cannot write {result.caption_file.name}: {exc}"
         return
     result.action = "create" if old is None else existing
+
+
+def _written(writing: tuple[int, list[Future]], done: int, total: int, progress: Progress | None) -> int:
+    """Wait for one batch's caption writes (``(images in the batch, write futures)``), then report progress."""
+    count, writes = writing
+    for future in writes:
+        future.result()  # an unexpected error in a write stops the run here
+    done += count
+    if progress is not None:
+        progress(done, total)
+    return done
 
 
 def _write_manifest(summary: CaptionSummary, fmt: str) -> Path:
@@ -251,10 +296,14 @@ def caption_folder(
     writes ``captions.csv`` / ``captions.jsonl`` in ``folder`` (``file_name``, ``text``) for every captioned image;
     ``top_k``, ``threshold``, ``use_dakl``: as :meth:`~.model.PromptInverter.invert`. ``dry_run``: nothing is
     inverted or written; the summary lists what would change (unreadable headers show as failed).
-    ``progress(done, total)`` is called after each batch; an exception it raises stops the run after whole files.
+    ``progress(done, total)`` is called after each batch's caption files are written (``done`` counts them and the
+    failed images); an exception it raises stops the run after whole files.
 
-    Every write is atomic; an image that cannot be read is reported in the summary and skipped. Bad options, a
-    missing folder, a folder without images or an encoder that is not the inverter's are ``ValueError``\\ s.
+    Files are decoded by a few threads ahead of the inversion and captions are written by others behind it (while
+    it runs, torch's intra-op threads are capped at the CPUs the decoding threads leave, then restored); the
+    captions are those of inverting the batches one after the other. Every write is atomic; an image that cannot
+    be read is reported in the summary and skipped. Bad options, a missing folder, a folder without images or an
+    encoder that is not the inverter's are ``ValueError``\\ s.
     """
     _check_choice("content", content, CAPTION_CONTENTS)
     _check_choice("existing", existing, EXISTING_MODES)
@@ -284,23 +333,37 @@ def caption_folder(
     if progress is not None:
         progress(done, total)
     batches = list(_batches(to_invert, batch_size))
-    with ThreadPoolExecutor(max_workers=1) as reader:  # decodes the next batch while this one is inverted
-        upcoming: Future | None = reader.submit(_load, batches[0], size) if batches else None
-        for index in range(len(batches)):
-            loaded = upcoming.result()
-            upcoming = reader.submit(_load, batches[index + 1], size) if index + 1 < len(batches) else None
-            readable = [(r, image) for r, image in loaded if image is not None]
-            if readable:
-                with torch.no_grad():
-                    name, features = encode(torch.stack([image for _, image in readable]))
-                    inverter.check_backbone(name)
-                    inverted = inverter.invert(features, top_k=top_k, threshold=threshold, use_dakl=use_dakl)
-                for (result, _), output in zip(readable, inverted, strict=True):
-                    new = caption_text(output, content, threshold, trigger, trigger_position)
-                    _write_caption(result, new, existing)
-            done += len(loaded)
-            if progress is not None:
-                progress(done, total)
+    # Files are decoded by _decode_threads() threads, up to LOOKAHEAD batches ahead, while this thread inverts; the
+    # captions are written by WRITERS threads while the next batch is decoded and inverted. progress(done) follows
+    # the writes: ``done`` counts images whose caption file is written (or that failed), one batch behind.
+    readers = _decode_threads()
+    with (_torch_threads_beside(readers), ThreadPoolExecutor(readers) as reader,
+          ThreadPoolExecutor(WRITERS) as writer):
+        loading: deque[list[Future]] = deque()
+        writing: tuple[int, list[Future]] | None = None
+        try:
+            for index, batch in enumerate(batches):
+                for ahead in batches[index + len(loading): index + LOOKAHEAD]:
+                    loading.append([reader.submit(_load, result, size) for result in ahead])
+                images = [future.result() for future in loading.popleft()]
+                readable = [(r, image) for r, image in zip(batch, images, strict=True) if image is not None]
+                captions = []
+                if readable:
+                    with torch.no_grad():
+                        name, features = encode(torch.stack([image for _, image in readable]))
+                        inverter.check_backbone(name)
+                        inverted = inverter.invert(features, top_k=top_k, threshold=threshold, use_dakl=use_dakl)
+                    captions = [(result, caption_text(output, content, threshold, trigger, trigger_position))
+                                for (result, _), output in zip(readable, inverted, strict=True)]
+                if writing is not None:  # the batch before is written and reported before this one is handed on,
+                    done = _written(writing, done, total, progress)  # so a stop there writes nothing of this batch
+                writing = (len(batch), [writer.submit(_write_caption, result, new, existing)
+                                        for result, new in captions])
+            if writing is not None:
+                done = _written(writing, done, total, progress)
+        except BaseException:
+            reader.shutdown(cancel_futures=True)  # decode no further; captions handed to the writers are written whole
+            raise
     if manifest is not None:
         summary.manifest = _write_manifest(summary, manifest)
     return summary

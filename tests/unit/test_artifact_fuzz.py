@@ -111,6 +111,24 @@ def test_a_save_removes_stale_temporary_files_of_killed_saves_and_nothing_else(t
     assert (tmp_path / "new.safetensors").read_bytes() == b"data"
 
 
+def test_atomic_writes_from_many_threads_keep_the_umask_permissions(tmp_path):
+    """Caption Folder writes from several threads; reading the umask means setting it for a moment, so without
+    taking turns one writer could read another's temporary value and give its file the wrong permissions."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from promptweave.prompt_modules.core.artifacts import atomic_write_bytes
+
+    old = os.umask(0o077)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: atomic_write_bytes(tmp_path / f"{i}.txt", str(i).encode()), range(200)))
+    finally:
+        os.umask(old)
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o600}
+    assert all((tmp_path / f"{i}.txt").read_text() == str(i) for i in range(200))
+
+
 @pytest.mark.parametrize(("metadata", "tensor"), [
     ({"promptweave.position": "sideways"}, torch.zeros(2, 8)),
     ({"promptweave.placeholder": ""}, torch.zeros(2, 8)),

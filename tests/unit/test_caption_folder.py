@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from promptweave.headless import PACK_DIR
@@ -22,6 +23,7 @@ from promptweave.prompt_modules.inversion import (
     load_pair_folder,
     read_pair_manifest,
 )
+from promptweave.prompt_modules.inversion.caption import caption_text
 from promptweave.testing.caption_demo import BROKEN_NAME, write_caption_demo_folder
 
 INVERTER = PACK_DIR / "weights" / "inverter-pixels-world.safetensors"
@@ -149,6 +151,31 @@ def test_an_interrupted_run_leaves_whole_files_and_a_rerun_resumes(demo, inverte
     assert _captions(demo) == expected
     assert len(summary.skipped) == len(partial) and len(summary.written) == READABLE - len(partial)
     assert seen[0] == (len(partial), READABLE + 1) and seen[-1] == (READABLE + 1, READABLE + 1)
+
+
+def test_a_run_restores_torch_threads_and_writes_what_one_batch_at_a_time_writes(demo, inverter, tmp_path):
+    """Decoding, inverting and writing overlap (threads); the captions are those of a plain loop over the batches,
+    and torch's thread count is the caller's again after a finished and after a stopped run."""
+    reference = tmp_path / "reference"
+    shutil.copytree(demo, reference)
+    before = torch.get_num_threads()
+    summary = _caption(demo, inverter)
+    assert torch.get_num_threads() == before
+    for i in range(0, len(summary.results), 4):  # the run's batches (batch_size 4), one after the other
+        batch = [r for r in summary.results[i: i + 4] if r.action != "fail"]
+        with torch.no_grad():
+            inverted = inverter.invert(torch.stack([load_image(r.image, encoder_image_size(inverter.backbone))
+                                                    for r in batch]), top_k=8)
+        for result, output in zip(batch, inverted, strict=True):
+            assert result.caption_file.read_text(encoding="utf-8") == caption_text(output)
+
+    def stop(done, total):
+        if done > 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _caption(reference, inverter, progress=stop)
+    assert torch.get_num_threads() == before
 
 
 def test_image_modes_read_as_users_expect(tmp_path):
