@@ -9,14 +9,17 @@ method that reads them (or here when shared); the procedural benchmark world pro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .distributed import SINGLE_PROCESS, DataParallel
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -262,3 +265,27 @@ class GroundingBatch:
 
 class GroundingSource(Protocol):
     def batch(self, seed: int, step: int, batch_size: int) -> GroundingBatch: ...
+
+
+# ----- a rank's part of a global batch (training under torchrun) ----------------------------------------------------
+def cut_batch(batch: Any, part: slice) -> Any:
+    """The rows ``part`` of a batch dataclass (every tensor and list field cut along its first dimension)."""
+    rows = {}
+    for item in dataclasses.fields(batch):
+        value = getattr(batch, item.name)
+        rows[item.name] = value[part] if isinstance(value, (torch.Tensor, list, tuple)) else value
+    return dataclasses.replace(batch, **rows)
+
+
+def read_part(source: Any, seed: int, step: int, batch_size: int, parallel: DataParallel = SINGLE_PROCESS) -> Any:
+    """This rank's part (:meth:`~.distributed.DataParallel.part`) of the global batch ``source.batch(seed, step,
+    batch_size)``. A source with ``batch_part(seed, step, batch_size, part)`` reads only those samples (it draws the
+    whole batch's choices, then loads or renders its rows); any other source makes the whole batch, which is cut.
+    In one process: ``source.batch(...)`` itself."""
+    if not parallel.active:
+        return source.batch(seed, step, batch_size)
+    part = parallel.part(batch_size)
+    reader = getattr(source, "batch_part", None)
+    if reader is not None:
+        return reader(seed, step, batch_size, part)
+    return cut_batch(source.batch(seed, step, batch_size), part)
