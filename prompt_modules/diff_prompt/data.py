@@ -93,10 +93,16 @@ class TensorGroundingSource:
         return len(self.texts)
 
     def batch(self, seed: int, step: int, batch_size: int) -> GroundingBatch:
+        return self.batch_part(seed, step, batch_size, slice(None))
+
+    def batch_part(self, seed: int, step: int, batch_size: int, part: slice) -> GroundingBatch:
+        """The rows ``part`` of :meth:`batch` (one rank's part under torchrun:
+        :func:`~..core.data.read_part`)."""
         rng = random.Random(seed * 1_000_003 + step)
         n = len(self.texts)
         picks = rng.sample(range(n), batch_size) if batch_size <= n else [rng.randrange(n) for _ in range(batch_size)]
-        idx = torch.tensor(picks)
+        picks = picks[part]
+        idx = torch.tensor(picks, dtype=torch.long)
         return GroundingBatch(self.images[idx], self.masks[idx], self.boxes[idx], [self.texts[i] for i in picks])
 
 
@@ -230,18 +236,28 @@ class ReferringGroundingSource:
         return image, _mask_to_size(mask, self.size), sample.normalized_box()
 
     def batch(self, seed: int, step: int, batch_size: int) -> GroundingBatch:
+        return self.batch_part(seed, step, batch_size, slice(None))
+
+    def batch_part(self, seed: int, step: int, batch_size: int, part: slice) -> GroundingBatch:
+        """The rows ``part`` of :meth:`batch`, loading only their images (one rank's part under torchrun:
+        :func:`~..core.data.read_part`); the sentence choices of every row are drawn, so the rows are the whole
+        batch's."""
         rng = random.Random(seed * 1_000_003 + step)
         n = len(self._items)
         picks = rng.sample(range(n), batch_size) if batch_size <= n else [rng.randrange(n) for _ in range(batch_size)]
+        wanted = range(len(picks))[part]
         images, masks, boxes, texts = [], [], [], []
-        for k in picks:
+        for row, k in enumerate(picks):
             i, j = self._items[k]
             sample = self.samples[i]
+            text = sample.texts[j if j >= 0 else rng.randrange(len(sample.texts))]
+            if row not in wanted:
+                continue
             image, mask, box = self.load(i)
             images.append(image)
             masks.append(mask)
             boxes.append(box)
-            texts.append(sample.texts[j if j >= 0 else rng.randrange(len(sample.texts))])
+            texts.append(text)
         return GroundingBatch(torch.stack(images), torch.stack(masks), torch.stack(boxes), texts)
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from .config import DiTConfig
 from .losses import epsilon_loss
 
@@ -148,15 +149,17 @@ class DiT(nn.Module):
         image_features: torch.Tensor,
         caption_features: torch.Tensor,
         generator: torch.Generator | None = None,
+        parallel: DataParallel = SINGLE_PROCESS,
     ) -> torch.Tensor:
         """The simple epsilon-prediction loss (DDPM eq. 14) at uniformly drawn timesteps
-        (:func:`~.losses.epsilon_loss`)."""
+        (:func:`~.losses.epsilon_loss`; under ``parallel`` on this rank's part of the batch)."""
         return epsilon_loss(
             lambda z_t, t: self(z_t, t, image_features, caption_features),
             self.q_sample,
             z0,
             self.config.num_timesteps,
             generator,
+            parallel,
         )
 
 

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..core.distributed import SINGLE_PROCESS, DataParallel
+
 
 # ----- stage 1: Mask-VAE ------------------------------------------------------------------------------------------
 def mask_vae_loss(
@@ -39,14 +41,16 @@ def epsilon_loss(
     z0: torch.Tensor,
     num_timesteps: int,
     generator: torch.Generator | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> torch.Tensor:
     """DDPM eq. 14: ``|| eps - eps_theta(sqrt(a_t) z_0 + sqrt(1 - a_t) eps, t) ||^2`` with ``t`` uniform in
     ``[0, num_timesteps)`` and ``eps`` Gaussian (drawn in this order from ``generator``, or torch's global RNG).
 
     ``q_sample(z0, t, noise)`` is the forward process (DDPM eq. 4) and ``denoiser(z_t, t)`` the conditioned
-    epsilon prediction."""
-    t = torch.randint(0, num_timesteps, (z0.shape[0],), generator=generator).to(z0.device)
-    noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
+    epsilon prediction. Under ``parallel`` ``z0`` is this rank's part of the batch: ``t`` and ``eps`` are drawn
+    for the whole batch and the rank keeps its rows (:meth:`~..core.distributed.DataParallel.randn`)."""
+    t = parallel.randint(num_timesteps, z0.shape[0], generator=generator).to(z0.device)
+    noise = parallel.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
     return F.mse_loss(denoiser(q_sample(z0, t, noise), t), noise)
 
 

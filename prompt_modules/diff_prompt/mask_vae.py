@@ -12,6 +12,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from .config import MaskVAEConfig
 from .losses import mask_vae_loss
 
@@ -60,11 +61,16 @@ class MaskVAE(nn.Module):
         """Mask probabilities ``[B, 1, S, S]`` in 0..1."""
         return ((self.decode_raw(latents) + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def loss(self, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Paper eq. 3: reconstruction MSE + ``kl_weight`` x KL; returns the loss and its parts."""
+    def loss(
+        self, masks: torch.Tensor, parallel: DataParallel = SINGLE_PROCESS
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Paper eq. 3: reconstruction MSE + ``kl_weight`` x KL; returns the loss and its parts. The latent is
+        the posterior's sample (``mean + std * eps``, as ``DiagonalGaussianDistribution.sample``); under
+        ``parallel`` ``masks`` are this rank's part and ``eps`` its rows of the whole batch's draw."""
         x = self._check(masks) * 2.0 - 1.0
         dist = self.vae.encode(x).latent_dist
-        recon = self.vae.decode(dist.sample()).sample
+        eps = parallel.randn(dist.mean.shape, dtype=dist.parameters.dtype, device=dist.parameters.device)
+        recon = self.vae.decode(dist.mean + dist.std * eps).sample
         return mask_vae_loss(recon, x, dist, self.config.kl_weight)
 
     @torch.no_grad()

@@ -43,6 +43,7 @@ from ..core.deep_prompts import (
     encode_image_prompted,
     encode_text_prompted,
 )
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.vlm import VisionLanguageModel
 from ..pretraining.io import PretrainedPromptBundle, as_bundle, copy_prompt_tensors
 from ..pretraining.model import layer_input_from_storage
@@ -403,9 +404,12 @@ class DiffPrompt(nn.Module):
         generator: torch.Generator | None = None,
         steps: int | None = None,
         layers: int | None = None,
+        parallel: DataParallel = SINGLE_PROCESS,
     ) -> torch.Tensor:
         """The generated intermediate masks ``[K, B, 1, S, S]`` (0..1), one per prompted layer (frozen path); with
-        ``layers`` only the first ``layers`` of them, and DDIM stops at the last step they need."""
+        ``layers`` only the first ``layers`` of them, and DDIM stops at the last step they need. Under ``parallel``
+        (training) the images are this rank's part of the batch and the starting noise its rows of the whole
+        batch's draw."""
         images = _square(images, vlm.image_size)
         f_img = vlm.encode_image(images)
         f_txt = vlm.encode_text(list(texts))
@@ -421,8 +425,13 @@ class DiffPrompt(nn.Module):
         )
         if layers is not None:
             keep = keep[:layers]
+        noise = None
+        if parallel.active:  # what ddim_sample draws for the whole batch, this rank's rows
+            dit_cfg = self.dit.config
+            shape = (images.shape[0], dit_cfg.latent_channels, dit_cfg.latent_size, dit_cfg.latent_size)
+            noise = parallel.randn(shape, generator=generator)
         result = ddim_sample(self.dit, f_img, f_txt, steps=steps, keep=keep, kept=cfg.kept, generator=generator,
-                             stop_when_kept=layers is not None)
+                             stop_when_kept=layers is not None, noise=noise)
         k, b = result.kept.shape[:2]
         latents = result.kept.reshape(k * b, *result.kept.shape[2:]) / self.dit.config.scaling_factor
         masks = self.vae.decode(latents)
@@ -454,11 +463,13 @@ class DiffPrompt(nn.Module):
         *,
         generator: torch.Generator | None = None,
         steps: int | None = None,
+        parallel: DataParallel = SINGLE_PROCESS,
     ) -> GroundingOutput:
-        """Ground ``texts[i]`` in ``images[i]`` (float ``[B, 3, H, W]`` in 0..1, resized to the VLM's square)."""
+        """Ground ``texts[i]`` in ``images[i]`` (float ``[B, 3, H, W]`` in 0..1, resized to the VLM's square);
+        ``parallel``: :meth:`generate`'s."""
         texts = _check_batch(images, texts)
         images = _square(images, vlm.image_size)
-        masks = self.generate(vlm, images, texts, generator=generator, steps=steps)
+        masks = self.generate(vlm, images, texts, generator=generator, steps=steps, parallel=parallel)
         text_tokens, visual_tokens = self.prompt_tokens(masks, images.shape[0])
         slots = PromptSlots(text_tokens, visual_tokens, keep_positions=self.config.keep_positions)
         patches = dense_image_features(vlm, images, slots, layer_fn=slots.layer_fn)

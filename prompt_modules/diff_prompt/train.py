@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..core.artifacts import ConfigError
-from ..core.data import GroundingBatch, GroundingSource, resize_masks
+from ..core.data import GroundingBatch, GroundingSource, read_part, resize_masks
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.training import StepCallback, train_frozen
 from ..core.vlm import VisionLanguageModel
 from .config import DiTConfig, MaskVAEConfig, PromptConfig, check_lr
@@ -97,8 +98,10 @@ def train_mask_vae(
     checkpoint_every: int = 100,
     callback: Callback | None = None,
     progress: bool = True,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Stage 1: the Mask-VAE on the source's target masks (paper eq. 3)."""
+    """Stage 1: the Mask-VAE on the source's target masks (paper eq. 3). Under ``parallel`` (torchrun) every
+    rank trains on its part of each batch (:func:`~..core.data.read_part`), as the other stages do."""
     config = config or MaskVAEConfig()
     with torch.inference_mode(False), torch.enable_grad():
         with torch.random.fork_rng(devices=[]):
@@ -107,8 +110,8 @@ def train_mask_vae(
         vae.train()
 
         def step_fn(step: int) -> torch.Tensor:
-            masks = resize_masks(source.batch(seed, step, batch_size).masks, config.mask_size)
-            return vae.loss(masks)[0]
+            masks = resize_masks(read_part(source, seed, step, batch_size, parallel).masks, config.mask_size)
+            return vae.loss(masks, parallel)[0]
 
         losses, done, interrupted = _loop(
             "vae",
@@ -124,6 +127,7 @@ def train_mask_vae(
             checkpoint_every=checkpoint_every,
             callback=callback,
             progress=progress,
+            parallel=parallel,
         )
     return TrainResult(vae.eval(), losses, done, interrupted)
 
@@ -155,10 +159,12 @@ def train_dit(
     checkpoint_every: int = 100,
     callback: Callback | None = None,
     progress: bool = True,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
     """Stage 2: the DiT on Mask-VAE latents conditioned on the frozen VLM's image and expression features.
 
-    ``result.model`` is the EMA DiT (the one that samples); its config carries the latent scaling factor.
+    ``result.model`` is the EMA DiT (the one that samples); its config carries the latent scaling factor (measured
+    alike on every rank under ``parallel``).
     """
     config = config or DiTConfig()
     vae_cfg = vae.config
@@ -176,11 +182,11 @@ def train_dit(
         dit.train()
 
         def step_fn(step: int) -> torch.Tensor:
-            batch = source.batch(seed, step, batch_size)
+            batch = read_part(source, seed, step, batch_size, parallel)
             f_img, f_txt = _features(vlm, batch)
             with torch.no_grad():
                 z0 = vae.encode(resize_masks(batch.masks, vae_cfg.mask_size).to(vlm.device)) * config.scaling_factor
-            return dit.loss(z0, f_img, f_txt)
+            return dit.loss(z0, f_img, f_txt, parallel=parallel)
 
         losses, done, interrupted = _loop(
             "dit",
@@ -198,6 +204,7 @@ def train_dit(
             checkpoint_every=checkpoint_every,
             callback=callback,
             progress=progress,
+            parallel=parallel,
         )
     return TrainResult(ema.module.eval(), losses, done, interrupted)
 
@@ -217,16 +224,20 @@ def train_grounder(
     callback: Callback | None = None,
     progress: bool = True,
     name: str = "prompt",
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Train a grounder's ``trainable_parameters()`` with its ``loss`` on a frozen ``vlm`` (stage 3's loop)."""
+    """Train a grounder's ``trainable_parameters()`` with its ``loss`` on a frozen ``vlm`` (stage 3's loop).
+    Under ``parallel`` each rank grounds its part of the batch; the grounder's ``forward`` then gets
+    ``parallel=`` (for the starting noise of :class:`~.model.DiffPrompt`'s DDIM)."""
     with torch.inference_mode(False), torch.enable_grad():
         params = grounder.trainable_parameters()
         grounder.train()
         size = getattr(grounder, "mask_size", 64)
+        options = {"parallel": parallel} if parallel.active else {}
 
         def step_fn(step: int) -> torch.Tensor:
-            batch = source.batch(seed, step, batch_size)
-            out = grounder(vlm, batch.images.to(vlm.device), batch.texts)
+            batch = read_part(source, seed, step, batch_size, parallel)
+            out = grounder(vlm, batch.images.to(vlm.device), batch.texts, **options)
             return grounder.loss(out, resize_masks(batch.masks, size), batch.boxes)
 
         losses, done, interrupted = _loop(
@@ -244,6 +255,7 @@ def train_grounder(
             checkpoint_every=checkpoint_every,
             callback=callback,
             progress=progress,
+            parallel=parallel,
         )
     return TrainResult(grounder.eval(), losses, done, interrupted)
 
@@ -263,6 +275,7 @@ def train_prompts(
     callback: Callback | None = None,
     progress: bool = True,
     init_prompts: Any = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
     """Stage 3: adapters, global prompts and head on the frozen VLM, Mask-VAE and DiT (``result.model`` is the
     whole :class:`~.model.DiffPrompt`).
@@ -293,6 +306,7 @@ def train_prompts(
         callback=callback,
         progress=progress,
         name="prompt",
+        parallel=parallel,
     )
 
 
@@ -471,6 +485,7 @@ def train_diff_prompt(
     prompted_layers: int | None = None,
     lr: float | None = None,
     mask_size: int | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> DiffPromptRun:
     """Diff-Prompt's recipe: ``stages`` (consecutive, in the order vae -> dit -> prompt) trained one after the
     other, each resumable from its checkpoint, the bundle at ``bundle_path`` written after each.
@@ -492,6 +507,10 @@ def train_diff_prompt(
     A plan that cannot work is refused before anything trains: :class:`~..core.artifacts.ConfigError` whose
     ``field`` names the argument (``stages``, ``previous``, ``vlm``, ``init_prompts``, ``ddim_steps``,
     ``prompted_layers``, ``lr``, ``mask_size``) or the config field (e.g. ``text_depth``, ``keep_steps``).
+
+    Under ``parallel`` (``torchrun``, :mod:`~..core.distributed`) ``batch_size`` is the global batch: each rank
+    trains on its part of every batch (reading only it where the source can), with the whole batch's noise and
+    timesteps, so the result is a one-process run's; rank 0 alone writes checkpoints and the bundle.
     """
     stages = tuple(stages)
     if previous is None and stages and stages[0] in STAGES[1:] and bundle_path and Path(bundle_path).is_file():
@@ -534,6 +553,7 @@ def train_diff_prompt(
                 checkpoint_every=checkpoint_every,
                 callback=stage_callback(offset),
                 progress=progress,
+                parallel=parallel,
             )
             if stage == "vae":
                 result = train_mask_vae(source, vae_config, **common)
@@ -547,17 +567,18 @@ def train_diff_prompt(
             if result.interrupted:
                 run.interrupted = True
                 break
+            write = bool(bundle_path) and parallel.is_main  # rank 0 writes the bundle
             if stage == "vae":
                 bundle.vae, bundle.dit, bundle.model, bundle.backbone = result.model, None, None, "any"
-                if bundle_path:
+                if write:
                     save_bundle(bundle_path, vae=bundle.vae)
             elif stage == "dit":
                 bundle.dit, bundle.model, bundle.backbone = result.model, None, vlm.name
-                if bundle_path:
+                if write:
                     save_bundle(bundle_path, vae=bundle.vae, dit=bundle.dit, backbone=vlm.name)
             else:
                 bundle.model = result.model
-                if bundle_path:
+                if write:
                     save_bundle(bundle_path, model=bundle.model)
             offset += steps[stage]
     return run
