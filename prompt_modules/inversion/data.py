@@ -29,19 +29,40 @@ def load_pair_folder(folder: str | os.PathLike[str], size: int = 64, *, recursiv
     Every image needs a ``.txt`` file of the same stem holding its prompt; images without one are skipped;
     a folder without any pair is an error.
     """
-    images, texts = [], []
+    pairs = read_pair_folder(folder, recursive=recursive)
+    return load_pair_images(pairs, size), [p.prompt for p in pairs]
+
+
+def read_pair_folder(folder: str | os.PathLike[str], *, recursive: bool = True) -> list[ManifestPair]:
+    """The (image file, prompt) pairs :func:`load_pair_folder` loads, without loading images (``where`` is the
+    image's path relative to ``folder``)."""
+    pairs = []
     for path in list_images(folder, recursive=recursive):
         caption = path.with_suffix(".txt")
         if not caption.is_file():
             continue
         text = caption.read_text(encoding="utf-8", errors="replace").strip()
-        if not text:
-            continue
-        images.append(load_image(path, size))
-        texts.append(text)
-    if not images:
+        if text:
+            pairs.append(ManifestPair(path, text, path.relative_to(folder).as_posix()))
+    if not pairs:
         raise ValueError(f"dataset folder {Path(folder)} has no image.png + image.txt pairs")
-    return torch.stack(images), texts
+    return pairs
+
+
+def load_pair_images(
+    pairs: Sequence[ManifestPair], size: int, manifest: str | os.PathLike[str] | None = None
+) -> torch.Tensor:
+    """The images ``[N, 3, size, size]`` of ``pairs`` (:func:`~..core.data.load_image`); an unreadable one is a
+    ``ValueError`` naming the file (and, for a ``manifest``'s pairs, the manifest and its row)."""
+    images = []
+    for pair in pairs:
+        try:
+            images.append(load_image(pair.path, size))
+        except ValueError as exc:
+            if manifest is None:
+                raise
+            raise ValueError(f"manifest {Path(manifest)}, {pair.where}: {exc}") from None
+    return torch.stack(images)
 
 
 # ----- manifests (JSONL / JSON / CSV / parquet) -------------------------------------------------------------------
@@ -333,13 +354,7 @@ def load_pair_manifest(
         raise ValueError(f"size must be a positive int (the image encoder's resolution), got {size!r}")
     pairs = read_pair_manifest(manifest, image_root=image_root, image_column=image_column,
                                prompt_column=prompt_column, limit=limit, skip_missing=skip_missing)
-    images = []
-    for pair in pairs:
-        try:
-            images.append(load_image(pair.path, size))
-        except ValueError as exc:
-            raise ValueError(f"manifest {Path(manifest)}, {pair.where}: {exc}") from None
-    return torch.stack(images), [p.prompt for p in pairs]
+    return load_pair_images(pairs, size, manifest), [p.prompt for p in pairs]
 
 
 def load_pairs(
@@ -353,6 +368,17 @@ def load_pairs(
     if manifest_options:
         raise ValueError(f"{source} is not a manifest file; {sorted(manifest_options)} apply to manifests only")
     return load_pair_folder(source, size)
+
+
+def read_pairs(source: str | os.PathLike[str], **manifest_options: Any) -> list[ManifestPair]:
+    """The (image file, prompt) pairs :func:`load_pairs` loads, without loading images: a reader loads a part of
+    them with :func:`load_pair_images` (one process's shard under torchrun)."""
+    source = Path(os.path.expanduser(str(source)))
+    if source.is_file():
+        return read_pair_manifest(source, **manifest_options)
+    if manifest_options:
+        raise ValueError(f"{source} is not a manifest file; {sorted(manifest_options)} apply to manifests only")
+    return read_pair_folder(source)
 
 
 def prompt_targets(

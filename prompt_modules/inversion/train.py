@@ -8,6 +8,10 @@ runs. Batch indices and dropout noise come from ``seed`` and the global step, so
 checkpoint (:mod:`..checkpointing`, written every ``checkpoint_every`` steps) reproduces the uninterrupted run.
 After training: Platt calibration of the keyword scores on the training predictions, the training prompts as
 the prompt bank, and optionally DAKL fitted on the training predictions.
+
+Under ``torchrun`` (``parallel``, :mod:`..core.distributed`) every process holds all the features, draws the same
+batch indices and trains on its part of them: the head's BatchNorm normalises with the whole batch's statistics and
+its Dropout keeps the process's rows of the whole batch's mask, so N processes train what one process trains.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 
 from ..core.artifacts import ArtifactError, ConfigError
 from ..core.checkpointing import load_training_state, save_training_state
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.plots import loss_curve_image  # noqa: F401  (re-exported)
 from .config import InverterConfig
 from .curriculum import curriculum_subsets, weighted_scores
@@ -93,11 +98,14 @@ def train_inverter(
     callback: StepCallback | None = None,
     dakl_clusters: int = 0,
     progress: bool = False,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train on ``inputs`` (features ``[N, feature_dim]``, or images ``[N, 3, H, W]`` for ``pixels``).
 
     ``targets`` are the prompts' MiniLM embeddings ``[N, 384]``, ``labels`` their multi-hot vocabulary labels.
     ``texts`` (the prompts) become the prompt bank. ``dakl_clusters > 0`` fits DAKL with that many centroids.
+    ``parallel``: this process's place under torchrun (every rank passes all the pairs; the batch, the smaller of
+    ``config.batch_size`` and the pair count, is split into equal parts; rank 0 alone writes the checkpoint).
     """
     n = inputs.shape[0]
     if n == 0:
@@ -129,7 +137,7 @@ def train_inverter(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, desc="prompt inverter")
+        bar = tqdm(total=total, initial=step, desc="prompt inverter", disable=not parallel.is_main)
     while step < total:
         if config.curriculum and step == plain_steps:  # phase 2: a fresh model on easy -> hard subsets
             subsets = curriculum_subsets(weighted_scores(state.history), stages)
@@ -150,21 +158,24 @@ def train_inverter(
         idx = torch.randint(size, (batch,), generator=g)
         if pool is not None:
             idx = pool[idx]
+        idx = parallel.rows(idx)  # this rank's part of the batch (all of it in one process)
         state.inverter.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed * 7919 + step)
-            emb, logits = state.inverter(inputs[idx])
+            with parallel.whole_batch_layers(state.inverter):
+                emb, logits = state.inverter(inputs[idx])
             loss, _ = inversion_loss(emb, targets[idx], logits, labels[idx],
                                      vocab_weight=config.vocab_weight, huber_weight=config.huber_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        parallel.average_gradients(state.inverter.parameters())
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(parallel.mean(float(loss.detach())))
         state.losses[step] = losses[-1]
         step += 1
         if config.curriculum and step <= plain_steps and step % spe == 0:
             state.history[step // spe - 1] = _cosines(state.inverter, inputs, targets)
-        if checkpoint_path is not None and (step % checkpoint_every == 0 or step == total):
+        if checkpoint_path is not None and parallel.is_main and (step % checkpoint_every == 0 or step == total):
             save_training_state(checkpoint_path, state, opt, step, backbone=config.backbone)
         if bar is not None:
             bar.update(1)
@@ -173,7 +184,7 @@ def train_inverter(
             try:
                 callback(step, total, losses[-1])
             except BaseException:  # interrupted: keep this step, as the shared loop (core.training) does
-                if checkpoint_path is not None and step % checkpoint_every and step != total:
+                if checkpoint_path is not None and parallel.is_main and step % checkpoint_every and step != total:
                     save_training_state(checkpoint_path, state, opt, step, backbone=config.backbone)
                 raise
     if bar is not None:
@@ -223,11 +234,13 @@ def train_inverter_on_prompts(
     checkpoint_every: int = 200,
     callback: StepCallback | None = None,
     progress: bool = False,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
     """The recipe behind Train Prompt Inverter and ``diffusers_api.train_inverter``: image features (or pixels,
     ``backbone == "pixels"``) and their prompts -> vocabulary of the prompts' content words (sec. 3.2), MiniLM
     targets (sec. 3.1) -> :func:`train_inverter` with a two-layer head of ``hidden_width`` (dropout 0.5 on
     features, 0.1 on the pixel encoder). A plan that cannot work raises :class:`ConfigError` naming the argument.
+    ``parallel``: as :func:`train_inverter` (``python -m promptweave.train inversion`` under torchrun).
 
     Runs with inference mode off and gradients on (so it works inside a ComfyUI node).
     """
@@ -258,4 +271,5 @@ def train_inverter_on_prompts(
         return train_inverter(
             inputs.clone(), targets.clone(), labels.clone(), config, vocabulary, texts=texts,
             checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, callback=callback, progress=progress,
+            parallel=parallel,
         )
