@@ -67,9 +67,19 @@ def image_specific_direction(source_feats: torch.Tensor, target_feats: torch.Ten
     return F.normalize(target_feats, dim=-1) - F.normalize(source_feats, dim=-1)
 
 
+#: The norm below which an image direction ``dI`` counts as zero in :func:`directional_loss`. At the first LoRA step
+#: ``G_t = G_s`` (the LoRA's B is zero), yet the two image features differ by rounding (about 1e-7: the adapted pass
+#: runs with gradients, other kernels); normalising that noise would make the first step's direction float noise,
+#: which changes with the batch's size or split (and so with the process count under torchrun). Below this guard the
+#: loss's gradient is ``-dT / (eps |dT|)``: the first step moves the images along the text direction, deterministically.
+#: Real directions are far above it (about 1e-2 after one step).
+DIRECTION_EPS = 1e-5
+
+
 def directional_loss(image_direction: torch.Tensor, text_direction: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 (IPL) / NADA's directional loss: ``mean_i 1 - cos(dI_i, dT_i)``."""
-    return cosine_distance(image_direction, text_direction).mean()
+    """Eq. 4 (IPL) / NADA's directional loss: ``mean_i 1 - cos(dI_i, dT_i)`` (``dI`` guarded by
+    :data:`DIRECTION_EPS`)."""
+    return cosine_distance(image_direction, text_direction, eps=DIRECTION_EPS).mean()
 
 
 def nada_direction(vlm: Any, config: IPLConfig) -> torch.Tensor:
