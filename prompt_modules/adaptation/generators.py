@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.distributed import SINGLE_PROCESS, DataParallel
+
 #: LoRA targets of an SD U-Net: self- and cross-attention projections (diffusers and LDM names agree here).
 SD_ATTENTION_PATTERN = re.compile(r"(^|\.)attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
 
@@ -163,14 +165,18 @@ def sample_worldgen_latents(
     guidance: float = 3.0,
     seed: int = 0,
     batch_size: int = 64,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> torch.Tensor:
-    """Latents WorldGen's denoiser samples for ``captions`` (DDIM; batch ``k`` uses seed ``seed + k``)."""
+    """Latents WorldGen's denoiser samples for ``captions`` (DDIM; batch ``k`` uses seed ``seed + k``). Under
+    ``parallel`` each rank samples its shard of the batches and every rank gets all the latents (the same as one
+    process samples)."""
     out = []
     null = gen.null_context(vlm) if guidance != 1.0 else None
-    for k, start in enumerate(range(0, len(captions), batch_size)):
+    batches = list(enumerate(range(0, len(captions), batch_size)))
+    for k, start in batches[parallel.shard(len(batches))]:
         context = gen.text_context(list(captions[start : start + batch_size]), vlm)
         out.append(gen.sample_latents(context, null, steps=steps, guidance=guidance, seed=seed + k).cpu())
-    return torch.cat(out)
+    return parallel.gather_shards(torch.cat(out) if out else None)
 
 
 @torch.no_grad()

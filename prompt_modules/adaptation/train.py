@@ -23,6 +23,11 @@ VLM frozen, a resumable loop, the VLM's flags restored). Every batch derives fro
 number (:func:`~.data.step_seed`) and every trainer writes resumable checkpoints
 (:mod:`~promptweave.prompt_modules.core.checkpointing`), so an interrupted run resumed from its checkpoint equals an
 uninterrupted one on CPU.
+
+Under ``torchrun`` (``parallel``, :mod:`~promptweave.prompt_modules.core.distributed`) every process draws the
+step's codes for the whole batch (cheap) and generates and encodes only its part of them; stage 1 gathers the
+features, so every process computes the whole batch's contrastive loss, stage 2's loss is a mean over images. N
+processes then train what one process trains, and rank 0 alone writes checkpoints and files.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.distributed import SINGLE_PROCESS, DataParallel
 from ..core.training import LoopResult, train_frozen
 from .config import IPLConfig
 from .data import step_codes, step_seed
@@ -215,8 +221,11 @@ def train_mapper(
     checkpoint_path: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 50,
     callback: Callback | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> MapperResult:
-    """Stage 1: train the latent mapper F with the generator and the VLM frozen (paper eq. 2-3)."""
+    """Stage 1: train the latent mapper F with the generator and the VLM frozen (paper eq. 2-3). Under
+    ``parallel`` each rank generates its part of the batch and the features are gathered (the contrastive loss
+    sees the whole batch)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         mapper = LatentMapper(
@@ -237,13 +246,13 @@ def train_mapper(
 
     def step_fn(step: int) -> torch.Tensor:
         timer.start()
-        codes = step_codes(generator, config.mapper_batch, config.seed, 1, step)
+        codes = parallel.rows(step_codes(generator, config.mapper_batch, config.seed, 1, step))
         with torch.no_grad():
             images = generator.generate(codes)
-            image_feats = vlm.encode_image(images)
+            image_feats = parallel.gather(vlm.encode_image(images))
         ctx = mapper(generator.latent_code(codes).to(generator.device))
-        f_src = F.normalize(source.features(ctx), dim=-1)
-        f_tgt = F.normalize(target.features(ctx), dim=-1)
+        f_src = parallel.gather(F.normalize(source.features(ctx), dim=-1))
+        f_tgt = parallel.gather(F.normalize(target.features(ctx), dim=-1))
         return mapper_loss(image_feats, f_src, f_tgt, source.template, target.template, vlm.logit_scale, config)
 
     mapper.train()
@@ -260,6 +269,7 @@ def train_mapper(
         checkpoint_path=path,
         checkpoint_every=checkpoint_every,
         after_step=lambda _step: timer.stop(),
+        parallel=parallel,
     )
     mapper.eval()
     for p in mapper.parameters():
@@ -310,11 +320,14 @@ def adapt_generator(
     checkpoint_every: int = 50,
     callback: Callback | None = None,
     use_ema: bool = True,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> AdaptationResult:
     """Stage 2: train a LoRA on ``generator`` with the image-specific (IPL) or fixed (NADA) directional loss.
 
     IPL needs the stage-1 ``mapper`` (its VLM and latent width are checked). On return the generator's LoRA
-    holds the EMA weights (``use_ema``), i.e. ``generator.generate`` draws from the adapted model.
+    holds the EMA weights (``use_ema``), i.e. ``generator.generate`` draws from the adapted model. Under
+    ``parallel`` each rank generates its part of the batch (LoRA dropout: its rows of the whole batch's mask);
+    NADA's layer selection runs alike on every rank.
     """
     if config.method == "ipl":
         if mapper is None:
@@ -349,7 +362,7 @@ def adapt_generator(
         seed = step_seed(config.seed, 2, step)
         if config.auto_layer_k and step % config.layer_select_every == 0:
             chosen[:] = select_layers(generator, adapter, vlm, target_template, config, seed + 1)
-        codes = generator.sample_codes(config.batch_size, seed)
+        codes = parallel.rows(generator.sample_codes(config.batch_size, seed))
         with torch.no_grad():
             with adapter.disabled():
                 src_feats = vlm.encode_image(generator.generate(codes))
@@ -358,7 +371,8 @@ def adapt_generator(
                 d_text = image_specific_direction(src_prompts.features(ctx), tgt_prompts.features(ctx))
             else:
                 d_text = fixed.expand(codes.shape[0], -1)
-        tgt_feats = vlm.encode_image(generator.generate(codes))
+        with parallel.whole_batch_layers(generator.lora_root):
+            tgt_feats = vlm.encode_image(generator.generate(codes))
         return directional_loss(tgt_feats - src_feats, d_text)
 
     def train_chosen_only(_optimizer: torch.optim.Optimizer, _args: tuple, _kwargs: dict) -> None:
@@ -393,6 +407,7 @@ def adapt_generator(
             checkpoint_every=checkpoint_every,
             ema=ema,
             after_step=update_ema,
+            parallel=parallel,
         )
     finally:
         hook.remove()
@@ -438,12 +453,14 @@ def run_adaptation(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 50,
     callback: Callable[[str, int, int, float], None] | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> AdaptationResult:
     """Both stages (IPL) or stage 2 alone (NADA, or IPL with a given ``mapper``); ``callback(stage, step, total,
     loss)``. With ``checkpoint_dir``, stage checkpoints (``mapper.state.safetensors``, ``lora.state.safetensors``)
     and the finished mapper (``mapper.safetensors``) go there so that a rerun resumes. The mapper's state file is
     removed once the mapper is saved there; the LoRA's stays, so that a rerun after a failed save of the LoRA (the
-    caller's to save) only returns it: remove the folder once the LoRA is saved, as the nodes do."""
+    caller's to save) only returns it: remove the folder once the LoRA is saved, as the nodes do. ``parallel``:
+    both stages under torchrun (rank 0 writes the folder's files)."""
     folder = Path(checkpoint_dir) if checkpoint_dir else None
     mapper_losses: list[float] = []
     mapper_sps = 0.0
@@ -460,9 +477,10 @@ def run_adaptation(
                 checkpoint_path=folder / "mapper.state.safetensors" if folder else None,
                 checkpoint_every=checkpoint_every,
                 callback=(lambda s, t, v: callback("mapper", s, t, v)) if callback else None,
+                parallel=parallel,
             )
             mapper, mapper_losses, mapper_sps = stage1.trained, stage1.losses, stage1.seconds_per_step
-            if folder is not None:
+            if folder is not None and parallel.is_main:
                 mapper.config = {**mapper.config, "extra": {**config.extra, "losses": mapper_losses}}
                 save_mapper(mapper, folder / "mapper.safetensors")
                 (folder / "mapper.state.safetensors").unlink(missing_ok=True)
@@ -475,6 +493,7 @@ def run_adaptation(
         checkpoint_path=lora_state,
         checkpoint_every=checkpoint_every,
         callback=(lambda s, t, v: callback("lora", s, t, v)) if callback else None,
+        parallel=parallel,
     )
     result.mapper_losses, result.mapper_seconds_per_step = mapper_losses, mapper_sps
     return result
