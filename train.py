@@ -402,7 +402,7 @@ def _ipl_parser(methods: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    parallel = data_parallel_from_env()
+    parallel = data_parallel_from_env("gloo")  # every command trains on the CPU (nccl would refuse CPU tensors)
     trainers = {"rpp": train_rpp, "dcar": train_dcar, "inversion": train_inversion,
                 "diff-prompt": train_diff_prompt_stages, "ipl": train_ipl}
     path = trainers[args.method](args, parallel)
