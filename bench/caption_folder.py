@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import platform
 import sys
@@ -36,13 +35,13 @@ import numpy as np
 import torch
 
 from ..prompt_modules.core import artifacts
-from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR, atomic_write_bytes
+from ..prompt_modules.core.artifacts import SHIPPED_WEIGHTS_DIR
 from ..prompt_modules.core.data import list_images, load_image
 from ..prompt_modules.inversion import caption_folder, encoder_image_size, image_features, load_inverter
 from ..prompt_modules.inversion.model import PromptInverter
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
-from .harness import TaskResult
+from .harness import TaskResult, emit_record
 
 COMMAND = "python -m promptweave.bench.caption_folder"
 INVERTER_FILE = "inverter-pixels-world.safetensors"
@@ -177,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                          log=lambda line: print(line, file=sys.stderr))
     except ValueError as exc:
         parser.error(str(exc))
-    text = json.dumps(record, indent=1)
-    if ns.json_path:
-        atomic_write_bytes(ns.json_path.resolve(), (text + "\n").encode())
-    print(text)
-    return 0
+    return emit_record(record, ns.json_path)
 
 
 if __name__ == "__main__":

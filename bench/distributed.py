@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import platform
@@ -33,8 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..prompt_modules.core.artifacts import atomic_write_bytes
-from .harness import TaskResult
+from .harness import TaskResult, emit_record
 
 COMMAND = "python -m promptweave.bench.distributed"
 METHODS = ("rpp", "dcar", "inversion", "diff-prompt", "ipl")
@@ -165,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                          log=lambda line: print(line, file=sys.stderr, flush=True))
     except ValueError as exc:
         parser.error(str(exc))
-    text = json.dumps(record, indent=1)
-    if ns.json_path:
-        atomic_write_bytes(ns.json_path.resolve(), (text + "\n").encode())
-    print(text)
-    return 0
+    return emit_record(record, ns.json_path)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,16 @@ def run_task(task: str, *, seed: int = 0, split: str = "test", quick: bool = Fal
     }
 
 
+def emit_record(record: dict, json_path: str | os.PathLike[str] | None = None) -> int:
+    """Print a benchmark's record as indented JSON, and write it to ``json_path`` (atomically) when given; returns
+    0, the exit status of the command that measured it."""
+    text = json.dumps(record, indent=1)
+    if json_path:
+        atomic_write_bytes(Path(json_path).resolve(), (text + "\n").encode())
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m promptweave.bench", description=__doc__.splitlines()[0])
     parser.add_argument("task", help=f"one of: {', '.join(sorted(TASKS))}")
@@ -96,12 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.backbone:
         os.environ[BACKBONE_ENV] = ns.backbone
-    record = run_task(ns.task, seed=ns.seed, split=ns.split, quick=ns.quick)
-    text = json.dumps(record, indent=1)
-    if ns.json_path:
-        atomic_write_bytes(Path(ns.json_path).resolve(), (text + "\n").encode())
-    print(text)
-    return 0
+    return emit_record(run_task(ns.task, seed=ns.seed, split=ns.split, quick=ns.quick), ns.json_path)
 
 
 if __name__ == "__main__":
