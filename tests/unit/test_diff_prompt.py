@@ -446,7 +446,7 @@ def test_bench_without_worldclip_is_a_clear_stop(monkeypatch):
     import promptweave.prompt_modules.world.models as models
     from promptweave.bench import grounding
 
-    def missing():
+    def missing(*args, **kwargs):
         raise ArtifactError("the world backbone weights/worldclip.safetensors is missing")
 
     monkeypatch.delenv("PW_BENCH_VLM", raising=False)
