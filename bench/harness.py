@@ -26,7 +26,7 @@ MAX_SEED = 999
 TASKS: dict[str, str] = {
     task: task for task in (
         "world", "inversion", "inversion_unet", "retrieval", "adaptation", "grounding", "pretraining", "overhead",
-        "soak", "scale", "caption_folder", "headroom",
+        "soak", "scale", "caption_folder", "headroom", "distributed",
     )
 }
 
