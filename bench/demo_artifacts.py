@@ -298,15 +298,23 @@ def halve_large_tensors(path: Path, extra: dict) -> None:
     save_safetensors_atomic(path, small, metadata)
 
 
-def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SIZES) -> dict:
+def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SIZES, roundtrip: float = 0.0) -> dict:
+    """The Diff-Prompt bundle; with ``roundtrip`` > 0 that fraction of each training batch's scenes is passed through
+    WorldGen's autoencoder first (:class:`WorldGroundingSource`'s ``roundtrip``), so that the grounder also sees the
+    look of WorldGen's images, which the demo workflow grounds."""
     from ..prompt_modules.diff_prompt import DiTConfig, MaskVAEConfig, load_diff_prompt, save_bundle, train_diff_prompt
-    from ..prompt_modules.world.models import load_worldclip
+    from ..prompt_modules.world.models import load_worldclip, load_worldgen
     from ..prompt_modules.world.sources import WorldGroundingSource, evaluation_set
     from .grounding import evaluate
 
     vae_steps, dit_steps, prompt_steps, batch_size = sizes
     vlm = load_worldclip().requires_grad_(False)
-    folder = work / ("grounding-" + "-".join(map(str, sizes)))
+    source = WorldGroundingSource("train", size=64)
+    if roundtrip > 0:
+        gen = load_worldgen().requires_grad_(False)
+        source = WorldGroundingSource("train", size=64, roundtrip=lambda x: gen.decode(gen.encode(x)),
+                                      roundtrip_fraction=roundtrip)
+    folder = work / ("grounding-" + "-".join(map(str, sizes)) + (f"-roundtrip{roundtrip:g}" if roundtrip > 0 else ""))
     folder.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -316,7 +324,7 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
 
     t0 = time.perf_counter()
     run = train_diff_prompt(
-        vlm, WorldGroundingSource("train", size=64), stages=("vae", "dit", "prompt"),
+        vlm, source, stages=("vae", "dit", "prompt"),
         vae_config=MaskVAEConfig(), dit_config=DiTConfig(), vae_steps=vae_steps, dit_steps=dit_steps,
         prompt_steps=prompt_steps, batch_size=batch_size, seed=SEED,
         checkpoint_paths={stage: folder / f"{stage}.state.safetensors" for stage in ("vae", "dit", "prompt")},
@@ -326,7 +334,8 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
     path = out / DIFF_PROMPT_FILE
     save_bundle(path, model=run.model)
     recipe = {"vae_steps": vae_steps, "dit_steps": dit_steps, "prompt_steps": prompt_steps, "batch_size": batch_size,
-              "seed": SEED, "benchmark": "grounding", "stored": f"float16 for tensors of >= {HALF_MIN_NUMEL} values"}
+              "roundtrip_fraction": roundtrip, "seed": SEED, "benchmark": "grounding",
+              "stored": f"float16 for tensors of >= {HALF_MIN_NUMEL} values"}
     halve_large_tensors(path, {"recipe": recipe})
     model = load_diff_prompt(path, vlm)
     data = evaluation_set("val", 500)
@@ -353,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain even where the files exist")
     parser.add_argument("--grounding-sizes", default=",".join(map(str, GROUNDING_SIZES)),
                         help="vae_steps,dit_steps,prompt_steps,batch_size of the grounding artifact")
+    parser.add_argument("--grounding-roundtrip", type=float, default=0.0,
+                        help="fraction of the grounding batches' scenes passed through WorldGen's autoencoder first")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -369,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if name == "grounding":
             sizes = tuple(int(v) for v in args.grounding_sizes.split(","))
-            figures = train_grounding(args.out, args.work, sizes)
+            figures = train_grounding(args.out, args.work, sizes, args.grounding_roundtrip)
         else:
             figures = TRAINERS[name](args.out, args.work)
         figures["command"] = f"{COMMAND} --only {name}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -154,16 +154,40 @@ class WorldGroundingSource:
     """Scenes of one world split; each sample is one object of a scene and its unique referring expression
     (:class:`~..core.data.GroundingSource` for :func:`~..diff_prompt.train.train_diff_prompt`)."""
 
-    def __init__(self, split: str = "train", size: int = 64, style: str = "flat") -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        size: int = 64,
+        style: str = "flat",
+        *,
+        roundtrip: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        roundtrip_fraction: float = 0.5,
+    ) -> None:
+        """``roundtrip`` (e.g. a generator's encode-then-decode) replaces a ``roundtrip_fraction`` of each training
+        batch's images by their round trip: the masks stay aligned while the images take on the generator's look,
+        so that a grounder trained on rendered scenes also grounds generated ones."""
+        if not 0.0 <= roundtrip_fraction <= 1.0:
+            raise ValueError(f"roundtrip_fraction must be in [0, 1], got {roundtrip_fraction}")
         self.range = split_seed_range(split)
         self.size, self.style = size, style
+        self.roundtrip, self.roundtrip_fraction = roundtrip, roundtrip_fraction
 
     def seeds(self, seed: int, step: int, batch_size: int) -> list[int]:
         base = (seed * 100_003_331 + step * batch_size) % (len(self.range) - batch_size)
         return [self.range.start + base + k for k in range(batch_size)]
 
     def batch(self, seed: int, step: int, batch_size: int) -> GroundingBatch:
-        return self.from_seeds(self.seeds(seed, step, batch_size), pick_seed=seed * 1_000_003 + step)
+        data = self.from_seeds(self.seeds(seed, step, batch_size), pick_seed=seed * 1_000_003 + step)
+        if self.roundtrip is None or self.roundtrip_fraction == 0.0:
+            return data
+        chosen = torch.rand(batch_size, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+        rows = (chosen < self.roundtrip_fraction).nonzero().flatten()
+        if len(rows):
+            images = data.images.clone()
+            with torch.no_grad():
+                images[rows] = self.roundtrip(images[rows]).to(images.dtype).cpu()
+            data = GroundingBatch(images, data.masks, data.boxes, data.texts)
+        return data
 
     def from_seeds(self, seeds: Sequence[int], pick_seed: int = 0, prefer_held_out: bool = False) -> GroundingBatch:
         """The batch of these scenes (the expression of each is drawn with ``pick_seed``; with

@@ -505,3 +505,22 @@ def test_the_diff_prompt_recipe_trains_on_refcoco_data(vlm, coco):
     )
     assert isinstance(run.model, DiffPrompt) and len(run.losses["prompt"]) == 2
     assert all(np.isfinite(loss) for loss in run.all_losses)
+
+
+def test_world_grounding_source_round_trips_a_fraction_of_its_images_and_keeps_the_masks():
+    from promptweave.prompt_modules.world.sources import WorldGroundingSource
+
+    plain = WorldGroundingSource("train").batch(3, 7, 16)
+    seen = []
+
+    def darker(images):
+        seen.append(len(images))
+        return images * 0.5
+
+    mixed = WorldGroundingSource("train", roundtrip=darker, roundtrip_fraction=0.5).batch(3, 7, 16)
+    again = WorldGroundingSource("train", roundtrip=darker, roundtrip_fraction=0.5).batch(3, 7, 16)
+    changed = (mixed.images != plain.images).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < 16 and seen[0] == int(changed.sum())
+    assert torch.equal(mixed.images[changed], plain.images[changed] * 0.5)
+    assert torch.equal(mixed.masks, plain.masks) and mixed.texts == plain.texts and torch.equal(mixed.boxes, plain.boxes)
+    assert torch.equal(mixed.images, again.images)  # the rows are a function of (seed, step)
