@@ -7,7 +7,8 @@ the score of a simple supervised reference trained on the task's training set, a
 - ``fine``: fine-category classification (27 categories, every render style), the skill behind RPP transfer and
   DCAR's category-aware prompts. Zero-shot: "a picture of a {category}."; reference: a linear probe (multinomial
   logistic regression on the frozen normalised image features, as in CLIP's linear-probe evaluation, Radford et
-  al. 2021 sec. 3.2) on 16 shots per category.
+  al. 2021 sec. 3.2) on 16 shots per category. ``colour``: the same for the 20 fine colour names ("crimson",
+  "navy", ...), which RPP's and DCAR's class names carry.
 - ``retrieval``: image->text recall@1 (percent) over the world's captions plus their category-swap hard negatives
   (the gallery of the ``retrieval`` benchmark). Reference: the whole VLM fine-tuned contrastively with those hard
   negatives (NegCLIP's loss) on the same number of training pairs the ``retrieval`` benchmark's methods see.
@@ -38,8 +39,8 @@ from ..prompt_modules.world.dataset import MIXED, render_batch
 from ..prompt_modules.world.generation_prompts import generation_prompt
 from ..prompt_modules.world.scene import Scene, sample_scene, split_seed_range
 from ..prompt_modules.world.sources import render_class_sample, world_classes
-from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, STYLES
-from ..prompt_modules.world.zero_shot import category_prompts, scenes_to_images, single_object_scenes
+from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, COLOUR_NAMES, STYLES
+from ..prompt_modules.world.zero_shot import category_prompts, colour_prompts, scenes_to_images, single_object_scenes
 from .harness import TaskResult, bench_backbone
 from .inversion import Interrogator
 from .retrieval import eval_set, recalls
@@ -56,27 +57,6 @@ def image_features(vlm, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return torch.cat([vlm.encode_image(part) for part in images.split(chunk)]).float()
 
 
-def fine_eval_set(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` single-object scenes of ``split``, a quarter in each render style, and their category ids."""
-    per_style = n // len(STYLES)
-    scenes = [sc for style in STYLES for sc in single_object_scenes(split, per_style, style=style)]
-    return scenes_to_images(scenes), torch.tensor([sc.category_ids[0] for sc in scenes])
-
-
-def fine_train_set(seed: int, shots: int = SHOTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``shots`` renders per category (random trainable colour, render styles in turn), seeded by ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for label, category in enumerate(CATEGORY_NAMES):
-        classes = world_classes([category])
-        for shot in range(shots):
-            cls = classes[int(torch.randint(len(classes), (1,), generator=generator))]
-            sample_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-            images.append(render_class_sample(cls, sample_seed, style=STYLES[shot % len(STYLES)]))
-            labels.append(label)
-    return torch.stack(images), torch.tensor(labels)
-
-
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, classes: int, *, weight_decay: float = 1e-3,
                  steps: int = 500, seed: int = 0) -> torch.nn.Linear:
     """Multinomial logistic regression on normalised features, full batch (Adam, ``steps`` steps)."""
@@ -91,17 +71,51 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, classes: int, *, 
     return head
 
 
+def fine_eval_set(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` single-object scenes of ``split``, a quarter in each render style, their category and colour ids."""
+    per_style = n // len(STYLES)
+    scenes = [sc for style in STYLES for sc in single_object_scenes(split, per_style, style=style)]
+    categories = torch.tensor([sc.category_ids[0] for sc in scenes])
+    colours = torch.tensor([sc.colour_ids[0] for sc in scenes])
+    return scenes_to_images(scenes), categories, colours
+
+
+def fine_train_set(seed: int, shots: int = SHOTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``shots`` renders per category and, separately, per colour (random trainable partner attribute, render
+    styles in turn), seeded by ``seed``: images and the category or colour label of each (-1 where not drawn for
+    it)."""
+    generator = torch.Generator().manual_seed(seed)
+    images, categories, colours = [], [], []
+    classes = world_classes()
+    for attribute, names in (("category", CATEGORY_NAMES), ("colour", COLOUR_NAMES)):
+        for label, name in enumerate(names):
+            options = [c for c in classes if getattr(c, attribute) == name]
+            for shot in range(shots):
+                cls = options[int(torch.randint(len(options), (1,), generator=generator))]
+                sample_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+                images.append(render_class_sample(cls, sample_seed, style=STYLES[shot % len(STYLES)]))
+                categories.append(label if attribute == "category" else -1)
+                colours.append(label if attribute == "colour" else -1)
+    return torch.stack(images), torch.tensor(categories), torch.tensor(colours)
+
+
 def fine_headroom(vlm, split: str, seed: int, n_eval: int) -> dict[str, float]:
-    images, labels = fine_eval_set(split, n_eval)
-    features = image_features(vlm, images)
-    with torch.no_grad():
-        text = F.normalize(vlm.encode_text(category_prompts()).float(), dim=-1)
-    zero_shot = 100.0 * float(((F.normalize(features, dim=-1) @ text.T).argmax(1) == labels).float().mean())
-    train_x, train_y = fine_train_set(seed)
-    head = linear_probe(image_features(vlm, train_x), train_y, len(CATEGORY_NAMES), seed=seed)
-    with torch.no_grad():
-        probe = 100.0 * float((head(F.normalize(features, dim=-1)).argmax(1) == labels).float().mean())
-    return {"fine_zero_shot": zero_shot, "fine_probe": probe}
+    """Fine categories (27-way) and fine colours (20-way): zero-shot prompts against linear probes."""
+    images, categories, colours = fine_eval_set(split, n_eval)
+    features = F.normalize(image_features(vlm, images), dim=-1)
+    train_images, train_categories, train_colours = fine_train_set(seed)
+    train_features = image_features(vlm, train_images)
+    out = {}
+    for task, prompts, labels, train_labels in (("fine", category_prompts(), categories, train_categories),
+                                                ("colour", colour_prompts(), colours, train_colours)):
+        with torch.no_grad():
+            text = F.normalize(vlm.encode_text(prompts).float(), dim=-1)
+        out[f"{task}_zero_shot"] = 100.0 * float(((features @ text.T).argmax(1) == labels).float().mean())
+        rows = train_labels >= 0
+        head = linear_probe(train_features[rows], train_labels[rows], len(prompts), seed=seed)
+        with torch.no_grad():
+            out[f"{task}_probe"] = 100.0 * float((head(features).argmax(1) == labels).float().mean())
+    return out
 
 
 def finetune_retrieval(vlm, seed: int, steps: int = RETRIEVAL_STEPS, batch_size: int = RETRIEVAL_BATCH,
@@ -234,7 +248,8 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
                                       steps=40 if quick else RETRIEVAL_STEPS))
     metrics.update(grounding_headroom(vlm, split, seed, 200 if quick else 500, steps=20 if quick else GROUNDING_STEPS))
     metrics.update(inversion_headroom(vlm.requires_grad_(False), split, seed, n_eval, 1000 if quick else 4000))
-    tasks = (("fine", "probe"), ("retrieval", "finetune"), ("grounding", "finetune"), ("inversion", "probe"))
+    tasks = (("fine", "probe"), ("colour", "probe"), ("retrieval", "finetune"), ("grounding", "finetune"),
+             ("inversion", "probe"))
     for task, reference in tasks:
         metrics[f"{task}_gap"] = metrics[f"{task}_{reference}"] - metrics[f"{task}_zero_shot"]
     notes = {"backbone": name, "shots_per_category": SHOTS, "n_eval": n_eval, "first_eval_seed":

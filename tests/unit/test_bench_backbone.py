@@ -8,7 +8,7 @@ import torch
 from promptweave.bench import harness
 from promptweave.bench.headroom import fine_train_set, isolated_objects, linear_probe, referring_scenes
 from promptweave.prompt_modules.world.models import WORLDCLIP_FILES, load_worldclip
-from promptweave.prompt_modules.world.vocabulary import CATEGORY_NAMES
+from promptweave.prompt_modules.world.vocabulary import CATEGORY_NAMES, COLOUR_NAMES
 
 
 def test_backbone_defaults_to_worldclip2_and_refuses_unknown_names(monkeypatch):
@@ -41,9 +41,11 @@ def test_the_command_line_passes_the_backbone_to_the_tasks(monkeypatch):
 
 
 def test_headroom_probe_data_and_probe():
-    images, labels = fine_train_set(seed=0, shots=2)
-    assert images.shape == (2 * len(CATEGORY_NAMES), 3, 64, 64)
-    assert torch.bincount(labels).tolist() == [2] * len(CATEGORY_NAMES)
+    images, categories, colours = fine_train_set(seed=0, shots=2)
+    assert images.shape == (2 * (len(CATEGORY_NAMES) + len(COLOUR_NAMES)), 3, 64, 64)
+    assert torch.bincount(categories[categories >= 0]).tolist() == [2] * len(CATEGORY_NAMES)
+    assert torch.bincount(colours[colours >= 0]).tolist() == [2] * len(COLOUR_NAMES)
+    assert ((categories >= 0) != (colours >= 0)).all()
     # the probe learns a linearly separable problem
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(5, 16, generator=generator) * 3
