@@ -522,5 +522,6 @@ def test_world_grounding_source_round_trips_a_fraction_of_its_images_and_keeps_t
     changed = (mixed.images != plain.images).flatten(1).any(1)
     assert 0 < int(changed.sum()) < 16 and seen[0] == int(changed.sum())
     assert torch.equal(mixed.images[changed], plain.images[changed] * 0.5)
-    assert torch.equal(mixed.masks, plain.masks) and mixed.texts == plain.texts and torch.equal(mixed.boxes, plain.boxes)
+    assert torch.equal(mixed.masks, plain.masks) and torch.equal(mixed.boxes, plain.boxes)
+    assert mixed.texts == plain.texts
     assert torch.equal(mixed.images, again.images)  # the rows are a function of (seed, step)
