@@ -87,7 +87,8 @@ def pretrain_prompts(
     steps, loss)`` runs after each step; returning ``False`` stops early (``interrupted=True``), an exception
     it raises propagates after the state has been saved. Runs with inference mode off and gradients on.
     Under ``parallel`` (``torchrun``, :mod:`~..core.distributed`) ``batch_size`` is the global batch: each rank
-    takes its part of every batch (the class subset is drawn from the whole batch), and the result equals a
+    takes its part of every batch (the class subset is drawn from the whole batch's labels; a source with
+    ``batch_labels`` and ``batch_part`` renders or loads only the rank's images), and the result equals a
     one-process run's.
     """
     with torch.inference_mode(False), torch.enable_grad():
@@ -128,11 +129,16 @@ def _pretrain(
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=0.0)
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = source.batch(seed, step, batch_size)
-        generator = torch.Generator().manual_seed(seed * 104_729 + step)
-        subset, local = sample_class_subset(batch.labels, len(names), config.classes_per_step, generator)
         part = parallel.part(batch_size)  # the whole batch in one process
-        images, local = batch.images[part].to(vlm.device), local[part]
+        if parallel.active and hasattr(source, "batch_labels") and hasattr(source, "batch_part"):
+            labels = source.batch_labels(seed, step, batch_size)  # the class subset needs every label
+            images = source.batch_part(seed, step, batch_size, part).images  # only this rank's images
+        else:
+            batch = source.batch(seed, step, batch_size)
+            labels, images = batch.labels, batch.images[part]
+        generator = torch.Generator().manual_seed(seed * 104_729 + step)
+        subset, local = sample_class_subset(labels, len(names), config.classes_per_step, generator)
+        images, local = images.to(vlm.device), local[part]
         image_features = rpp.encode_images(vlm, images)
         class_features = rpp.encode_classes(vlm, [names[int(i)] for i in subset])
         logits = vlm.logit_scale.detach() * image_features @ class_features.T

@@ -136,10 +136,20 @@ class WorldClassSource:
     def sample_seed(self, cls: WorldClass, shot: int) -> int:
         return zlib.crc32(f"rpp-shot|{cls.category}|{cls.colour}|{shot}".encode())
 
-    def batch(self, seed: int, step: int, batch_size: int) -> ClassBatch:
+    def _draws(self, seed: int, step: int, batch_size: int) -> tuple[list[int], list[int]]:
         rng = random.Random(seed * 1_000_003 + step)
         labels = [rng.randrange(len(self.classes)) for _ in range(batch_size)]
         shots = [rng.randrange(self.shots) for _ in range(batch_size)]
+        return labels, shots
+
+    def batch_labels(self, seed: int, step: int, batch_size: int) -> torch.Tensor:
+        """The labels of :meth:`batch`'s whole batch, without rendering any image."""
+        return torch.tensor(self._draws(seed, step, batch_size)[0], dtype=torch.long)
+
+    def batch_part(self, seed: int, step: int, batch_size: int, part: slice) -> ClassBatch:
+        """The rows ``part`` of :meth:`batch` (the whole batch's draws, only these rows rendered)."""
+        labels, shots = self._draws(seed, step, batch_size)
+        labels, shots = labels[part], shots[part]
         images = torch.stack(
             [
                 render_class_sample(self.classes[c], self.sample_seed(self.classes[c], s), self.size, self.style)
@@ -147,6 +157,9 @@ class WorldClassSource:
             ]
         )
         return ClassBatch(images, torch.tensor(labels, dtype=torch.long))
+
+    def batch(self, seed: int, step: int, batch_size: int) -> ClassBatch:
+        return self.batch_part(seed, step, batch_size, slice(0, batch_size))
 
 
 # ----- referring-expression grounding (Diff-Prompt) ---------------------------------------------------------------

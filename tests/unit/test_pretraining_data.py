@@ -142,3 +142,13 @@ def test_bad_arguments(tmp_path):
         FolderClassSource(root, size=0)
     with pytest.raises(ValueError, match="does not exist"):
         FolderClassSource(tmp_path / "nowhere")
+
+
+def test_world_class_source_renders_only_the_part_it_is_asked_for():
+    from promptweave.prompt_modules.world.sources import WorldClassSource, world_classes
+
+    source = WorldClassSource(world_classes(["ring", "square", "crescent"]), shots=4)
+    whole = source.batch(2, 5, 6)
+    part = source.batch_part(2, 5, 6, slice(3, 6))
+    assert torch.equal(part.images, whole.images[3:]) and torch.equal(part.labels, whole.labels[3:])
+    assert torch.equal(source.batch_labels(2, 5, 6), whole.labels)
