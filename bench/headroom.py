@@ -33,6 +33,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from ..prompt_modules.dual_prompt.model import encode_gallery
 from ..prompt_modules.inversion import VLMImageEncoder, default_embedder, mean_cosine
 from ..prompt_modules.world.clip_training import WorldCLIPTrainConfig, batch_loss, training_batch
 from ..prompt_modules.world.dataset import MIXED, render_batch
@@ -122,7 +123,7 @@ def finetune_retrieval(vlm, seed: int, steps: int = RETRIEVAL_STEPS, batch_size:
                        lr: float = 1e-4):
     """A copy of ``vlm``, both towers fine-tuned with the CLIP loss plus 2 category-swap hard negatives per image
     (weight 1) on world train pairs (every style)."""
-    model = copy.deepcopy(vlm).train()
+    model = copy.deepcopy(vlm).train().requires_grad_(True)
     config = WorldCLIPTrainConfig(vlm=vlm.config.to_dict(), steps=steps, batch_size=batch_size, pretrain_steps=0,
                                   partial_captions=0.0, style_captions=0.0, hard_negatives=2, seed=1000 + seed)
     optimizer = torch.optim.AdamW(model.clip.parameters(), lr=lr, weight_decay=0.0)
@@ -132,15 +133,13 @@ def finetune_retrieval(vlm, seed: int, steps: int = RETRIEVAL_STEPS, batch_size:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def i2t_r1(vlm, images: torch.Tensor, captions: list[str], gallery: list[str]) -> float:
-    features = F.normalize(image_features(vlm, images), dim=-1)
-    text = torch.cat([F.normalize(vlm.encode_text(gallery[i : i + 256]).float(), dim=-1)
-                      for i in range(0, len(gallery), 256)])
-    return recalls(features @ text.T, len(captions))["i2t_r1"]
+    features, text = encode_gallery(vlm, None, images, gallery)
+    return recalls(features.float() @ text.float().T, len(captions))["i2t_r1"]
 
 
 def retrieval_headroom(vlm, split: str, seed: int, n_eval: int, steps: int) -> dict[str, float]:
@@ -244,10 +243,10 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     n_eval = 200 if quick else 1000
     metrics: dict[str, float] = {}
     metrics.update(fine_headroom(vlm, split, seed, n_eval))
-    metrics.update(retrieval_headroom(vlm.requires_grad_(True), split, seed, 200 if quick else 500,
+    metrics.update(retrieval_headroom(vlm, split, seed, 200 if quick else 500,
                                       steps=40 if quick else RETRIEVAL_STEPS))
     metrics.update(grounding_headroom(vlm, split, seed, 200 if quick else 500, steps=20 if quick else GROUNDING_STEPS))
-    metrics.update(inversion_headroom(vlm.requires_grad_(False), split, seed, n_eval, 1000 if quick else 4000))
+    metrics.update(inversion_headroom(vlm, split, seed, n_eval, 1000 if quick else 4000))
     tasks = (("fine", "probe"), ("colour", "probe"), ("retrieval", "finetune"), ("grounding", "finetune"),
              ("inversion", "probe"))
     for task, reference in tasks:
