@@ -49,7 +49,7 @@ from ..prompt_modules.diff_prompt import (
     zero_shot_ground,
 )
 from ..prompt_modules.world.sources import WorldGroundingSource, evaluation_set
-from .harness import TaskResult, bench_backbone_name
+from .harness import TaskResult, bench_backbone
 
 #: (vae_steps, dit_steps, prompt_steps, batch_size, n_eval); ``PW_BENCH_GROUNDING_SIZES="a,b,c,d,e"`` replaces
 #: the full sizes (the run records the sizes it used in ``notes``), e.g. for a shorter run on a small CPU.
@@ -77,12 +77,11 @@ EVAL_BATCH = 32
 def load_backbone():
     """WorldCLIP, or the random tiny VLM with ``PW_BENCH_VLM=tiny`` (second value: a note or None)."""
     from ..prompt_modules.core.vlm import VisionLanguageModel
-    from ..prompt_modules.world.models import load_worldclip
 
     if os.environ.get("PW_BENCH_VLM", "").strip().lower() == "tiny":
         return VisionLanguageModel("tiny", seed=0), "PW_BENCH_VLM=tiny: random tiny VLM, figures mean nothing"
     try:
-        return load_worldclip(name=bench_backbone_name()), None
+        return bench_backbone()[1], None
     except ArtifactError as exc:
         raise SystemExit(
             f"grounding benchmark: {exc}. It needs the trained WorldCLIP; to check the pipeline without it, run "

@@ -19,6 +19,8 @@ SPLITS = ("test", "compositional", "val")
 #: WorldCLIP-web (pretrained on web-like captions, issue 37). Tasks read the choice with :func:`bench_backbone`.
 BACKBONES = ("worldclip2", "worldclip-web")
 BACKBONE_ENV = "PW_BENCH_BACKBONE"
+#: A WorldCLIP file measured instead of a named backbone (``--backbone-file``: a pilot or a retrained tower).
+BACKBONE_FILE_ENV = "PW_BENCH_BACKBONE_FILE"
 #: Seeds every task runs for: training sets start at ``seed * 1_000_000`` in the world's train split (1e9 scenes),
 #: so seeds 0..999 keep every task inside it; the command line refuses others up front.
 MAX_SEED = 999
@@ -41,7 +43,11 @@ class TaskResult:
 
 
 def bench_backbone_name() -> str:
-    """The world backbone this run measures: ``--backbone`` (through :data:`BACKBONE_ENV`), WorldCLIP 2 by default."""
+    """The world backbone this run measures: ``--backbone`` (through :data:`BACKBONE_ENV`), WorldCLIP 2 by default,
+    or ``file:PATH`` for ``--backbone-file``."""
+    path = os.environ.get(BACKBONE_FILE_ENV, "").strip()
+    if path:
+        return f"file:{path}"
     name = os.environ.get(BACKBONE_ENV, BACKBONES[0]).strip()
     if name not in BACKBONES:
         raise SystemExit(f"{BACKBONE_ENV}={name!r} is not a world backbone; choose one of {', '.join(BACKBONES)}")
@@ -50,9 +56,12 @@ def bench_backbone_name() -> str:
 
 def bench_backbone():
     """``(name, vlm)``: the WorldCLIP of :func:`bench_backbone_name`, in eval mode."""
+    from ..prompt_modules.core.vlm import load_vlm
     from ..prompt_modules.world.models import load_worldclip
 
     name = bench_backbone_name()
+    if name.startswith("file:"):
+        return name, load_vlm(name.removeprefix("file:")).eval()
     return name, load_worldclip(name=name)
 
 
@@ -103,9 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", help="write the result record to this file")
     parser.add_argument("--backbone", choices=BACKBONES, default=None,
                         help=f"world backbone of the tasks that take one (default {BACKBONES[0]})")
+    parser.add_argument("--backbone-file", default=None, metavar="PATH",
+                        help="measure this WorldCLIP .safetensors file (e.g. a pilot run); overrides --backbone")
     ns = parser.parse_args(argv)
     if ns.backbone:
         os.environ[BACKBONE_ENV] = ns.backbone
+    if ns.backbone_file:
+        if not Path(ns.backbone_file).is_file():
+            raise SystemExit(f"--backbone-file {ns.backbone_file}: no such file")
+        os.environ[BACKBONE_FILE_ENV] = str(Path(ns.backbone_file).resolve())
     return emit_record(run_task(ns.task, seed=ns.seed, split=ns.split, quick=ns.quick), ns.json_path)
 
 

@@ -35,7 +35,7 @@ from ..prompt_modules.inversion import (
 from ..prompt_modules.world import BACKGROUNDS, CATEGORY_NAMES, COLOUR_NAMES, MIXED, SIZES, TEXTURES
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
-from .harness import TaskResult, bench_backbone_name
+from .harness import TaskResult, bench_backbone
 
 NOISE = 0.3
 SIZE_WORDS = tuple(SIZES)
@@ -89,9 +89,8 @@ def knn_predict(train_f: torch.Tensor, train_t: torch.Tensor, test_f: torch.Tens
 def _load_world():
     notes: dict[str, object] = {}
     try:
-        from ..prompt_modules.world.models import load_worldclip
 
-        vlm = load_worldclip(name=bench_backbone_name())
+        vlm = bench_backbone()[1]
         notes["encoder"] = "WorldCLIP"
     except Exception as exc:  # missing file or module: fall back, and say so
         from ..prompt_modules.core.vlm import VisionLanguageModel

@@ -43,7 +43,7 @@ from ..prompt_modules.world.scene import sample_scene, split_seed_range
 from ..prompt_modules.world.sources import WorldClass, WorldClassSource, WorldSource, world_classes
 from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, FAMILY_MEMBERS
 from ..prompt_modules.world.zero_shot import scenes_to_images
-from .harness import TaskResult, bench_backbone_name
+from .harness import TaskResult, bench_backbone
 
 #: Categories kept out of pretraining: the last member of each family.
 HELD_OUT_CATEGORIES: tuple[str, ...] = tuple(members[-1] for members in FAMILY_MEMBERS.values())
@@ -67,7 +67,6 @@ def variants() -> dict[str, RPPConfig | None]:
 def load_backbone():
     """``(vlm, note)``: WorldCLIP, or the random tiny VLM with ``PW_BENCH_VLM=tiny``; a clear exit otherwise."""
     from ..prompt_modules.core.vlm import VisionLanguageModel
-    from ..prompt_modules.world.models import load_worldclip
 
     choice = os.environ.get("PW_BENCH_VLM", "worldclip").strip().lower()
     if choice == "tiny":
@@ -75,7 +74,7 @@ def load_backbone():
     if choice != "worldclip":
         raise SystemExit(f"pretraining benchmark: PW_BENCH_VLM={choice!r} is not 'worldclip' or 'tiny'")
     try:
-        return load_worldclip(name=bench_backbone_name()), None
+        return bench_backbone()[1], None
     except ArtifactError as exc:
         raise SystemExit(
             f"pretraining benchmark: {exc}. It measures transfer on the trained WorldCLIP; set PW_BENCH_VLM=tiny to "

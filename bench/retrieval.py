@@ -30,7 +30,7 @@ from ..prompt_modules.dual_prompt import DualPromptConfig, encode_gallery, train
 from ..prompt_modules.world.dataset import render_batch
 from ..prompt_modules.world.scene import split_seed_range
 from ..prompt_modules.world.sources import WorldSource
-from .harness import TaskResult, bench_backbone_name
+from .harness import TaskResult, bench_backbone
 
 KS = (1, 5, 10)
 
@@ -75,10 +75,9 @@ def recalls(sims: torch.Tensor, n: int) -> dict[str, float]:
 def load_backbone():
     """WorldCLIP, or a random tiny VLM when the shipped weights are missing (second value: a note or None)."""
     from ..prompt_modules.core.vlm import VisionLanguageModel
-    from ..prompt_modules.world.models import load_worldclip
 
     try:
-        return load_worldclip(name=bench_backbone_name()), None
+        return bench_backbone()[1], None
     except ArtifactError as exc:
         return VisionLanguageModel("tiny", seed=0), f"WorldCLIP unavailable ({exc}); random tiny VLM used"
 

@@ -84,6 +84,8 @@ WORLD_VLM_CONFIGS = {c.name: c for c in (WORLDCLIP_CONFIG, WORLDCLIP2_CONFIG, WO
 
 #: Caption sources of a training run: the world's own captions, or web-like alt-text (:mod:`.web_captions`).
 CAPTION_SOURCES = ("world", "web")
+#: Classes of the temporary label heads (:attr:`WorldCLIPTrainConfig.label_set`).
+LABEL_SETS = ("auto", "fine", "coarse")
 
 #: Keys of the dict :func:`evaluate_worldclip` returns.
 METRIC_KEYS = ("zero_shot_acc", "zero_shot_colour_acc", "zero_shot_style_acc", "i2t_r1", "t2i_r1")
@@ -140,6 +142,12 @@ class WorldCLIPTrainConfig:
     colour words, some styles named, 20% wrong or unrelated text. No curated hard negatives exist for such
     text (``hard_negatives`` must be 0; ``partial_captions`` and the style fractions do not apply), and the
     label heads name what a coarse label set would give: the scene's shape families and basic colours.
+    ``web_captions`` overrides :class:`~.web_captions.WebCaptionConfig`'s fields (``{"fine_rate": 0.8}``).
+
+    ``label_set`` picks the label heads' classes: ``"auto"`` (fine for the world's captions, coarse for web
+    captions), ``"fine"`` (fine categories and the 20 colours) or ``"coarse"`` (families and basic colours).
+    Fine labels with web captions give the image tower a supervised start, as LiT's image towers pretrained
+    on labelled images (Zhai et al. 2022), while the text tower learns names only from the web text.
     """
 
     vlm: str | dict[str, Any] = "worldclip"
@@ -171,6 +179,8 @@ class WorldCLIPTrainConfig:
     image_size: int = 64
     checkpoint_every: int = 100
     captions: str = "world"
+    web_captions: dict[str, Any] = field(default_factory=dict)
+    label_set: str = "auto"
 
     def __post_init__(self) -> None:
         self.styles = tuple(self.styles)
@@ -191,14 +201,31 @@ class WorldCLIPTrainConfig:
             raise ValueError(f"captions must be one of {CAPTION_SOURCES}, got {self.captions!r}")
         if self.captions == "web" and self.hard_negatives:
             raise ValueError("web captions have no curated hard negatives: use hard_negatives=0")
+        if self.label_set not in LABEL_SETS:
+            raise ValueError(f"label_set must be one of {LABEL_SETS}, got {self.label_set!r}")
+        self.web_caption_config()  # fail early on an unknown field
         self.vlm_config()  # fail early on an unknown preset
+
+    def web_caption_config(self) -> WebCaptionConfig:
+        """The web caption source of this run: :class:`~.web_captions.WebCaptionConfig` with ``web_captions``."""
+        fields = {f.name for f in dataclasses.fields(WebCaptionConfig)}
+        unknown = sorted(set(self.web_captions) - fields)
+        if unknown:
+            raise ValueError(f"web_captions: unknown field(s) {unknown}; known: {sorted(fields)}")
+        defaults = WebCaptionConfig()
+        typed = {k: tuple(v) if isinstance(getattr(defaults, k), tuple) else v for k, v in self.web_captions.items()}
+        return dataclasses.replace(defaults, **typed)  # lists from a checkpoint's JSON back to tuples
+
+    def fine_labels(self) -> bool:
+        """Whether the label heads name fine categories and colours (see ``label_set``)."""
+        return self.label_set == "fine" or (self.label_set == "auto" and self.captions == "world")
 
     def label_sizes(self) -> tuple[int, int]:
         """Classes of the temporary shape and colour heads: fine categories and colours for the world's captions,
         families and basic colours for web captions."""
-        if self.captions == "web":
-            return len(FAMILIES), len(BASIC_COLOUR_NAMES)
-        return len(CATEGORY_NAMES), len(COLOUR_NAMES)
+        if self.fine_labels():
+            return len(CATEGORY_NAMES), len(COLOUR_NAMES)
+        return len(FAMILIES), len(BASIC_COLOUR_NAMES)
 
     def style_caption_fraction(self, step: int) -> float:
         """The style-named fraction of batch ``step``'s captions (``image_tune_style_captions`` from ``steps`` on,
@@ -218,6 +245,7 @@ class WorldCLIPTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["styles"], data["betas"] = list(self.styles), list(self.betas)
+        data["web_captions"] = json.loads(json.dumps(self.web_captions))  # tuples as lists, as checkpoints store
         return data
 
     @classmethod
@@ -276,7 +304,10 @@ def training_batch(config: WorldCLIPTrainConfig, step: int) -> TrainingBatch:
     batch = render_batch(seeds, size=config.image_size, style=styles)
     scenes: list[Scene] = batch["scenes"]
     if config.captions == "web":
-        return web_training_batch(config, step, batch["image"], scenes)
+        web = web_training_batch(config, step, batch["image"], scenes)
+        if config.fine_labels():
+            web = web._replace(category_ids=batch["category_ids"], colour_ids=batch["colour_ids"])
+        return web
     partial = np.random.default_rng([config.seed + step, 2]).random(len(scenes)) < config.partial_captions
     captions = [partial_caption(sc) if p else sc.caption for sc, p in zip(scenes, partial, strict=True)]
     negatives: list[str] = []
@@ -306,7 +337,7 @@ def web_training_batch(
 ) -> TrainingBatch:
     """Batch ``step`` with web-like captions (:func:`~.web_captions.web_caption`; a wrong caption describes the
     next scene of the batch), no hard negatives, and family and basic-colour labels for the heads."""
-    web = WebCaptionConfig()
+    web = config.web_caption_config()
     others = scenes[1:] + scenes[:1]
     captions = [web_caption(sc, other, web, config.seed + step) for sc, other in zip(scenes, others, strict=True)]
     families = _padded([sc.family_ids for sc in scenes])
@@ -727,6 +758,24 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--captions", choices=CAPTION_SOURCES, default=defaults.captions,
                         help="the world's captions, or web-like alt-text (worldclip-web; needs --hard-negatives 0)")
+    parser.add_argument("--web-caption", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a WebCaptionConfig field, e.g. fine_rate=0.8 (repeatable)")
+    parser.add_argument("--label-set", choices=LABEL_SETS, default=defaults.label_set,
+                        help="label heads' classes: auto (fine for world captions, coarse for web), fine or coarse")
+
+
+def parse_web_caption_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["fine_rate=0.8", "named_styles=flat,sketch"]`` -> ``{"fine_rate": 0.8, "named_styles": ("flat",
+    "sketch")}``, typed as :class:`~.web_captions.WebCaptionConfig`'s fields are."""
+    types = {f.name: type(getattr(WebCaptionConfig(), f.name)) for f in dataclasses.fields(WebCaptionConfig)}
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--web-caption {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        kind = types[key]
+        options[key] = tuple(v for v in value.split(",") if v) if kind is tuple else kind(value)
+    return options
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -754,6 +803,8 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         captions=args.captions,
+        web_captions=parse_web_caption_options(args.web_caption),
+        label_set=args.label_set,
     )
     started = time.perf_counter()
     vlm = train_worldclip(

@@ -8,9 +8,9 @@ texture, so a WorldCLIP trained on them already knows every downstream label. A 
 
 - the shape is named by its coarse family word far more often than by its fine category, and the fine names
   follow a long tail (:func:`fine_name_probability`: a few are common, most are rare);
-- only some objects and some attributes are mentioned, colours only by a basic colour word
-  (:data:`BASIC_COLOUR`: "crimson" and "maroon" are both "red"), never size or texture words that single an
-  object out;
+- only some objects and some attributes are mentioned, colours mostly by a basic colour word
+  (:data:`BASIC_COLOUR`: "crimson" and "maroon" are both "red"; ``fine_colour_rate`` of them by the fine
+  name), never size or texture words that single an object out;
 - only some render styles are ever named (:attr:`WebCaptionConfig.named_styles`);
 - a share of captions belongs to another scene or to nothing at all (wrong or unrelated text).
 
@@ -71,7 +71,8 @@ class WebCaptionConfig:
     ``fine_rate`` is the probability that the most common fine category is named by its fine name; the others
     fall off as ``fine_rate / (1 + rank) ** tail_exponent`` over a fixed random ranking of the categories
     (``rank_seed``). ``mention_object`` is the chance that each object past the first is mentioned;
-    ``colour_rate`` that a mentioned object's basic colour word is given; ``style_rate`` that a caption of a
+    ``colour_rate`` that a mentioned object's colour is given, and ``fine_colour_rate`` that a given colour is
+    its fine name ("crimson") rather than its basic word ("red"); ``style_rate`` that a caption of a
     scene drawn in one of ``named_styles`` names it. ``wrong_rate`` of the captions describe another scene,
     ``unrelated_rate`` are unrelated text.
     """
@@ -81,10 +82,15 @@ class WebCaptionConfig:
     rank_seed: int = 37
     mention_object: float = 0.5
     colour_rate: float = 0.6
+    fine_colour_rate: float = 0.0
     style_rate: float = 0.4
     named_styles: tuple[str, ...] = ("flat", "sketch")
     wrong_rate: float = 0.15
     unrelated_rate: float = 0.05
+
+    def mean_fine_name_probability(self) -> float:
+        """The fine-name rate averaged over the categories (0.066 for the defaults)."""
+        return sum(self.fine_name_probability(c) for c in CATEGORY_NAMES) / len(CATEGORY_NAMES)
 
     def fine_name_probability(self, category: str) -> float:
         """How often a caption names ``category`` by its fine name rather than its family word."""
@@ -96,7 +102,8 @@ class WebCaptionConfig:
 def _object_words(category: str, colour: str, config: WebCaptionConfig, rng: random.Random) -> str:
     shape = category if rng.random() < config.fine_name_probability(category) else FAMILY_WORDS[family_of(category)]
     if rng.random() < config.colour_rate:
-        return f"{BASIC_COLOUR[colour]} {shape}"
+        fine = config.fine_colour_rate > 0 and rng.random() < config.fine_colour_rate
+        return f"{colour if fine else BASIC_COLOUR[colour]} {shape}"
     return shape
 
 

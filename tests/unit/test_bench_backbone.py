@@ -65,3 +65,23 @@ def test_grounding_headroom_shows_each_object_alone_and_names_one_of_them():
         for k, crop in enumerate(crops):
             differs = (crop - background).abs().sum(0) > 1e-6
             assert not (differs & ~torch.from_numpy(scene.masks[k])).any()  # nothing outside the object's mask
+
+
+def test_backbone_file_is_measured_instead_of_a_named_backbone(tmp_path, monkeypatch):
+    from promptweave.prompt_modules.core.vlm import VisionLanguageModel, save_vlm
+
+    path = tmp_path / "pilot.safetensors"
+    save_vlm(VisionLanguageModel("tiny", seed=0), path)
+    seen = {}
+
+    def fake_run(seed, split, quick):
+        seen["name"], vlm = harness.bench_backbone()
+        seen["config"] = vlm.config.name
+        return harness.TaskResult(metrics={"x": 1.0})
+
+    monkeypatch.setenv(harness.BACKBONE_FILE_ENV, "")  # restored after the test, whatever main() sets
+    monkeypatch.setattr(harness, "task_runner", lambda task: fake_run)
+    assert harness.main(["world", "--backbone-file", str(path)]) == 0
+    assert seen == {"name": f"file:{path.resolve()}", "config": "tiny"}
+    with pytest.raises(SystemExit, match="no such file"):
+        harness.main(["world", "--backbone-file", str(tmp_path / "missing.safetensors")])

@@ -115,3 +115,39 @@ def test_generation_prompts_name_the_first_object_and_a_style_and_leave_attribut
     assert 0.6 < styled / len(scenes) < 0.95
     colour_named = sum(sc.objects[0].colour in p for sc, p in zip(scenes, prompts, strict=True))
     assert 0.5 < colour_named / len(scenes) < 0.95  # attributes are left out, unlike the world's captions
+
+
+def test_fine_colour_words_appear_only_when_asked_and_defaults_draw_the_same_captions():
+    scenes = _scenes(200)
+    shipped = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0)
+    zero = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0, fine_colour_rate=0.0)
+    assert [web_caption(sc, sc, shipped, 3) for sc in scenes] == [web_caption(sc, sc, zero, 3) for sc in scenes]
+    always = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0, colour_rate=1.0, fine_colour_rate=1.0)
+    captions = [web_caption(sc, sc, always, 3) for sc in scenes]
+    fine_only = [sc for sc in scenes if sc.objects[0].colour in FINE_ONLY_COLOURS]
+    assert fine_only and all(_mentions(c, sc.objects[0].colour)
+                             for c, sc in zip(captions, scenes, strict=True) if sc in fine_only)
+
+
+def test_heavier_tail_raises_the_mean_fine_name_rate():
+    assert WebCaptionConfig().mean_fine_name_probability() < 0.08
+    heavy = WebCaptionConfig(fine_rate=0.9, tail_exponent=0.6)
+    assert 0.2 < heavy.mean_fine_name_probability() < 0.3
+
+
+def test_web_caption_options_and_fine_label_heads_reach_the_training_batch():
+    from promptweave.prompt_modules.world.clip_training import parse_web_caption_options
+
+    options = parse_web_caption_options(["fine_rate=0.9", "named_styles=flat,neon", "fine_colour_rate=1"])
+    assert options == {"fine_rate": 0.9, "named_styles": ("flat", "neon"), "fine_colour_rate": 1.0}
+    with pytest.raises(SystemExit, match="fine_rate"):
+        parse_web_caption_options(["fine_rat=0.9"])
+    with pytest.raises(ValueError, match="unknown field"):
+        WorldCLIPTrainConfig(captions="web", hard_negatives=0, web_captions={"nope": 1})
+    config = WorldCLIPTrainConfig(vlm="tiny", captions="web", hard_negatives=0, label_set="fine", web_captions=options,
+                                  steps=4, pretrain_steps=2, pretrain_pool=32, pretrain_batch_size=8, batch_size=8)
+    assert WorldCLIPTrainConfig.from_dict(config.to_dict()).web_caption_config() == config.web_caption_config()
+    assert config.label_sizes() == (len(CATEGORY_NAMES), len(COLOUR_NAMES))
+    batch = training_batch(config, 3)
+    assert int(batch.category_ids.max()) >= len(FAMILIES) or int(batch.colour_ids.max()) >= len(BASIC_COLOUR_NAMES)
+    assert batch.negatives == [] and not any(c.startswith("a ") and "." in c for c in batch.captions[:1])
