@@ -51,6 +51,11 @@ FILES = {
 #: (mean mask IoU 0.555 against 0.46) but WorldGen's generated scenes, which the demo workflow grounds, worse
 #: (BENCHMARKS.md, "Demo artifacts"), so the shipped bundle keeps this recipe.
 GROUNDING_SIZES = (500, 1000, 500, 32)
+#: Generated grounding samples (``--grounding-generated``): the pool's size and WorldGen's DDIM steps (the demo's
+#: 20, at its default guidance). About 0.2 s per WorldGen image on one busy thread, and about 60% of the train scenes
+#: give a sample (64 from 105 scenes), so 2,048 samples take about 11 minutes (an estimate from 64).
+GENERATED_POOL = 2048
+GENERATED_STEPS = 20
 SEED = 0
 HALF_MIN_NUMEL = 1024
 COMMAND = "python -m promptweave.bench.demo_artifacts"
@@ -298,13 +303,17 @@ def halve_large_tensors(path: Path, extra: dict) -> None:
     save_safetensors_atomic(path, small, metadata)
 
 
-def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SIZES, roundtrip: float = 0.0) -> dict:
+def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SIZES, roundtrip: float = 0.0,
+                    generated: float = 0.0, generated_pool: int = GENERATED_POOL) -> dict:
     """The Diff-Prompt bundle; with ``roundtrip`` > 0 that fraction of each training batch's scenes is passed through
     WorldGen's autoencoder first (:class:`WorldGroundingSource`'s ``roundtrip``), so that the grounder also sees the
-    look of WorldGen's images, which the demo workflow grounds."""
+    look of WorldGen's images, which the demo workflow grounds. With ``generated`` > 0 that fraction of each batch
+    comes from a pool of ``generated_pool`` WorldGen images of train scenes with colour-segmented masks of an object
+    whose colour is unique in its scene (:func:`load_or_generate_pool`, cached in ``work``; Diff-Prompt trained on
+    generated images too)."""
     from ..prompt_modules.diff_prompt import DiTConfig, MaskVAEConfig, load_diff_prompt, save_bundle, train_diff_prompt
     from ..prompt_modules.world.models import load_worldclip, load_worldgen
-    from ..prompt_modules.world.sources import WorldGroundingSource, evaluation_set
+    from ..prompt_modules.world.sources import WorldGroundingSource, evaluation_set, load_or_generate_pool
     from .grounding import evaluate
 
     vae_steps, dit_steps, prompt_steps, batch_size = sizes
@@ -314,7 +323,27 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
         gen = load_worldgen().requires_grad_(False)
         source = WorldGroundingSource("train", size=64, roundtrip=lambda x: gen.decode(gen.encode(x)),
                                       roundtrip_fraction=roundtrip)
-    folder = work / ("grounding-" + "-".join(map(str, sizes)) + (f"-roundtrip{roundtrip:g}" if roundtrip > 0 else ""))
+    pool = None
+    if generated > 0:
+        t_pool = time.perf_counter()
+        pool_path = work / f"grounding-generated-pool-{generated_pool}-seed{SEED}.safetensors"
+        log(f"grounding: generated pool of {generated_pool} samples ({pool_path})")
+
+        logged = [0]
+
+        def progress(kept: int, tried: int, n: int) -> None:
+            if kept == n or kept >= logged[0] + 256:
+                logged[0] = kept
+                log(f"generated pool {kept}/{n} ({tried} scenes drawn)")
+
+        pool = load_or_generate_pool(pool_path, lambda: load_worldgen().requires_grad_(False), vlm, generated_pool,
+                                     seed=SEED, steps=GENERATED_STEPS, callback=progress)
+        pool_seconds = round(time.perf_counter() - t_pool, 1)
+        source = WorldGroundingSource("train", size=64, roundtrip=source.roundtrip,
+                                      roundtrip_fraction=source.roundtrip_fraction, generated=pool,
+                                      generated_fraction=generated)
+    folder = work / ("grounding-" + "-".join(map(str, sizes)) + (f"-roundtrip{roundtrip:g}" if roundtrip > 0 else "")
+                     + (f"-generated{generated:g}-pool{generated_pool}" if generated > 0 else ""))
     folder.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -336,6 +365,9 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
     recipe = {"vae_steps": vae_steps, "dit_steps": dit_steps, "prompt_steps": prompt_steps, "batch_size": batch_size,
               "roundtrip_fraction": roundtrip, "seed": SEED, "benchmark": "grounding",
               "stored": f"float16 for tensors of >= {HALF_MIN_NUMEL} values"}
+    if pool is not None:
+        recipe.update(generated_fraction=generated, generated_pool=generated_pool, generated_steps=GENERATED_STEPS,
+                      generated_pool_info=pool.info)
     halve_large_tensors(path, {"recipe": recipe})
     model = load_diff_prompt(path, vlm)
     data = evaluation_set("val", 500)
@@ -346,8 +378,11 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
     demo = grounding_ious(vlm, model, demo_scenes())
     figures["demo_mask_iou"] = [round(v, 3) for v in demo["mask_iou"]]
     figures["demo_box_iou"] = [round(v, 3) for v in demo["box_iou"]]
-    return {"recipe": recipe, "train_seconds": timings["all_stages"], "val": figures, "losses_last": {
+    result = {"recipe": recipe, "train_seconds": timings["all_stages"], "val": figures, "losses_last": {
         stage: round(sum(v[-20:]) / max(1, len(v[-20:])), 4) for stage, v in run.losses.items()}}
+    if pool is not None:
+        result["generated_pool_seconds"] = pool_seconds  # loading a cached pool, or generating it
+    return result
 
 
 TRAINERS = {"rpp": train_rpp, "dcar": train_dcar, "ipl": train_ipl, "grounding": train_grounding}
@@ -364,8 +399,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="vae_steps,dit_steps,prompt_steps,batch_size of the grounding artifact")
     parser.add_argument("--grounding-roundtrip", type=float, default=0.0,
                         help="fraction of the grounding batches' scenes passed through WorldGen's autoencoder first")
+    parser.add_argument("--grounding-generated", type=float, default=0.0,
+                        help="fraction of the grounding batches taken from WorldGen images with colour-segmented masks")
+    parser.add_argument("--grounding-generated-pool", type=int, default=GENERATED_POOL,
+                        help="how many generated grounding samples to make once (cached in --work)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if not 0.0 <= args.grounding_generated <= 1.0 or args.grounding_generated_pool < 1:
+        parser.error("--grounding-generated must be in [0, 1] and --grounding-generated-pool at least 1")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in TRAINERS]
     if unknown:
@@ -380,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if name == "grounding":
             sizes = tuple(int(v) for v in args.grounding_sizes.split(","))
-            figures = train_grounding(args.out, args.work, sizes, args.grounding_roundtrip)
+            figures = train_grounding(args.out, args.work, sizes, args.grounding_roundtrip, args.grounding_generated,
+                                      args.grounding_generated_pool)
         else:
             figures = TRAINERS[name](args.out, args.work)
         figures["command"] = f"{COMMAND} --only {name}"
