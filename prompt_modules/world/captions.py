@@ -103,6 +103,8 @@ _TEXTURE_ADJECTIVES: dict[str, tuple[str, ...]] = {
     "dotted": ("dotted", "spotted", "polka-dot"),
     "checkered": ("checkered", "chequered", "checked"),
 }
+#: The size and texture adjectives captions use (also the words web-like captions borrow, :mod:`.web_captions`).
+SIZE_WORDS, TEXTURE_ADJECTIVES = _SIZE_WORDS, _TEXTURE_ADJECTIVES
 _TEXTURE_NOUNS: dict[str, tuple[str, ...]] = {
     "striped": ("stripes", "a striped pattern"),
     "dotted": ("dots", "polka dots"),

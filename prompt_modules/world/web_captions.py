@@ -23,7 +23,8 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from .scene import Scene
+from .captions import SIZE_WORDS, TEXTURE_ADJECTIVES
+from .scene import Scene, WorldObject
 from .vocabulary import CATEGORY_NAMES, COLOUR_NAMES, FAMILIES, family_of
 
 #: How alt-text names each family when it does not name the fine category.
@@ -72,7 +73,8 @@ class WebCaptionConfig:
     fall off as ``fine_rate / (1 + rank) ** tail_exponent`` over a fixed random ranking of the categories
     (``rank_seed``). ``mention_object`` is the chance that each object past the first is mentioned;
     ``colour_rate`` that a mentioned object's colour is given, and ``fine_colour_rate`` that a given colour is
-    its fine name ("crimson") rather than its basic word ("red"); ``style_rate`` that a caption of a
+    its fine name ("crimson") rather than its basic word ("red"); ``attribute_rate`` that a mentioned object's
+    size word is given and, separately, its texture word ("big", "striped"); ``style_rate`` that a caption of a
     scene drawn in one of ``named_styles`` names it. ``wrong_rate`` of the captions describe another scene,
     ``unrelated_rate`` are unrelated text.
     """
@@ -83,6 +85,7 @@ class WebCaptionConfig:
     mention_object: float = 0.5
     colour_rate: float = 0.6
     fine_colour_rate: float = 0.0
+    attribute_rate: float = 0.0
     style_rate: float = 0.4
     named_styles: tuple[str, ...] = ("flat", "sketch")
     wrong_rate: float = 0.15
@@ -99,11 +102,17 @@ class WebCaptionConfig:
         return self.fine_rate / (1 + ranking.index(category)) ** self.tail_exponent
 
 
-def _object_words(category: str, colour: str, config: WebCaptionConfig, rng: random.Random) -> str:
+def _object_words(obj: WorldObject, config: WebCaptionConfig, rng: random.Random) -> str:
+    category, colour = obj.category, obj.colour
     shape = category if rng.random() < config.fine_name_probability(category) else FAMILY_WORDS[family_of(category)]
     if rng.random() < config.colour_rate:
         fine = config.fine_colour_rate > 0 and rng.random() < config.fine_colour_rate
-        return f"{colour if fine else BASIC_COLOUR[colour]} {shape}"
+        shape = f"{colour if fine else BASIC_COLOUR[colour]} {shape}"
+    if config.attribute_rate > 0:  # no draw at the default, so the shipped source's captions stay as they were
+        if rng.random() < config.attribute_rate:
+            shape = f"{rng.choice(TEXTURE_ADJECTIVES[obj.texture])} {shape}"
+        if rng.random() < config.attribute_rate:
+            shape = f"{rng.choice(SIZE_WORDS[obj.size])} {shape}"
     return shape
 
 
@@ -111,8 +120,8 @@ def describe_web(scene: Scene, config: WebCaptionConfig, rng: random.Random) -> 
     """A partial, alt-text-like description of ``scene`` (no wrong or unrelated text; see :func:`web_caption`)."""
     objects = list(scene.objects)
     first, rest = objects[0], objects[1:]
-    words = [_object_words(first.category, first.colour, config, rng)]
-    words += [_object_words(o.category, o.colour, config, rng) for o in rest if rng.random() < config.mention_object]
+    words = [_object_words(first, config, rng)]
+    words += [_object_words(o, config, rng) for o in rest if rng.random() < config.mention_object]
     text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
     if scene.style in config.named_styles and rng.random() < config.style_rate:
         style = rng.choice(_STYLE_WORDS[scene.style])

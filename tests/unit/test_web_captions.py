@@ -151,3 +151,21 @@ def test_web_caption_options_and_fine_label_heads_reach_the_training_batch():
     batch = training_batch(config, 3)
     assert int(batch.category_ids.max()) >= len(FAMILIES) or int(batch.colour_ids.max()) >= len(BASIC_COLOUR_NAMES)
     assert batch.negatives == [] and not any(c.startswith("a ") and "." in c for c in batch.captions[:1])
+
+
+def test_attribute_words_appear_only_at_their_rate_and_describe_the_object():
+    from promptweave.prompt_modules.world.captions import SIZE_WORDS, TEXTURE_ADJECTIVES
+
+    scenes = [sc for sc in _scenes(300) if len(sc.objects) == 1]
+    never = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0)
+    words = {w for table in (SIZE_WORDS, TEXTURE_ADJECTIVES) for ws in table.values() for w in ws}
+    assert not any(_mentions(web_caption(sc, sc, never, 2), w) for sc in scenes for w in words)
+    always = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0, attribute_rate=1.0)
+    for sc in scenes:
+        caption, obj = web_caption(sc, sc, always, 2), sc.objects[0]
+        assert any(_mentions(caption, w) for w in SIZE_WORDS[obj.size]), caption
+        assert any(_mentions(caption, w) for w in TEXTURE_ADJECTIVES[obj.texture]), caption
+    some = WebCaptionConfig(wrong_rate=0.0, unrelated_rate=0.0, attribute_rate=0.25)
+    sized = sum(any(_mentions(web_caption(sc, sc, some, 2), w) for w in SIZE_WORDS[sc.objects[0].size])
+                for sc in scenes)
+    assert 0.1 < sized / len(scenes) < 0.4
