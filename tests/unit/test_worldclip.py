@@ -234,6 +234,9 @@ def test_shipped_worldclip_web_knows_families_far_better_than_fine_categories():
     families = zero_shot_predict(vlm, images, [f"a picture of a {w}." for w in FAMILY_WORDS.values()])
     truth = torch.tensor([FAMILY_IDS[family_of(sc.objects[0].category)] for sc in scenes])
     family_acc = float((families == truth).float().mean())
-    fine_acc = evaluate_worldclip(vlm, split="val", n=200)["zero_shot_acc"]
-    # measured on 500 val scenes: families 0.554, fine categories 0.184 (WorldCLIP 2: 0.282 and 0.616)
-    assert family_acc >= 0.45 and fine_acc <= 0.35, (family_acc, fine_acc)
+    metrics = evaluate_worldclip(vlm, split="val", n=200)
+    fine_acc, colour_acc = metrics["zero_shot_acc"], metrics["zero_shot_colour_acc"]
+    # measured on these 200 val scenes (second WorldCLIP-web, 2026-12-07): families 0.80, fine categories 0.395, fine
+    # colours 0.495 (WorldCLIP 2: 0.33, 0.665, 0.94); its features keep both (val probes 63.3 and 97.5, "Headroom")
+    figures = (family_acc, fine_acc, colour_acc)
+    assert family_acc >= 0.65 and fine_acc <= family_acc - 0.25 and colour_acc <= 0.7, figures
