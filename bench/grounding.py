@@ -1,11 +1,13 @@
 """Benchmark ``grounding``: referring-expression grounding with Diff-Prompt on the procedural world.
 
-Each evaluation sample is a world scene and one unique referring expression of one of its objects (the first
-``n`` scenes of the split; on ``compositional`` the expression refers to an object of a held-out category-colour
-pair where one is describable). Metrics, in percent: ``acc_iou50`` (predicted box IoU >= 0.5 with the object's
-box, the referring-expression-comprehension accuracy) and ``miou`` (mean IoU of the predicted mask, threshold
-0.5). Also ``trainable_params``, ``ms_per_image`` (inference on one CPU thread, batch 32) and ``time_rel_coop``
-(inference time over the ``coop`` baseline's; the paper reports about 2x over its bare foundation model).
+Each evaluation sample is a world scene and one unique referring expression of one of its objects whose shape family
+another object of the scene shares (RefCOCO's rule: the expression must name the fine category, not the family; the
+first ``n`` such scenes of the split; on ``compositional`` the expression refers to an object of a held-out
+category-colour pair where one is describable). Metrics, in percent: ``acc_iou50`` (predicted box IoU >= 0.5 with
+the object's box, the referring-expression-comprehension accuracy) and ``miou`` (mean IoU of the predicted mask,
+threshold 0.5). Also ``trainable_params``, ``ms_per_image`` (inference on one CPU thread, batch 32) and
+``time_rel_coop`` (inference time over the ``coop`` baseline's; the paper reports about 2x over its bare foundation
+model).
 
 Everything trains on the train split with the benchmark seed, on the frozen WorldCLIP:
 Diff-Prompt's stage 1 (Mask-VAE) and stage 2 (DiT) once (the library's recipe, ``train_diff_prompt``), then
@@ -72,6 +74,9 @@ def run_sizes(quick: bool) -> tuple[int, ...]:
         )
     return sizes
 EVAL_BATCH = 32
+#: Train and evaluate on referents that share their shape family with another object of the scene (RefCOCO's rule;
+#: issue 37: on all scenes the expression is mostly resolved by colour or family, which zero-shot already reads).
+SAME_FAMILY = True
 
 
 def load_backbone():
@@ -93,6 +98,8 @@ def cache_dir(backbone: str, seed: int, sizes: tuple[int, ...]) -> Path:
     """Checkpoint folder of one backbone, seed, size and configuration (a changed default starts afresh)."""
     root = Path(os.environ.get("PW_BENCH_CACHE") or PACK_DIR / "out" / "bench-cache" / "grounding")
     configs = json.dumps([MaskVAEConfig().to_dict(), DiTConfig().to_dict(), PromptConfig().to_dict()], sort_keys=True)
+    if SAME_FAMILY:  # the data's design is part of the key (caches from before it keep their names)
+        configs += "same_family"
     key = hashlib.sha1(configs.encode()).hexdigest()[:8]
     folder = root / (f"{backbone}-seed{seed}-" + "-".join(str(s) for s in sizes) + f"-{key}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     vlm, note = load_backbone()
     vlm.eval().requires_grad_(False)
     folder = cache_dir(vlm.name, seed, sizes)
-    source = WorldGroundingSource("train", size=64)
+    source = WorldGroundingSource("train", size=64, same_family=SAME_FAMILY)
     notes: dict[str, object] = {
         "backbone": vlm.name,
         "seed": seed,
@@ -172,7 +179,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     ).bundle
     vae, dit = generator.vae, generator.dit
     train_seconds["stages_1_2"] = round(time.perf_counter() - t0, 1)
-    data = evaluation_set(split, n_eval)
+    data = evaluation_set(split, n_eval, same_family=SAME_FAMILY)
     notes["vae_mask_iou"] = round(100.0 * vae.iou(data.masks), 2)
 
     prompt = PromptConfig()

@@ -185,6 +185,7 @@ class WorldGroundingSource:
         roundtrip_fraction: float = 0.5,
         generated: GeneratedGroundingPool | None = None,
         generated_fraction: float = 0.5,
+        same_family: bool = False,
     ) -> None:
         """``roundtrip`` (e.g. a generator's encode-then-decode) replaces a ``roundtrip_fraction`` of each training
         batch's images by their round trip: the masks stay aligned while the images take on the generator's look,
@@ -192,7 +193,12 @@ class WorldGroundingSource:
 
         ``generated`` (a :class:`GeneratedGroundingPool` of WorldGen images with colour-segmented masks) replaces
         ``round(generated_fraction * batch_size)`` rows of each batch (rows and pool samples drawn from
-        ``(seed, step)``) by pool samples; the other rows are the rendered batch's, unchanged."""
+        ``(seed, step)``) by pool samples; the other rows are the rendered batch's, unchanged.
+
+        ``same_family`` keeps only referents that share their shape family with another object of the scene, as
+        RefCOCO keeps only images with two or more objects of the referent's category (Yu et al. 2016, sec. 3):
+        the expression must then tell a five-point star from a six-point star, not a star from a circle. A scene
+        without such a referent is replaced by the next scene of the split that has one."""
         if not 0.0 <= roundtrip_fraction <= 1.0:
             raise ValueError(f"roundtrip_fraction must be in [0, 1], got {roundtrip_fraction}")
         if not 0.0 <= generated_fraction <= 1.0:
@@ -206,6 +212,7 @@ class WorldGroundingSource:
         self.size, self.style = size, style
         self.roundtrip, self.roundtrip_fraction = roundtrip, roundtrip_fraction
         self.generated, self.generated_fraction = generated, generated_fraction
+        self.same_family = same_family
 
     def seeds(self, seed: int, step: int, batch_size: int) -> list[int]:
         base = (seed * 100_003_331 + step * batch_size) % (len(self.range) - batch_size)
@@ -247,6 +254,16 @@ class WorldGroundingSource:
             data = GroundingBatch(images, data.masks, data.boxes, data.texts)
         return data
 
+    def substitute_seed(self, seed: int) -> int:
+        """The scene tried after ``seed`` when it has no usable referent: the next one, or with ``same_family`` a
+        far one (a hashed jump), so that neighbouring seeds of one batch do not all land on the same scene."""
+        step = 1 if not self.same_family else 1 + (seed * 2_654_435_761) % 1_000_003
+        return self.range.start + (seed + step - self.range.start) % len(self.range)
+
+    def options(self, scene: Scene) -> list[tuple[int, str]]:
+        """The ``(object index, expression)`` pairs of ``scene`` this source may sample."""
+        return same_family_referring(scene) if self.same_family else scene.referring
+
     def from_seeds(self, seeds: Sequence[int], pick_seed: int = 0, prefer_held_out: bool = False) -> GroundingBatch:
         """The batch of these scenes (the expression of each is drawn with ``pick_seed``; with
         ``prefer_held_out`` an object of a held-out category-colour pair is chosen where there is one)."""
@@ -255,15 +272,15 @@ class WorldGroundingSource:
         images, scenes = data["image"], list(data["scenes"])
         for k, scene in enumerate(scenes):
             probe = seeds[k]
-            while not scene.referring:  # rare: no object can be picked out uniquely; use the next scene that can
-                probe = self.range.start + (probe + 1 - self.range.start) % len(self.range)
+            while not self.options(scene):  # no usable referent (rare unless same_family): another scene that has one
+                probe = self.substitute_seed(probe)
                 substitute = render_batch([probe], size=self.size, style=self.style)
                 scene, images[k] = substitute["scenes"][0], substitute["image"][0]
             scenes[k] = scene
         rng = random.Random(pick_seed)
         masks, boxes, texts = [], [], []
         for scene in scenes:
-            options = scene.referring
+            options = self.options(scene)
             if prefer_held_out:
                 held = [(i, t) for i, t in options if is_held_out(scene.objects[i].category, scene.objects[i].colour)]
                 options = held or options
@@ -276,13 +293,28 @@ class WorldGroundingSource:
         return GroundingBatch(images, torch.stack(masks), torch.stack(boxes), texts)
 
 
-def evaluation_set(split: str, n: int, size: int = 64) -> GroundingBatch:
+def same_family_referring(scene: Scene) -> list[tuple[int, str]]:
+    """The referring expressions of ``scene`` whose referent shares its shape family with another of its objects."""
+    families = [o.family for o in scene.objects]
+    return [(i, text) for i, text in scene.referring if families.count(families[i]) > 1]
+
+
+def evaluation_set(split: str, n: int, size: int = 64, same_family: bool = False) -> GroundingBatch:
     """The first ``n`` scenes of ``split`` with one expression each (fixed for every seed); on the compositional
-    split the expression refers to an object of a held-out category-colour pair where one is describable."""
-    start = split_seed_range(split).start
-    return WorldGroundingSource(split, size=size).from_seeds(
-        range(start, start + n), pick_seed=12345, prefer_held_out=split == "compositional"
-    )
+    split the expression refers to an object of a held-out category-colour pair where one is describable.
+    ``same_family``: the first ``n`` scenes with a referent that has a same-family distractor
+    (:class:`WorldGroundingSource`)."""
+    source = WorldGroundingSource(split, size=size, same_family=same_family)
+    seeds = iter(source.range)
+    if same_family:
+        chosen = []
+        while len(chosen) < n:
+            seed = next(seeds)
+            if source.options(sample_scene(seed, size=size, style=source.style)):
+                chosen.append(seed)
+    else:
+        chosen = [next(seeds) for _ in range(n)]
+    return source.from_seeds(chosen, pick_seed=12345, prefer_held_out=split == "compositional")
 
 
 # ----- generated grounding samples (Diff-Prompt on WorldGen's images) ---------------------------------------------

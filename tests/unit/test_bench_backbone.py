@@ -59,6 +59,8 @@ def test_grounding_headroom_shows_each_object_alone_and_names_one_of_them():
     items = referring_scenes("val", 5)
     for scene, index, text in items:
         assert len(scene.objects) >= 2 and 0 <= index < len(scene.objects) and text
+        family = scene.objects[index].family  # RefCOCO's rule: a distractor of the referent's family
+        assert sum(o.family == family for o in scene.objects) >= 2
         crops = isolated_objects(scene)
         assert crops.shape == (len(scene.objects), 3, scene.size, scene.size)
         background = torch.tensor(scene.background_rgb, dtype=torch.float32)[:, None, None] / 255.0

@@ -525,3 +525,29 @@ def test_world_grounding_source_round_trips_a_fraction_of_its_images_and_keeps_t
     assert torch.equal(mixed.masks, plain.masks) and torch.equal(mixed.boxes, plain.boxes)
     assert mixed.texts == plain.texts
     assert torch.equal(mixed.images, again.images)  # the rows are a function of (seed, step)
+
+
+def test_same_family_grounding_keeps_only_referents_with_a_same_family_distractor():
+    from promptweave.prompt_modules.world.scene import sample_scene
+    from promptweave.prompt_modules.world.sources import WorldGroundingSource, evaluation_set, same_family_referring
+
+    source = WorldGroundingSource("train", same_family=True)
+    batch = source.batch(0, 3, 32)
+    assert len(set(batch.texts)) >= 28  # substitutes jump far: neighbouring seeds do not share one scene
+    data = evaluation_set("val", 40, same_family=True)
+    plain = evaluation_set("val", 40)
+    assert len(set(data.texts)) >= 36 and data.texts != plain.texts
+    # every chosen referent has a same-family distractor, and the evaluation scenes are the first such ones
+    seeds, seed = [], WorldGroundingSource("val").range.start
+    while len(seeds) < 40:
+        if same_family_referring(sample_scene(seed)):
+            seeds.append(seed)
+        seed += 1
+    for k, seed in enumerate(seeds):
+        scene = sample_scene(seed)
+        options = same_family_referring(scene)
+        assert data.texts[k] in [text for _, text in options]
+        index = next(i for i, text in options if text == data.texts[k])
+        family = scene.objects[index].family
+        assert sum(o.family == family for o in scene.objects) >= 2
+        assert torch.equal(data.masks[k], torch.from_numpy(scene.masks[index]).float())
