@@ -23,6 +23,9 @@ style in ``notes``):
 * ``seconds_per_step`` (stage 2 LoRA step), ``mapper_seconds_per_step`` (stage 1) and ``peak_memory_mb``
   (CUDA peak allocation, or the process's peak RSS on CPU, which is cumulative over the run).
 
+The ``--backbone`` guides the adaptation (IPL's and NADA's CLIP losses, IPL's mapper); WorldCLIP 2 judges and
+conditions WorldGen for every backbone (:func:`load_backbones`).
+
 Needs ``weights/worldclip.safetensors`` and ``weights/worldgen.safetensors``; ``PW_BENCH_VLM=tiny`` runs the
 whole pipeline on random tiny models instead (for checking the code path only: its figures mean nothing).
 """
@@ -46,7 +49,7 @@ from ..prompt_modules.world.zero_shot import (
     single_object_scenes,
     zero_shot_predict,
 )
-from .harness import TaskResult, bench_backbone_name
+from .harness import TaskResult, bench_backbone, bench_backbone_name
 
 SOURCE_STYLE = "flat"
 SOURCE_TEXT = STYLE_PHRASES[SOURCE_STYLE]
@@ -69,30 +72,29 @@ METHODS = tuple(ROWS)
 METRICS = ("target_score", "content_kept", "category_kept", "colour_kept", "position_kept", "diversity")
 
 
-def load_backbones() -> tuple[object, object, str | None]:
-    """``(worldclip, worldgen, note)``; random tiny stand-ins with ``PW_BENCH_VLM=tiny``."""
+def load_backbones() -> tuple[object, object, object, str | None]:
+    """``(guide, judge, worldgen, note)``. The guide is the CLIP whose text directions adapt the generator (IPL's
+    and NADA's losses, IPL's latent mapper): the ``--backbone``. The judge (style prototypes, content, diversity)
+    and WorldGen's text conditioning stay WorldCLIP 2 for every backbone, so that the figures of two backbones
+    are measured with one ruler. Random tiny stand-ins with ``PW_BENCH_VLM=tiny``."""
     if os.environ.get("PW_BENCH_VLM", "").strip().lower() == "tiny":
         from ..prompt_modules.core.vlm import VisionLanguageModel
         from ..prompt_modules.world.worldgen import WORLDGEN_PRESETS, WorldGen
 
         vlm = VisionLanguageModel("tiny", seed=0)
         gen = WorldGen(dataclasses.replace(WORLDGEN_PRESETS["tiny"], backbone=vlm.name), seed=0)
-        return vlm, gen, "PW_BENCH_VLM=tiny: random tiny VLM and WorldGen (code-path check, figures meaningless)"
+        return vlm, vlm, gen, "PW_BENCH_VLM=tiny: random tiny VLM and WorldGen (code-path check, figures meaningless)"
     from ..prompt_modules.world.models import load_world_models
 
-    if bench_backbone_name() != "worldclip2":
-        raise SystemExit(
-            f"the adaptation benchmark runs WorldGen, which is conditioned on WorldCLIP 2's text space; it has no "
-            f"WorldGen for --backbone {bench_backbone_name()} yet: use --backbone worldclip2"
-        )
     try:
-        vlm, gen = load_world_models()
+        judge, gen = load_world_models()
+        guide = judge if bench_backbone_name() == "worldclip2" else bench_backbone()[1]
     except ArtifactError as exc:
         raise SystemExit(
             f"the adaptation benchmark needs the trained world backbones: {exc}. "
             "Set PW_BENCH_VLM=tiny to check the pipeline on random tiny models."
         ) from None
-    return vlm, gen, None
+    return guide, judge, gen, None
 
 
 def position_cells(images: torch.Tensor) -> torch.Tensor:
@@ -194,8 +196,9 @@ def layer_selection_k(n_layers: int) -> int:
 def run(seed: int, split: str, quick: bool) -> TaskResult:
     torch.set_num_threads(1)
     s = settings(quick)
-    vlm, gen, note = load_backbones()
+    guide, vlm, gen, note = load_backbones()  # ``vlm``: the judge and WorldGen's text encoder
     vlm.eval()
+    guide.eval()
     eval_scenes = list(single_object_scenes(split, s["n_eval"], style=SOURCE_STYLE))
     pool_scenes = list(single_object_scenes("train", s["n_pool"], style=SOURCE_STYLE))
     eval_latents = sample_worldgen_latents(gen, vlm, [sc.caption for sc in eval_scenes], steps=s["gen_steps"], seed=0)
@@ -236,7 +239,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
                 seed=seed,
             )
             generator = WorldGenGenerator(gen, pool)
-            result = run_adaptation(generator, vlm, config)
+            result = run_adaptation(generator, guide, config)
             with torch.no_grad():
                 adapted = generator.generate(eval_latents)
             per_style[style][method] = measure(vlm, adapted, source, protos, style)
@@ -257,7 +260,8 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
         "auto_layer_k": k,
         "stage2_lr": STAGE2_LR,
         "lora_layers": len(base.lora_targets),
-        "backbone": vlm.name,
+        "backbone": guide.name,
+        "judge": vlm.name,
         "worldgen": gen.config.name,
         "source_text": SOURCE_TEXT,
         "target_texts": STYLE_TEXTS,

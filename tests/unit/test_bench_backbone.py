@@ -87,3 +87,21 @@ def test_backbone_file_is_measured_instead_of_a_named_backbone(tmp_path, monkeyp
     assert seen == {"name": f"file:{path.resolve()}", "config": "tiny"}
     with pytest.raises(SystemExit, match="no such file"):
         harness.main(["world", "--backbone-file", str(tmp_path / "missing.safetensors")])
+
+
+def test_adaptation_is_guided_by_the_backbone_and_judged_by_worldclip2(monkeypatch):
+    from promptweave.bench.adaptation import load_backbones
+    from promptweave.prompt_modules.world.models import WEIGHTS_DIR
+
+    if not all((WEIGHTS_DIR / f).is_file() for f in ("worldclip.safetensors", "worldclip-web.safetensors",
+                                                      "worldgen.safetensors")):
+        pytest.skip("the shipped world weights are not in this checkout")
+    monkeypatch.delenv("PW_BENCH_VLM", raising=False)
+    monkeypatch.delenv(harness.BACKBONE_FILE_ENV, raising=False)
+    monkeypatch.setenv(harness.BACKBONE_ENV, "worldclip-web")
+    guide, judge, gen, note = load_backbones()
+    assert guide.name == "worldclip-web" and judge.name == "worldclip2" and note is None
+    assert gen.config.backbone == judge.name  # WorldGen reads WorldCLIP 2's text space
+    monkeypatch.setenv(harness.BACKBONE_ENV, "worldclip2")
+    guide, judge, _, _ = load_backbones()
+    assert guide is judge
