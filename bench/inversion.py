@@ -3,7 +3,10 @@
 Metric ``cosine``: mean all-MiniLM-L6-v2 cosine between the predicted and the true prompt embedding of world
 test scenes (clean captions), for images rendered directly; ``cosine_generated``: the same for images WorldGen
 generates from the test captions (when WorldGen is available). ``cosine_noisy``: trained on captions of which
-30% belong to another scene. ``images_per_s``: image -> prompt text throughput.
+30% belong to another scene. ``cosine_prompts`` (issue 37): trained and scored on the prompts people write for a
+text-to-image model (:func:`~promptweave.prompt_modules.world.generation_prompts.generation_prompt`: style and
+quality words, missing attributes, words no image shows) instead of the clean captions, for the method, ``mean``,
+``knn``, ``interrogator`` and both ablations. ``images_per_s``: image -> prompt text throughput.
 
 Method: MLP head on WorldCLIP image features with the vocabulary head and curriculum learning. Baselines from
 the same run: ``knn`` (mean target of the 10 nearest training images in WorldCLIP space), ``interrogator``
@@ -34,6 +37,7 @@ from ..prompt_modules.inversion import (
 )
 from ..prompt_modules.world import BACKGROUNDS, CATEGORY_NAMES, COLOUR_NAMES, MIXED, SIZES, TEXTURES
 from ..prompt_modules.world.dataset import render_batch
+from ..prompt_modules.world.generation_prompts import generation_prompt
 from ..prompt_modules.world.scene import split_seed_range
 from .harness import TaskResult, bench_backbone
 
@@ -49,6 +53,13 @@ def world_pairs(
     start = split_seed_range(split).start + offset
     batch = render_batch(range(start, start + n), style=style, noise_fraction=noise_fraction)
     return batch["image"], list(batch["caption"]), list(batch["clean_caption"])
+
+
+def generation_prompts(split: str, n: int, offset: int = 0) -> list[str]:
+    """The generation prompts (:func:`~promptweave.prompt_modules.world.generation_prompts.generation_prompt`) of
+    the scenes :func:`world_pairs` renders with the same arguments."""
+    start = split_seed_range(split).start + offset
+    return [generation_prompt(scene) for scene in render_batch(range(start, start + n), style=MIXED)["scenes"]]
 
 
 class Interrogator:
@@ -157,6 +168,19 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
               epochs=epochs // 2 if quick else epochs,
               dropout=0.1, hidden=(256, 256))
     base["pixels"] = {"cosine": _cos(px, te_img, te_t)}
+
+    # issue 37: the same images with the prompts people write for a text-to-image model (style and quality words,
+    # missing attributes, words no image shows), as the paper's inverted prompts; learned and scored alike
+    tr_p, te_p = generation_prompts("train", n_train, offset=seed * 1_000_000), generation_prompts(split, n_test)
+    vocab_p = Vocabulary.build(tr_p, size=1000)
+    p_t, p_l = prompt_targets(tr_p, vocab_p, emb)
+    te_pt = emb(te_p)
+    metrics["cosine_prompts"] = _cos(_fit(tr_f, p_t, p_l, vocab_p, tr_p, **common), te_f, te_pt)
+    base["mean"]["cosine_prompts"] = mean_cosine(F.normalize(p_t.mean(0), dim=0).expand_as(te_pt), te_pt)
+    base["knn"]["cosine_prompts"] = mean_cosine(knn_predict(tr_f, p_t, te_f), te_pt)
+    base["interrogator"]["cosine_prompts"] = mean_cosine(emb(te_inter), te_pt)
+    for name, options in (("no_curriculum", {"curriculum": False}), ("no_vocab", {"vocab_weight": 0.0})):
+        base[name]["cosine_prompts"] = _cos(_fit(tr_f, p_t, p_l, vocab_p, tr_p, **options, **common), te_f, te_pt)
 
     if gen is not None:
         wb = WorldGenEncoder(gen, vlm)

@@ -370,6 +370,20 @@ def test_bench_baselines_run_on_a_tiny_vlm():
     assert torch.allclose(pred, train_t[:3], atol=1e-5)
 
 
+def test_bench_generation_prompts_describe_the_rendered_scenes():
+    from promptweave.bench.inversion import generation_prompts, world_pairs
+    from promptweave.prompt_modules.world.dataset import MIXED, render_batch
+    from promptweave.prompt_modules.world.scene import split_seed_range
+
+    _, _, clean = world_pairs("train", 6, offset=7)
+    prompts = generation_prompts("train", 6, offset=7)
+    start = split_seed_range("train").start + 7
+    scenes = render_batch(range(start, start + 6), style=MIXED)["scenes"]
+    assert [sc.clean_caption for sc in scenes] == clean  # the same scenes as the images
+    for scene, prompt in zip(scenes, prompts, strict=True):
+        assert scene.objects[0].category in prompt and prompt != scene.clean_caption
+
+
 SHIPPED = Path(__file__).resolve().parents[2] / "weights"
 
 
