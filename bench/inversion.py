@@ -98,9 +98,11 @@ def knn_predict(train_f: torch.Tensor, train_t: torch.Tensor, test_f: torch.Tens
 
 
 def _load_world():
+    """``(vlm, worldgen, worldgen's text encoder, notes)``: the ``--backbone`` (or a random tiny VLM when WorldCLIP is
+    missing) and, when it is shipped, WorldGen with the WorldCLIP it is conditioned on (WorldCLIP 2, whatever the
+    backbone: the generated images and the white box do not change with it)."""
     notes: dict[str, object] = {}
     try:
-
         vlm = bench_backbone()[1]
         notes["encoder"] = "WorldCLIP"
     except Exception as exc:  # missing file or module: fall back, and say so
@@ -108,15 +110,19 @@ def _load_world():
 
         vlm = VisionLanguageModel("tiny", seed=0)
         notes["encoder"] = f"random tiny VLM (WorldCLIP unavailable: {str(exc)[:120]})"
+    gen_vlm = vlm
     try:
-        from ..prompt_modules.world.models import load_worldgen
+        from ..prompt_modules.world.models import load_worldclip, load_worldgen
 
         gen = load_worldgen()
-        gen.check_vlm(vlm)
+        if gen.config.backbone != getattr(vlm, "text_space", vlm.name) and notes["encoder"] == "WorldCLIP":
+            gen_vlm = load_worldclip(name=gen.config.backbone)
+            notes["worldgen_text_encoder"] = gen_vlm.name
+        gen.check_vlm(gen_vlm)
     except Exception as exc:
         gen = None
         notes["worldgen"] = f"unavailable: {str(exc)[:120]}"
-    return vlm, gen, notes
+    return vlm, gen, gen_vlm, notes
 
 
 def _fit(inputs, targets, labels, vocab, texts, *, backbone, dim, seed, epochs, curriculum=True, vocab_weight=0.1,
@@ -138,7 +144,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     torch.manual_seed(seed)
     n_train, n_test, epochs = (1000, 300, 20) if quick else (6000, 1000, 30)
     n_gen = 64 if quick else 200
-    vlm, gen, notes = _load_world()
+    vlm, gen, gen_vlm, notes = _load_world()
     emb = default_embedder()
     enc = VLMImageEncoder(vlm)
 
@@ -183,12 +189,12 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
         base[name]["cosine_prompts"] = _cos(_fit(tr_f, p_t, p_l, vocab_p, tr_p, **options, **common), te_f, te_pt)
 
     if gen is not None:
-        wb = WorldGenEncoder(gen, vlm)
+        wb = WorldGenEncoder(gen, gen_vlm)
         tr_w = wb(tr_img, interrogator(tr_img, tr_f))
         te_w = wb(te_img, te_inter)
         white = _fit(tr_w, tr_t, tr_l, vocab, tr_cap, backbone=wb.name, dim=wb.dim, seed=seed, epochs=epochs)
         base["white_box"] = {"cosine": _cos(white, te_w, te_t)}
-        g_img = gen.sample(te_cap[:n_gen], vlm, steps=20, guidance=3.0, seed=seed)
+        g_img = gen.sample(te_cap[:n_gen], gen_vlm, steps=20, guidance=3.0, seed=seed)
         g_f, g_t = enc(g_img), te_t[:n_gen]
         metrics["cosine_generated"] = _cos(main, g_f, g_t)
         base["knn"]["cosine_generated"] = mean_cosine(knn_predict(tr_f, tr_t, g_f), g_t)
@@ -231,7 +237,7 @@ def train_shipped(path: str, kind: str = "vlm", n_train: int = 8000, epochs: int
         inv = _fit(img, t, lab, vocab, cap, backbone="pixels", dim=128, seed=seed, epochs=epochs, dropout=0.1,
                    hidden=(256, 256))
     else:
-        vlm, _, notes = _load_world()
+        vlm, _, _, notes = _load_world()
         if notes["encoder"] != "WorldCLIP":
             raise SystemExit(f"WorldCLIP is needed: {notes['encoder']}")
         enc = VLMImageEncoder(vlm)
