@@ -319,11 +319,13 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
 
     vae_steps, dit_steps, prompt_steps, batch_size = sizes
     vlm = load_worldclip().requires_grad_(False)
-    source = WorldGroundingSource("train", size=64)
+    roundtrip_fn = None
     if roundtrip > 0:
         gen = load_worldgen().requires_grad_(False)
-        source = WorldGroundingSource("train", size=64, roundtrip=lambda x: gen.decode(gen.encode(x)),
-                                      roundtrip_fraction=roundtrip)
+
+        def roundtrip_fn(x):
+            return gen.decode(gen.encode(x))
+
     pool = None
     if generated > 0:
         t_pool = time.perf_counter()
@@ -340,9 +342,8 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
         pool = load_or_generate_pool(pool_path, lambda: load_worldgen().requires_grad_(False), vlm, generated_pool,
                                      seed=SEED, steps=GENERATED_STEPS, callback=progress)
         pool_seconds = round(time.perf_counter() - t_pool, 1)
-        source = WorldGroundingSource("train", size=64, roundtrip=source.roundtrip,
-                                      roundtrip_fraction=source.roundtrip_fraction, generated=pool,
-                                      generated_fraction=generated)
+    source = WorldGroundingSource("train", size=64, roundtrip=roundtrip_fn, roundtrip_fraction=max(roundtrip, 0.0),
+                                  generated=pool, generated_fraction=generated if pool is not None else 0.5)
     folder = work / ("grounding-" + "-".join(map(str, sizes)) + (f"-roundtrip{roundtrip:g}" if roundtrip > 0 else "")
                      + (f"-generated{generated:g}-pool{generated_pool}" if generated > 0 else ""))
     folder.mkdir(parents=True, exist_ok=True)
