@@ -343,7 +343,7 @@ def train_grounding(out: Path, work: Path, sizes: tuple[int, ...] = GROUNDING_SI
                                      seed=SEED, steps=GENERATED_STEPS, callback=progress)
         pool_seconds = round(time.perf_counter() - t_pool, 1)
     source = WorldGroundingSource("train", size=64, roundtrip=roundtrip_fn, roundtrip_fraction=max(roundtrip, 0.0),
-                                  generated=pool, generated_fraction=generated if pool is not None else 0.5)
+                                  generated=pool, generated_fraction=max(generated, 0.0))
     folder = work / ("grounding-" + "-".join(map(str, sizes)) + (f"-roundtrip{roundtrip:g}" if roundtrip > 0 else "")
                      + (f"-generated{generated:g}-pool{generated_pool}" if generated > 0 else ""))
     folder.mkdir(parents=True, exist_ok=True)

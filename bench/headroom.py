@@ -38,14 +38,12 @@ import torch.nn.functional as F
 from ..prompt_modules.dual_prompt.model import encode_gallery
 from ..prompt_modules.inversion import VLMImageEncoder, default_embedder, mean_cosine
 from ..prompt_modules.world.clip_training import WorldCLIPTrainConfig, batch_loss, training_batch
-from ..prompt_modules.world.dataset import MIXED, render_batch
-from ..prompt_modules.world.generation_prompts import generation_prompt
 from ..prompt_modules.world.scene import Scene, sample_scene, split_seed_range
 from ..prompt_modules.world.sources import render_class_sample, same_family_referring, world_classes
 from ..prompt_modules.world.vocabulary import CATEGORY_NAMES, COLOUR_NAMES, STYLES
 from ..prompt_modules.world.zero_shot import category_prompts, colour_prompts, scenes_to_images, single_object_scenes
 from .harness import TaskResult, bench_backbone
-from .inversion import Interrogator
+from .inversion import Interrogator, generation_prompts, world_batch
 from .retrieval import BATCH_SIZE as RETRIEVAL_BATCH
 from .retrieval import STEPS as RETRIEVAL_STEPS
 from .retrieval import eval_set, recalls
@@ -239,10 +237,9 @@ def grounding_headroom(vlm, split: str, seed: int, n_eval: int, steps: int,
 
 
 def prompt_pairs(split: str, n: int, offset: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``n`` scenes of ``split`` (mixed styles) and their generation prompts (:func:`generation_prompt`)."""
-    start = split_seed_range(split).start + offset
-    batch = render_batch(range(start, start + n), style=MIXED)
-    return batch["image"], [generation_prompt(scene) for scene in batch["scenes"]]
+    """``n`` scenes of ``split`` (mixed styles) and their generation prompts (:func:`.inversion.generation_prompts`)."""
+    batch = world_batch(split, n, offset)
+    return batch["image"], generation_prompts(batch)
 
 
 def inversion_headroom(vlm, split: str, seed: int, n_eval: int, n_train: int) -> dict[str, float]:

@@ -46,20 +46,25 @@ SIZE_WORDS = tuple(SIZES)
 BACKGROUND_NAMES = tuple(BACKGROUNDS)
 
 
+def world_batch(split: str, n: int, offset: int = 0, noise_fraction: float = 0.0, style: str = MIXED) -> dict:
+    """The rendered batch (:func:`~promptweave.prompt_modules.world.dataset.render_batch`) of ``n`` scenes of
+    ``split`` from ``offset`` (mixed render styles by default)."""
+    start = split_seed_range(split).start + offset
+    return render_batch(range(start, start + n), style=style, noise_fraction=noise_fraction)
+
+
 def world_pairs(
     split: str, n: int, offset: int = 0, noise_fraction: float = 0.0, style: str = MIXED
 ) -> tuple[torch.Tensor, list, list]:
-    """``(images, captions, clean captions)`` of ``n`` scenes of ``split`` (mixed render styles by default)."""
-    start = split_seed_range(split).start + offset
-    batch = render_batch(range(start, start + n), style=style, noise_fraction=noise_fraction)
+    """``(images, captions, clean captions)`` of :func:`world_batch`'s scenes."""
+    batch = world_batch(split, n, offset, noise_fraction, style)
     return batch["image"], list(batch["caption"]), list(batch["clean_caption"])
 
 
-def generation_prompts(split: str, n: int, offset: int = 0) -> list[str]:
-    """The generation prompts (:func:`~promptweave.prompt_modules.world.generation_prompts.generation_prompt`) of
-    the scenes :func:`world_pairs` renders with the same arguments."""
-    start = split_seed_range(split).start + offset
-    return [generation_prompt(scene) for scene in render_batch(range(start, start + n), style=MIXED)["scenes"]]
+def generation_prompts(batch: dict) -> list[str]:
+    """The generation prompts (:func:`~promptweave.prompt_modules.world.generation_prompts.generation_prompt`) of a
+    :func:`world_batch`'s scenes."""
+    return [generation_prompt(scene) for scene in batch["scenes"]]
 
 
 class Interrogator:
@@ -148,8 +153,10 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     emb = default_embedder()
     enc = VLMImageEncoder(vlm)
 
-    tr_img, tr_cap, _ = world_pairs("train", n_train, offset=seed * 1_000_000)
-    te_img, _, te_cap = world_pairs(split, n_test)
+    train, test = world_batch("train", n_train, offset=seed * 1_000_000), world_batch(split, n_test)
+    tr_img, tr_cap, tr_p = train["image"], list(train["caption"]), generation_prompts(train)
+    te_img, te_cap, te_p = test["image"], list(test["clean_caption"]), generation_prompts(test)
+    del train, test  # the scenes' arrays; the images stay
     vocab = Vocabulary.build(tr_cap, size=1000)
     tr_t, tr_l = prompt_targets(tr_cap, vocab, emb)
     te_t = emb(te_cap)
@@ -177,7 +184,6 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
 
     # issue 37: the same images with the prompts people write for a text-to-image model (style and quality words,
     # missing attributes, words no image shows), as the paper's inverted prompts; learned and scored alike
-    tr_p, te_p = generation_prompts("train", n_train, offset=seed * 1_000_000), generation_prompts(split, n_test)
     vocab_p = Vocabulary.build(tr_p, size=1000)
     p_t, p_l = prompt_targets(tr_p, vocab_p, emb)
     te_pt = emb(te_p)

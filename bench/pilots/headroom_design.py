@@ -31,9 +31,7 @@ from promptweave.bench.retrieval import eval_set
 from promptweave.prompt_modules.dual_prompt.model import encode_gallery
 from promptweave.prompt_modules.world.captions import NUM_HARD_NEGATIVES, attribute_value
 from promptweave.prompt_modules.world.clip_training import WorldCLIPTrainConfig, batch_loss, training_batch
-from promptweave.prompt_modules.world.vocabulary import CATEGORIES
-
-FAMILY_OF = {c.name: c.family for c in CATEGORIES}
+from promptweave.prompt_modules.world.vocabulary import family_of
 
 
 @torch.no_grad()
@@ -74,15 +72,15 @@ def retrieval(vlm, checkpoints=(200, 600, 1500), lr: float = 1e-4, n_eval: int =
 
 
 def family_shared(scene, index: int, text: str) -> bool:
-    family = FAMILY_OF[scene.objects[index].category]
-    return any(j != index and FAMILY_OF[o.category] == family for j, o in enumerate(scene.objects))
+    family = family_of(scene.objects[index].category)
+    return any(j != index and family_of(o.category) == family for j, o in enumerate(scene.objects))
 
 
 def fine_only(scene, index: int, text: str) -> bool:
     spec = next(r for r in scene.referring_specs if r.object_index == index and r.text == text)
     others = {k: v for k, v in spec.attributes.items() if k != "category"}
-    family = FAMILY_OF[scene.objects[index].category]
-    return any(j != index and FAMILY_OF[o.category] == family
+    family = family_of(scene.objects[index].category)
+    return any(j != index and family_of(o.category) == family
                and all(attribute_value(o, k) == v for k, v in others.items()) for j, o in enumerate(scene.objects))
 
 

@@ -371,15 +371,17 @@ def test_bench_baselines_run_on_a_tiny_vlm():
 
 
 def test_bench_generation_prompts_describe_the_rendered_scenes():
-    from promptweave.bench.inversion import generation_prompts, world_pairs
+    from promptweave.bench.inversion import generation_prompts, world_batch, world_pairs
     from promptweave.prompt_modules.world.dataset import MIXED, render_batch
     from promptweave.prompt_modules.world.scene import split_seed_range
 
-    _, _, clean = world_pairs("train", 6, offset=7)
-    prompts = generation_prompts("train", 6, offset=7)
+    images, _, clean = world_pairs("train", 6, offset=7)
+    batch = world_batch("train", 6, offset=7)
+    prompts = generation_prompts(batch)
     start = split_seed_range("train").start + 7
     scenes = render_batch(range(start, start + 6), style=MIXED)["scenes"]
     assert [sc.clean_caption for sc in scenes] == clean  # the same scenes as the images
+    assert torch.equal(batch["image"], images)
     for scene, prompt in zip(scenes, prompts, strict=True):
         assert scene.objects[0].category in prompt and prompt != scene.clean_caption
 
