@@ -55,3 +55,38 @@ def test_the_largest_accepted_seed_keeps_every_training_offset_inside_the_train_
 
     largest_training_set = 100_000  # above the biggest n_train of any task (inversion: 6,000; shipped: 8,000)
     assert MAX_SEED * 1_000_000 + largest_training_set < split_seed_range("train").stop
+
+
+def test_report_keeps_each_backbone_in_its_own_section_and_records(tmp_path, monkeypatch):
+    import json
+
+    from promptweave.bench import report
+
+    def record(seed: int, backbone: str, acc: float) -> dict:
+        return {"task": "toy", "split": "test", "seed": seed, "quick": False, "backbone": backbone, "seconds": 1.0,
+                "metrics": {"acc": acc}, "baselines": {"coop": {"acc": 0.5}}, "notes": {}}
+
+    web = tmp_path / "out" / "bench" / "web"
+    web.mkdir(parents=True)
+    for seed, acc in [(0, 0.6), (1, 0.8)]:
+        (web / f"toy-test-{seed}.json").write_text(json.dumps(record(seed, "worldclip-web", acc)))
+    assert report.reusable(web / "toy-test-0.json", "toy", "test", 0, "worldclip2") is None  # not the other's
+    old = record(0, "worldclip2", 0.1)  # records from before --backbone carry none: WorldCLIP 2's
+    del old["backbone"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert report.reusable(tmp_path / "old.json", "toy", "test", 0) == old
+
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# B\n<!-- bench:toy:start -->\nWorldCLIP 2 table\n<!-- bench:toy:end -->\nprose\n")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "BENCHMARKS", benchmarks)
+    monkeypatch.setattr(report, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(report, "run_task", lambda *a, **k: pytest.fail("--reuse must not rerun a stored seed"))
+    monkeypatch.setenv("PW_BENCH_BACKBONE", "worldclip2")  # main sets it; the test's undo restores it
+    assert report.main(["toy", "--seeds", "0", "1", "--splits", "test", "--reuse", "--backbone", "worldclip-web"]) == 0
+    text = benchmarks.read_text()
+    assert "WorldCLIP 2 table" in text and "prose" in text  # the other backbone's section and the prose stay
+    web_section = text[text.index("<!-- bench:toy@worldclip-web:start -->"):]
+    assert "| **PromptWeave** | 0.700 ± 0.100 |" in web_section
+    assert "--backbone worldclip-web" in web_section
+    assert (tmp_path / "plots" / "toy-test-worldclip-web.png").is_file()
