@@ -3,10 +3,11 @@
 The generator is WorldGen's decoder (latent -> image, the paper's StyleGAN-like setting); its codes are latents
 WorldGen's denoiser samples from captions of single-object scenes (flat source domain). For every unseen style
 (``sketch``, ``mosaic``, ``neon``; target texts in :data:`STYLE_TEXTS`: the phrases WorldCLIP's captions
-name the styles with) a LoRA is trained with IPL (the method)
+name the styles with; on WorldCLIP-web only the styles its text names, :func:`target_styles`) a LoRA is trained
+with IPL (the method)
 and with NADA (baseline, same code path, no mapper); ``source`` is the unadapted generator. All methods share
 steps, batch sizes, LoRA rank and NADA's adaptive layer selection (2/3 of the layers, as the official code's
-``auto_layer_k``); the stage-2 learning rate is each method's own, chosen on val (:data:`STAGE2_LR`), and
+``auto_layer_k``); the stage-2 learning rate is each method's own, chosen on val per guide (:data:`GUIDE_LRS`), and
 ``nada_same_lr`` is NADA at IPL's learning rate. Metrics on the adapted samples of the first ``n_eval``
 single-object scenes of the split (the same latents for every method and seed), averaged over the styles (per
 style in ``notes``):
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from ..prompt_modules.adaptation import IPLConfig, WorldGenGenerator, run_adaptation, sample_worldgen_latents
 from ..prompt_modules.core.artifacts import ArtifactError
 from ..prompt_modules.world.vocabulary import CATEGORY_IDS, COLOUR_IDS, STYLE_PHRASES, STYLES
+from ..prompt_modules.world.web_captions import WebCaptionConfig
 from ..prompt_modules.world.zero_shot import (
     category_prompts,
     colour_prompts,
@@ -54,21 +56,35 @@ from .harness import TaskResult, bench_backbone, bench_backbone_name
 SOURCE_STYLE = "flat"
 SOURCE_TEXT = STYLE_PHRASES[SOURCE_STYLE]
 STYLE_TEXTS: dict[str, str] = {style: STYLE_PHRASES[style] for style in STYLES if style != SOURCE_STYLE}
-IPL_LR, NADA_LR = 0.005, 0.0075
-ROWS: dict[str, tuple[str, float]] = {
-    "ipl": ("ipl", IPL_LR),
-    "nada": ("nada", NADA_LR),
-    "nada_same_lr": ("nada", IPL_LR),
-}
-"""Each trained row: the ``IPLConfig.method`` it runs and its stage-2 learning rate."""
-STAGE2_LR: dict[str, float] = {row: lr for row, (_, lr) in ROWS.items()}
-"""Stage-2 (LoRA) learning rate per row. The paper's 0.0016 leaves WorldGen's decoder where it was (test
-target_score 0.142 for IPL, NADA and source alike), and at one shared lr IPL moves the decoder further than NADA,
-so the methods are compared at matched strength: each at the smallest lr of the val pilot's grid
-(``python -m promptweave.bench.pilots.adaptation_pilot``: 0.0035, 0.005, 0.0075) whose val target_score, averaged
-over the styles, reaches 0.3 (BENCHMARKS.md, "adaptation"). ``nada_same_lr`` keeps the shared-lr comparison in
-view."""
-METHODS = tuple(ROWS)
+#: The stage-2 learning rate of each trained row (its ``IPLConfig.method``, then its lr) per guide.
+ROW_METHODS: dict[str, str] = {"ipl": "ipl", "nada": "nada", "nada_same_lr": "nada"}
+GUIDE_LRS: dict[str, tuple[float, float]] = {"worldclip2": (0.005, 0.0075), "worldclip-web": (0.0075, 0.015)}
+"""(IPL, NADA) stage-2 learning rate per guide, each chosen on val by one rule. The paper's 0.0016 leaves WorldGen's
+decoder where it was (test target_score 0.142 for IPL, NADA and source alike), and at one shared lr IPL moves the
+decoder further than NADA, so the methods are compared at matched strength: each at the smallest lr of the val
+pilot's grid (``python -m promptweave.bench.pilots.adaptation_pilot METHOD STYLE --backbone B --lr ...``) whose val
+target_score, averaged over the guide's styles, reaches 0.3 (BENCHMARKS.md, "adaptation"). ``nada_same_lr`` is
+NADA at IPL's lr, which keeps the shared-lr comparison in view. A ``--backbone-file`` guide takes WorldCLIP 2's."""
+
+
+def stage2_lrs(backbone: str) -> dict[str, float]:
+    """Each trained row's stage-2 learning rate when ``backbone`` guides (:data:`GUIDE_LRS`)."""
+    ipl, nada = GUIDE_LRS.get(backbone, GUIDE_LRS["worldclip2"])
+    return {"ipl": ipl, "nada": nada, "nada_same_lr": ipl}
+
+
+def target_styles(backbone: str) -> dict[str, str]:
+    """The unseen styles (and their target texts) a guide is asked for. A text-guided method can steer only toward
+    a domain its guide's text names (issue 37): WorldCLIP 2's captions name every style, WorldCLIP-web's only
+    :attr:`WebCaptionConfig.named_styles` (besides the source, "sketch"); the others are left out, not failed."""
+    if backbone == "worldclip-web":
+        return {style: text for style, text in STYLE_TEXTS.items() if style in WebCaptionConfig().named_styles}
+    return dict(STYLE_TEXTS)
+
+
+STAGE2_LR: dict[str, float] = stage2_lrs("worldclip2")
+"""WorldCLIP 2's rates (the pilot's default)."""
+METHODS = tuple(ROW_METHODS)
 METRICS = ("target_score", "content_kept", "category_kept", "colour_kept", "position_kept", "diversity")
 
 
@@ -197,6 +213,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     torch.set_num_threads(1)
     s = settings(quick)
     guide, vlm, gen, note = load_backbones()  # ``vlm``: the judge and WorldGen's text encoder
+    styles, lrs = target_styles(bench_backbone_name()), stage2_lrs(bench_backbone_name())
     vlm.eval()
     guide.eval()
     eval_scenes = list(single_object_scenes(split, s["n_eval"], style=SOURCE_STYLE))
@@ -222,11 +239,11 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     per_style: dict[str, dict[str, dict[str, float]]] = {}
     costs: dict[str, dict[str, float]] = {method: {} for method in METHODS}
     t_start = time.perf_counter()
-    for style, text in STYLE_TEXTS.items():
+    for style, text in styles.items():
         per_style[style] = {"source": measure(vlm, source_images, source, protos, style)}
         for method in METHODS:
             config = IPLConfig(
-                method=ROWS[method][0],
+                method=ROW_METHODS[method],
                 source_text=SOURCE_TEXT,
                 target_text=text,
                 ctx_init="a picture of a",
@@ -234,7 +251,7 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
                 mapper_steps=s["mapper_steps"],
                 mapper_batch=s["mapper_batch"],
                 batch_size=s["batch_size"],
-                lr=STAGE2_LR[method],
+                lr=lrs[method],
                 auto_layer_k=k,
                 seed=seed,
             )
@@ -244,13 +261,13 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
                 adapted = generator.generate(eval_latents)
             per_style[style][method] = measure(vlm, adapted, source, protos, style)
             c = costs[method]
-            c["seconds_per_step"] = c.get("seconds_per_step", 0.0) + result.seconds_per_step / len(STYLE_TEXTS)
+            c["seconds_per_step"] = c.get("seconds_per_step", 0.0) + result.seconds_per_step / len(styles)
             c["mapper_seconds_per_step"] = c.get("mapper_seconds_per_step", 0.0) + result.mapper_seconds_per_step / len(
-                STYLE_TEXTS
+                styles
             )
             c["peak_memory_mb"] = max(c.get("peak_memory_mb", 0.0), result.peak_memory_mb)
     averaged = {
-        method: {m: sum(per_style[st][method][m] for st in STYLE_TEXTS) / len(STYLE_TEXTS) for m in METRICS}
+        method: {m: sum(per_style[st][method][m] for st in styles) / len(styles) for m in METRICS}
         for method in (*METHODS, "source")
     }
     for method in METHODS:
@@ -258,13 +275,13 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     notes: dict[str, object] = {
         **s,
         "auto_layer_k": k,
-        "stage2_lr": STAGE2_LR,
+        "stage2_lr": lrs,
         "lora_layers": len(base.lora_targets),
         "backbone": guide.name,
         "judge": vlm.name,
         "worldgen": gen.config.name,
         "source_text": SOURCE_TEXT,
-        "target_texts": STYLE_TEXTS,
+        "target_texts": styles,
         "per_style": per_style,
         "seconds_total": round(time.perf_counter() - t_start, 1),
         **truth,

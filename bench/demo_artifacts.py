@@ -243,9 +243,9 @@ def train_ipl(out: Path, work: Path) -> dict:
     from ..prompt_modules.world.models import load_world_models
     from ..prompt_modules.world.zero_shot import single_object_scenes
     from .adaptation import (
-        IPL_LR,
         SOURCE_STYLE,
         SOURCE_TEXT,
+        STAGE2_LR,
         STYLE_TEXTS,
         layer_selection_k,
         measure,
@@ -261,12 +261,12 @@ def train_ipl(out: Path, work: Path) -> dict:
     generator = WorldGenGenerator(gen, pool)
     config = IPLConfig(method="ipl", source_text=SOURCE_TEXT, target_text=STYLE_TEXTS[IPL_STYLE],
                        ctx_init="a picture of a", steps=s["steps"], mapper_steps=s["mapper_steps"],
-                       mapper_batch=s["mapper_batch"], batch_size=s["batch_size"], lr=IPL_LR,
+                       mapper_batch=s["mapper_batch"], batch_size=s["batch_size"], lr=STAGE2_LR["ipl"],
                        auto_layer_k=layer_selection_k(len(generator.lora_targets)), seed=SEED)
     (work / "ipl").mkdir(parents=True, exist_ok=True)
     result = run_adaptation(generator, vlm, config, checkpoint_dir=work / "ipl")
     seconds = time.perf_counter() - t0
-    recipe = {**s, "lr": IPL_LR, "auto_layer_k": config.auto_layer_k, "seed": SEED, "style": IPL_STYLE,
+    recipe = {**s, "lr": STAGE2_LR["ipl"], "auto_layer_k": config.auto_layer_k, "seed": SEED, "style": IPL_STYLE,
               "source_text": SOURCE_TEXT, "target_text": STYLE_TEXTS[IPL_STYLE], "benchmark": "adaptation"}
     save_mapper(result.mapper, out / IPL_MAPPER_FILE)
     save_lora_native(result.lora, out / IPL_LORA_FILE, extra={"worldgen": gen.config.name, "recipe": recipe})

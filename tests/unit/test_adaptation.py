@@ -464,6 +464,21 @@ def test_bench_metrics_position_cells_and_diversity():
     assert STAGE2_LR["nada_same_lr"] == STAGE2_LR["ipl"]
 
 
+def test_bench_asks_each_guide_only_for_styles_its_text_names():
+    from promptweave.bench.adaptation import SOURCE_STYLE, STYLE_TEXTS, stage2_lrs, target_styles
+    from promptweave.bench.harness import BACKBONES
+    from promptweave.prompt_modules.world.web_captions import WebCaptionConfig
+
+    assert target_styles("worldclip2") == STYLE_TEXTS and SOURCE_STYLE not in STYLE_TEXTS
+    web = target_styles("worldclip-web")
+    assert web and set(web) <= set(WebCaptionConfig().named_styles) - {SOURCE_STYLE}
+    assert set(STYLE_TEXTS) - set(web) == {"mosaic", "neon"}  # the web text never names these
+    for backbone in (*BACKBONES, "file:/some/worldclip.safetensors"):
+        lrs = stage2_lrs(backbone)
+        assert set(lrs) == {"ipl", "nada", "nada_same_lr"} and lrs["nada_same_lr"] == lrs["ipl"]
+    assert stage2_lrs("file:/some/worldclip.safetensors") == stage2_lrs("worldclip2")
+
+
 @pytest.mark.slow
 def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch):
     from promptweave.bench.adaptation import METRICS, STAGE2_LR, STYLE_TEXTS, run
