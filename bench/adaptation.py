@@ -4,13 +4,12 @@ The generator is WorldGen's decoder (latent -> image, the paper's StyleGAN-like 
 WorldGen's denoiser samples from captions of single-object scenes (flat source domain). For every unseen style
 (``sketch``, ``mosaic``, ``neon``; target texts in :data:`STYLE_TEXTS`: the phrases WorldCLIP's captions
 name the styles with; on WorldCLIP-web only the styles its text names, :func:`target_styles`) a LoRA is trained
-with IPL (the method)
-and with NADA (baseline, same code path, no mapper); ``source`` is the unadapted generator. All methods share
-steps, batch sizes, LoRA rank and NADA's adaptive layer selection (2/3 of the layers, as the official code's
-``auto_layer_k``); the stage-2 learning rate is each method's own, chosen on val per guide (:data:`GUIDE_LRS`), and
-``nada_same_lr`` is NADA at IPL's learning rate. Metrics on the adapted samples of the first ``n_eval``
-single-object scenes of the split (the same latents for every method and seed), averaged over the styles (per
-style in ``notes``):
+with IPL (the method) and with NADA (baseline, same code path, no mapper); ``source`` is the unadapted generator.
+All methods share steps, batch sizes, LoRA rank and NADA's adaptive layer selection (2/3 of the layers, as the
+official code's ``auto_layer_k``); the stage-2 learning rate is each method's own, chosen on val per guide
+(:data:`GUIDE_LRS`), and ``nada_same_lr`` is NADA at IPL's learning rate. Metrics on the adapted samples of the
+first ``n_eval`` single-object scenes of the split (the same latents for every method and seed), averaged over the
+styles (per style in ``notes``):
 
 * ``target_score``: fraction of adapted samples that WorldCLIP assigns to the target style, by the nearest style
   prototype (mean WorldCLIP image embedding of real rendered ``val`` scenes of each of the 4 styles).
@@ -56,7 +55,7 @@ from .harness import TaskResult, bench_backbone, bench_backbone_name
 SOURCE_STYLE = "flat"
 SOURCE_TEXT = STYLE_PHRASES[SOURCE_STYLE]
 STYLE_TEXTS: dict[str, str] = {style: STYLE_PHRASES[style] for style in STYLES if style != SOURCE_STYLE}
-#: The stage-2 learning rate of each trained row (its ``IPLConfig.method``, then its lr) per guide.
+#: The ``IPLConfig.method`` each trained row runs (``nada_same_lr``: NADA at IPL's rate).
 ROW_METHODS: dict[str, str] = {"ipl": "ipl", "nada": "nada", "nada_same_lr": "nada"}
 GUIDE_LRS: dict[str, tuple[float, float]] = {"worldclip2": (0.005, 0.0075), "worldclip-web": (0.0075, 0.015)}
 """(IPL, NADA) stage-2 learning rate per guide, each chosen on val by one rule. The paper's 0.0016 leaves WorldGen's
