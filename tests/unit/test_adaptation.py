@@ -480,14 +480,16 @@ def test_bench_asks_each_guide_only_for_styles_its_text_names():
 
 
 @pytest.mark.slow
-def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch):
-    from promptweave.bench.adaptation import METRICS, STAGE2_LR, STYLE_TEXTS, run
+@pytest.mark.parametrize("backbone", ["worldclip2", "worldclip-web"])
+def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch, backbone):
+    from promptweave.bench.adaptation import METRICS, run, stage2_lrs, target_styles
 
     monkeypatch.setenv("PW_BENCH_VLM", "tiny")
+    monkeypatch.setenv("PW_BENCH_BACKBONE", backbone)  # the guide's styles and rates follow the backbone
     result = run(seed=0, split="test", quick=True)
     assert set(result.baselines) == {"nada", "nada_same_lr", "source"}
-    assert result.notes["stage2_lr"] == STAGE2_LR
-    assert set(result.notes["per_style"]) == set(STYLE_TEXTS)
+    assert result.notes["stage2_lr"] == stage2_lrs(backbone)
+    assert set(result.notes["per_style"]) == set(target_styles(backbone)) == set(result.notes["target_texts"])
     for style, rows in result.notes["per_style"].items():
         assert rows["source"]["content_kept"] == 1.0, style  # the source sample agrees with itself
         for row in rows.values():
