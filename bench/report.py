@@ -63,13 +63,14 @@ def section(task: str, by_split: dict[str, list[dict]], command: str, backbone: 
     key = section_key(task, backbone)
     title = f"### `{task}`" + ("" if key == task else f" on {backbone}")
     parts = [f"<!-- bench:{key}:start -->", title, "", f"Command: `{command}`", ""]
+    title_name = task if key == task else f"{task} on {backbone}"
     for split, records in by_split.items():
         seeds = ", ".join(str(r["seed"]) for r in records)
         seconds = statistics.fmean(r["seconds"] for r in records)
         summary = summarise(records)
         plot = PLOTS / (f"{task}-{split}.png" if key == task else f"{task}-{split}-{backbone}.png")
         plot.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(plot, bar_chart(f"{task} ({split} split, mean ± std over seeds {seeds})", summary))
+        atomic_write_bytes(plot, bar_chart(f"{title_name} ({split} split, mean ± std over seeds {seeds})", summary))
         parts += [
             f"**{split} split** (seeds {seeds}; {seconds:.0f} s per run; mean ± std):",
             "",
