@@ -61,16 +61,16 @@ def markdown_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
 
 def section(task: str, by_split: dict[str, list[dict]], command: str, backbone: str = BACKBONES[0]) -> str:
     key = section_key(task, backbone)
-    title = f"### `{task}`" + ("" if key == task else f" on {backbone}")
-    parts = [f"<!-- bench:{key}:start -->", title, "", f"Command: `{command}`", ""]
-    title_name = task if key == task else f"{task} on {backbone}"
+    on_backbone = "" if key == task else f" on {backbone}"
+    parts = [f"<!-- bench:{key}:start -->", f"### `{task}`{on_backbone}", "", f"Command: `{command}`", ""]
     for split, records in by_split.items():
         seeds = ", ".join(str(r["seed"]) for r in records)
         seconds = statistics.fmean(r["seconds"] for r in records)
         summary = summarise(records)
         plot = PLOTS / (f"{task}-{split}.png" if key == task else f"{task}-{split}-{backbone}.png")
         plot.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(plot, bar_chart(f"{title_name} ({split} split, mean ± std over seeds {seeds})", summary))
+        chart_title = f"{task}{on_backbone} ({split} split, mean ± std over seeds {seeds})"
+        atomic_write_bytes(plot, bar_chart(chart_title, summary))
         parts += [
             f"**{split} split** (seeds {seeds}; {seconds:.0f} s per run; mean ± std):",
             "",

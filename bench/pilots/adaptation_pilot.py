@@ -83,6 +83,8 @@ def main() -> None:
     with torch.no_grad():
         source_images = generator.generate(eval_latents)
     source = source_content(vlm, source_images)
+    with torch.no_grad():  # the same for every lr: measured once
+        source_metrics = {k: round(v, 4) for k, v in measure(vlm, source_images, source, protos, args.style).items()}
     mapper = None
     for lr in lrs:
         config = IPLConfig(
@@ -107,8 +109,8 @@ def main() -> None:
                                      "seconds": round(time.perf_counter() - t0, 1)}
         with torch.no_grad():
             adapted = generator.generate(eval_latents)
-            for name, images in (("source", source_images), ("adapted", adapted)):
-                report[name] = {k: round(v, 4) for k, v in measure(vlm, images, source, protos, args.style).items()}
+            report["source"] = source_metrics
+            report["adapted"] = {k: round(v, 4) for k, v in measure(vlm, adapted, source, protos, args.style).items()}
             report["mean_abs_change"] = round(float((adapted - source_images).abs().mean()), 4)
             if result.mapper is not None:
                 ctx = result.mapper.mapper(generator.latent_code(eval_latents))
