@@ -154,10 +154,10 @@ def dcar_comparison(vlm, bundle_path: Path, seed: int, steps: int, batch_size: i
 
 def run(seed: int, split: str, quick: bool) -> TaskResult:
     torch.set_num_threads(1)
-    if quick:
-        steps, batch_size, k, n_eval, dcar_steps, dcar_eval = 30, 16, 32, 100, 10, 50
-    else:
-        steps, batch_size, k, n_eval, dcar_steps, dcar_eval = 300, 32, 64, 500, 100, 300
+    # --quick (issue 37: under 10 minutes on 2 cores, the full run's ordering): the full run already fits, so it
+    # trains and evaluates the same; only the DCAR-initialisation note below is shorter
+    steps, batch_size, k, n_eval = 300, 32, 64, 500
+    dcar_steps, dcar_eval = (50, 200) if quick else (100, 300)
     lr, shots = 2e-3, 16
     vlm, note = load_backbone()
     vlm.eval()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from promptweave.bench.adaptation import (
+    SETTINGS,
     SOURCE_STYLE,
     SOURCE_TEXT,
     STAGE2_LR,
@@ -33,7 +34,6 @@ from promptweave.bench.adaptation import (
     layer_selection_k,
     load_backbones,
     measure,
-    settings,
     source_content,
     style_prototypes,
 )
@@ -73,7 +73,7 @@ def main() -> None:
     guide, vlm, gen, _ = load_backbones()  # ``vlm``: the judge and WorldGen's text encoder
     vlm.eval()
     guide.eval()
-    s = settings(quick=False)
+    s = dict(SETTINGS)
     eval_scenes = list(single_object_scenes("val", s["n_eval"], style=SOURCE_STYLE))
     pool_scenes = list(single_object_scenes("train", s["n_pool"], style=SOURCE_STYLE))
     eval_latents = sample_worldgen_latents(gen, vlm, [sc.caption for sc in eval_scenes], steps=s["gen_steps"], seed=0)

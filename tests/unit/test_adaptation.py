@@ -479,14 +479,32 @@ def test_bench_asks_each_guide_only_for_styles_its_text_names():
     assert stage2_lrs("file:/some/worldclip.safetensors") == stage2_lrs("worldclip2")
 
 
+#: Sizes that only check the bench's code path on random tiny models.
+SMOKE_SETTINGS = {"n_eval": 16, "n_pool": 32, "n_proto": 16, "gen_steps": 6, "steps": 12, "mapper_steps": 12,
+                  "mapper_batch": 8, "batch_size": 2}
+
+
+def test_bench_adaptation_quick_plan_keeps_the_full_training_on_one_style_and_two_rows():
+    from promptweave.bench.adaptation import METHODS, run_plan, target_styles
+    from promptweave.bench.harness import BACKBONES
+
+    for backbone in BACKBONES:
+        styles, rows = run_plan(backbone, quick=False)
+        assert styles == target_styles(backbone) and rows == METHODS
+        quick_styles, quick_rows = run_plan(backbone, quick=True)
+        assert list(quick_styles.items()) == list(styles.items())[:1] and quick_rows == ("ipl", "nada")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["worldclip2", "worldclip-web"])
-def test_bench_adaptation_quick_run_on_tiny_models(monkeypatch, backbone):
+def test_bench_adaptation_run_on_tiny_models(monkeypatch, backbone):
+    from promptweave.bench import adaptation
     from promptweave.bench.adaptation import METRICS, run, stage2_lrs, target_styles
 
     monkeypatch.setenv("PW_BENCH_VLM", "tiny")
     monkeypatch.setenv("PW_BENCH_BACKBONE", backbone)  # the guide's styles and rates follow the backbone
-    result = run(seed=0, split="test", quick=True)
+    monkeypatch.setattr(adaptation, "SETTINGS", SMOKE_SETTINGS)
+    result = run(seed=0, split="test", quick=False)
     assert set(result.baselines) == {"nada", "nada_same_lr", "source"}
     assert result.notes["stage2_lr"] == stage2_lrs(backbone)
     assert set(result.notes["per_style"]) == set(target_styles(backbone)) == set(result.notes["target_texts"])
