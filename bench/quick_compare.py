@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         quick, full = (json.loads(p.read_text()) for p in paths)
         parts.append(task_table(task, quick, full))
-    body = "\n\n".join(parts) + ("\n\nNot yet compared: " + "; ".join(missing) + "." if missing else "")
+    if missing:
+        parts.append("Not yet compared: " + "; ".join(missing) + ".")
+    body = "\n\n".join(parts)
     print(body)
     if ns.write:
         text = BENCHMARKS.read_text()
