@@ -191,6 +191,7 @@ SETTINGS: dict[str, int] = {
     "batch_size": 2,
 }
 
+
 def run_plan(backbone: str, quick: bool) -> tuple[dict[str, str], tuple[str, ...]]:
     """``(styles, rows)`` a run trains: every style the guide names and every row (:data:`METHODS`). ``--quick``
     (issue 37: under 10 minutes on 2 cores, the full run's ordering on val) keeps the full steps and rates but
