@@ -18,9 +18,8 @@ from pathlib import Path
 
 from ..prompt_modules.core.artifacts import atomic_write_bytes
 from .harness import BACKBONES
-from .report import BENCHMARKS, RECORD_DIRS, replace_section
+from .report import BENCHMARKS, RECORD_DIRS, ROOT, replace_section
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The metrics a task's verdict is read from (issue 37's "done when"), in the order the table shows them.
 HEADLINE: dict[str, tuple[str, ...]] = {
     "pretraining": ("transfer_acc",),
