@@ -42,3 +42,11 @@ def test_the_table_shows_both_runs_and_the_verdict(tmp_path, monkeypatch):
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert "30.000 / 50.000" in text and "inversion: run it first" in text
+
+
+def test_a_full_run_that_read_its_trained_stages_from_the_cache_says_so():
+    cached = record({"acc_iou50": 50.0}, 231.0) | {"notes": {"train_seconds": {"stages_1_2": 1.4, "coop": 0.0}}}
+    trained = record({"acc_iou50": 50.0}, 6838.0) | {"notes": {"train_seconds": {"stages_1_2": 1703.0}}}
+    assert quick_compare.run_time(cached) == "231 s, trained stages read from the cache"
+    assert quick_compare.run_time(trained) == "6838 s"
+    assert quick_compare.run_time(record({"transfer_acc": 31.0}, 533.0)) == "533 s"
