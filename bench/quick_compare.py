@@ -91,10 +91,13 @@ def task_table(task: str, quick: dict, full: dict) -> str:
         name = "**PromptWeave**" if row == "method" else row
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     flipped = orderings(quick, full, metrics)
-    verdicts = [
-        f"{m}: " + ("same order against every baseline" if not rows else "flipped against " + ", ".join(rows))
-        for m, rows in flipped.items()
-    ]
+    verdicts = []
+    for m, rows in flipped.items():
+        margins = [  # the method minus the baseline, so a flip between two near-ties reads as one
+            f"{row} (quick {q['method'][m] - q[row][m]:+.3f}, full {f['method'][m] - f[row][m]:+.3f})" for row in rows
+        ]
+        verdict = "flipped against " + ", ".join(margins) if rows else "same order against every baseline"
+        verdicts.append(f"{m}: {verdict}")
     lines += ["", "Ordering of the method against each baseline, quick against full: " + "; ".join(verdicts) + "."]
     return "\n".join(lines)
 
