@@ -93,12 +93,20 @@ def task_table(task: str, quick: dict, full: dict) -> str:
     flipped = orderings(quick, full, metrics)
     verdicts = []
     for m, rows in flipped.items():
-        margins = [  # the method minus the baseline, so a flip between two near-ties reads as one
-            f"{row} (quick {q['method'][m] - q[row][m]:+.3f}, full {f['method'][m] - f[row][m]:+.3f})" for row in rows
-        ]
-        verdict = "flipped against " + ", ".join(margins) if rows else "same order against every baseline"
-        verdicts.append(f"{m}: {verdict}")
-    lines += ["", "Ordering of the method against each baseline, quick against full: " + "; ".join(verdicts) + "."]
+
+        def margins(row: str, m: str = m) -> str:  # the method minus the baseline in both runs
+            return f"{row} (quick {q['method'][m] - q[row][m]:+.3f}, full {f['method'][m] - f[row][m]:+.3f})"
+
+        if rows:  # both margins, so a flip between two near-ties reads as one
+            verdicts.append(f"{m}: flipped against " + ", ".join(margins(row) for row in rows))
+            continue
+        compared = [row for row in f if row != "method" and m in q.get(row, {}) and m in f[row]]
+        closest = min(compared, key=lambda row: abs(q["method"][m] - q[row][m]), default=None)
+        verdicts.append(
+            f"{m}: same order against every baseline" + (f"; the closest: {margins(closest)}" if closest else "")
+        )
+    lines += ["", "Ordering of the method against each baseline, quick against full (method minus baseline):"]
+    lines += [f"- {verdict}." for verdict in verdicts]
     return "\n".join(lines)
 
 

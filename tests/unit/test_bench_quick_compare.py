@@ -28,9 +28,10 @@ def test_the_table_shows_both_runs_and_the_verdict(tmp_path, monkeypatch):
     table = quick_compare.task_table("grounding", quick, full)
     assert "(quick 60 s, full 600 s)" in table
     assert "| **PromptWeave** | 30.000 / 50.000 |" in table and "| diff_prompt_no_global | – / 51.000 |" in table
-    assert table.endswith("acc_iou50: same order against every baseline.")
+    closest = "the closest: coop (quick +10.000, full +10.000)"  # the baseline nearest the method in the quick run
+    assert table.endswith(f"- acc_iou50: same order against every baseline; {closest}.")
     flipped = quick_compare.task_table("grounding", record({"acc_iou50": 30.0}, coop={"acc_iou50": 30.0}), full)
-    assert flipped.endswith("acc_iou50: flipped against coop (quick +0.000, full +10.000).")  # with both margins
+    assert flipped.endswith("- acc_iou50: flipped against coop (quick +0.000, full +10.000).")  # with both margins
 
     monkeypatch.setattr(quick_compare, "ROOT", tmp_path)
     monkeypatch.setattr(quick_compare, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
