@@ -222,7 +222,8 @@ def run(seed: int, split: str, quick: bool) -> TaskResult:
     variants = [("diff_prompt_no_global", PromptConfig(n_global=0)), ("diff_prompt", prompt)]
     if quick:
         variants = variants[1:]
-        notes["quick_note"] = "--quick leaves out the diff_prompt_no_global ablation and runs on 2 threads"
+        threads = THREADS["quick"]
+        notes["quick_note"] = f"--quick leaves out the diff_prompt_no_global ablation and runs on {threads} threads"
     for name, config in variants:
         t0 = time.perf_counter()
         model = train_prompts(

@@ -46,21 +46,30 @@ def sign(value: float) -> int:
     return (value > 0) - (value < 0)
 
 
+def compared(q: dict, f: dict, metric: str) -> list[str]:
+    """The baselines both runs measured ``metric`` on (``q`` and ``f`` as :func:`rows_of` gives them)."""
+    return [row for row in f if row != "method" and metric in q.get(row, {}) and metric in f[row]]
+
+
+def margin(rows: dict, row: str, metric: str) -> float:
+    """The method's ``metric`` minus the baseline ``row``'s."""
+    return rows["method"][metric] - rows[row][metric]
+
+
+def both_margins(q: dict, f: dict, row: str, metric: str) -> str:
+    """``row (quick +m, full +m)``: the method minus the baseline in each run."""
+    return f"{row} (quick {margin(q, row, metric):+.3f}, full {margin(f, row, metric):+.3f})"
+
+
 def orderings(quick: dict, full: dict, metrics: tuple[str, ...]) -> dict[str, list[str]]:
     """Per metric, the baselines that the quick run places on the other side of the method than the full run
     does (an exact tie counts as a side of its own). Only rows and metrics both runs measured are compared."""
     q, f = rows_of(quick), rows_of(full)
-    flipped: dict[str, list[str]] = {}
-    for metric in metrics:
-        if metric not in q["method"] or metric not in f["method"]:
-            continue
-        flipped[metric] = [
-            row
-            for row in f
-            if row != "method" and metric in q.get(row, {}) and metric in f[row]
-            and sign(q["method"][metric] - q[row][metric]) != sign(f["method"][metric] - f[row][metric])
-        ]
-    return flipped
+    return {
+        metric: [row for row in compared(q, f, metric) if sign(margin(q, row, metric)) != sign(margin(f, row, metric))]
+        for metric in metrics
+        if metric in q["method"] and metric in f["method"]
+    }
 
 
 def run_time(record: dict) -> str:
@@ -93,18 +102,12 @@ def task_table(task: str, quick: dict, full: dict) -> str:
     flipped = orderings(quick, full, metrics)
     verdicts = []
     for m, rows in flipped.items():
-
-        def margins(row: str, m: str = m) -> str:  # the method minus the baseline in both runs
-            return f"{row} (quick {q['method'][m] - q[row][m]:+.3f}, full {f['method'][m] - f[row][m]:+.3f})"
-
         if rows:  # both margins, so a flip between two near-ties reads as one
-            verdicts.append(f"{m}: flipped against " + ", ".join(margins(row) for row in rows))
+            verdicts.append(f"{m}: flipped against " + ", ".join(both_margins(q, f, row, m) for row in rows))
             continue
-        compared = [row for row in f if row != "method" and m in q.get(row, {}) and m in f[row]]
-        closest = min(compared, key=lambda row: abs(q["method"][m] - q[row][m]), default=None)
-        verdicts.append(
-            f"{m}: same order against every baseline" + (f"; the closest: {margins(closest)}" if closest else "")
-        )
+        closest = min(compared(q, f, m), key=lambda row: abs(margin(q, row, m)), default=None)
+        tail = f"; the closest: {both_margins(q, f, closest, m)}" if closest else ""
+        verdicts.append(f"{m}: same order against every baseline{tail}")
     lines += ["", "Ordering of the method against each baseline, quick against full (method minus baseline):"]
     lines += [f"- {verdict}." for verdict in verdicts]
     return "\n".join(lines)
